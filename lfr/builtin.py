@@ -1,0 +1,97 @@
+"""lfr's own backends, registered through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from lfr.hookspecs import hookimpl
+from lfr.plugins import BackendSettings, BuildContext, Register
+
+Score = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class YuNetSettings(BackendSettings, frozen=True, tag="yunet"):
+    model: str = "bundled"  # or a path to a YuNet-style ONNX file
+    score_threshold: Score = 0.7
+    nms_threshold: Score = 0.3
+    max_side: Annotated[int, Meta(ge=32)] = 1920  # larger frames are shrunk; smaller run natively
+
+
+class SFaceSettings(BackendSettings, frozen=True, tag="sface"):
+    model: str = "bundled"  # or a path to an ArcFace-style 112x112 ONNX embedder
+    rgb: bool = True  # SFace expects RGB; BGR costs accuracy
+    mean: float = 0.0  # ArcFace-style models: mean = std = 127.5
+    std: Annotated[float, Meta(gt=0)] = 1.0
+
+
+class ExactSettings(BackendSettings, frozen=True, tag="exact"):
+    pass
+
+
+class AnnoySettings(BackendSettings, frozen=True, tag="annoy"):
+    n_trees: Annotated[int, Meta(ge=1)] = 50
+    search_k: Annotated[int, Meta(ge=1)] | None = None
+
+
+class ConsoleSettings(BackendSettings, frozen=True, tag="console"):
+    name: str = "console"
+
+
+class JsonlSettings(BackendSettings, frozen=True, tag="jsonl"):
+    name: str = "jsonl"
+    path: str = "alerts.jsonl"  # relative to the deployment's data directory
+
+
+@hookimpl
+def lfr_register_detectors(register: Register) -> None:
+    def yunet(settings: YuNetSettings, context: BuildContext) -> object:
+        from lfr.vision.detect import YuNetDetector
+        from lfr.vision.models import BUNDLED_DETECTOR, resolve_model
+
+        return YuNetDetector(resolve_model(settings.model, BUNDLED_DETECTOR),
+                             score_threshold=settings.score_threshold,
+                             nms_threshold=settings.nms_threshold, max_side=settings.max_side,
+                             threads=context.threads)
+
+    register("yunet", yunet, settings=YuNetSettings)
+
+
+@hookimpl
+def lfr_register_embedders(register: Register) -> None:
+    def sface(settings: SFaceSettings, context: BuildContext) -> object:
+        from lfr.vision.embed import OnnxEmbedder
+        from lfr.vision.models import BUNDLED_EMBEDDER, resolve_model
+
+        return OnnxEmbedder(resolve_model(settings.model, BUNDLED_EMBEDDER), rgb=settings.rgb,
+                            mean=settings.mean, std=settings.std, threads=context.threads)
+
+    register("sface", sface, settings=SFaceSettings)
+
+
+@hookimpl
+def lfr_register_index_backends(register: Register) -> None:
+    from lfr.watchlist.index import AnnoyIndex, ExactIndex
+
+    register("exact", lambda settings, context: ExactIndex(), settings=ExactSettings)
+    register("annoy", lambda s, context: AnnoyIndex(n_trees=s.n_trees, search_k=s.search_k),
+             settings=AnnoySettings)
+
+
+@hookimpl
+def lfr_register_notifiers(register: Register) -> None:
+    def console(settings: ConsoleSettings, context: BuildContext) -> object:
+        from rich.console import Console
+
+        from lfr.notify.console import ConsoleNotifier
+
+        return ConsoleNotifier(Console(stderr=True), name=settings.name)
+
+    def jsonl(settings: JsonlSettings, context: BuildContext) -> object:
+        from lfr.notify.jsonl import JsonlNotifier
+
+        return JsonlNotifier(context.data_dir / settings.path, name=settings.name)
+
+    register("console", console, settings=ConsoleSettings)
+    register("jsonl", jsonl, settings=JsonlSettings)

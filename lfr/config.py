@@ -1,0 +1,187 @@
+"""The deployment configuration: one msgspec schema, loaded from TOML.
+
+Backend sections (``detector``, ``embedder``, ``index``, each of ``notifiers``) carry a ``kind`` and
+that backend's own settings; they are validated against the settings types that plugins register
+(see ``lfr.plugins``), so a plugin's settings get the same ``file: $.path: message`` errors.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from lfr.plugins import BackendSettings, ConfigError, Registry
+from lfr.sources.base import SourceSettings
+
+Positive = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Cosine = Annotated[float, Meta(ge=-1.0, le=1.0)]
+
+# Measured on lfw-dev (tools/measure_threshold.py, README "Choosing the threshold"): OpenCV's 0.363
+# is a 1:1 threshold; against a watchlist the chance of a false alert grows with its size.
+DEFAULT_THRESHOLD = 0.45
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class WatchlistConfig(Section):
+    bundle: str  # path to a bundle built by `lfr watchlist build`
+    source: str | None = None  # photos to build the bundle from at start if it does not exist
+
+
+class MatchingConfig(Section):
+    threshold: Cosine = DEFAULT_THRESHOLD
+    top_k: Positive = 5
+    # Without person tracking, one person in view raises at most one alert per camera per cooldown.
+    cooldown_s: Annotated[float, Meta(ge=0)] = 60.0
+
+
+class QualityConfig(Section):
+    min_face_px: Annotated[float, Meta(ge=0)] = 24.0
+    min_sharpness: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class PipelineConfig(Section):
+    frame_queue: Positive = 2  # per camera, keep-newest: frames are perishable
+    face_queue: Positive = 64  # blocking
+    alert_queue: Positive = 256  # blocking, per notifier, behind the durable outbox
+    inference_threads: Positive = 1  # onnxruntime intra-op threads per model session
+    max_restarts: Annotated[int, Meta(ge=0)] = 5
+    restart_window_s: PositiveFloat = 60.0
+
+
+class PrivacyConfig(Section):
+    blur_non_matches: bool = True
+    alert_retention_days: PositiveFloat = 31.0
+
+
+class Config(Section):
+    name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    location: str = ""
+    data_dir: str | None = None  # default ./lfr-data/<name>
+    operator: str | None = None
+    cameras: list[SourceSettings] = msgspec.field(default_factory=list)
+    watchlist: WatchlistConfig | None = None
+    matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
+    quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
+    pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
+    embedder: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "sface"})
+    index: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "exact"})
+    notifiers: list[dict[str, Any]] = msgspec.field(
+        default_factory=lambda: [{"kind": "console"}, {"kind": "jsonl"}])
+    source_file: str | None = None  # where it was loaded from (set by load_config)
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            base = Path(self.data_dir).expanduser()
+            if not base.is_absolute() and self.source_file:
+                base = Path(self.source_file).parent / base
+            return base
+        return Path("lfr-data") / self.name
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.source_file:
+            path = Path(self.source_file).parent / path
+        return path
+
+    def operator_name(self, override: str | None = None) -> str:
+        if override:
+            return override
+        if self.operator:
+            return self.operator
+        try:
+            return getpass.getuser()
+        except Exception:  # no login name in some containers
+            return "operator"
+
+
+class Backends(msgspec.Struct, frozen=True):
+    """The config's backend sections, validated against what the plugins registered."""
+
+    detector: BackendSettings
+    embedder: BackendSettings
+    index: BackendSettings
+    notifiers: tuple[BackendSettings, ...]
+
+
+def _format_error(where: str, exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    text, sep, path = message.rpartition(" - at `")
+    if not sep:
+        return f"{where}: {message}"
+    return f"{where}: {path.rstrip('`')}: {text}"
+
+
+def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
+    try:
+        config = msgspec.convert(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_format_error(where, exc)) from None
+    names = [c.name for c in config.cameras]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: $.cameras: duplicate camera names {duplicates}")
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config; errors read ``path: $.field: problem``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data["source_file"] = str(path)
+    return parse_config(data, str(path))
+
+
+def resolve_backends(config: Config, registry: Registry) -> Backends:
+    where = config.source_file or "<config>"
+    notifiers = tuple(
+        registry.parse_settings("notifier", raw, f"{where}: $.notifiers[{i}]")
+        for i, raw in enumerate(config.notifiers)
+    )
+    return Backends(
+        detector=registry.parse_settings("detector", config.detector, f"{where}: $.detector"),
+        embedder=registry.parse_settings("embedder", config.embedder, f"{where}: $.embedder"),
+        index=registry.parse_settings("index", config.index, f"{where}: $.index"),
+        notifiers=notifiers,
+    )
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a dict with secrets (keys naming a secret, token, password or key) masked."""
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ("***" if _is_secret(k) and v else scrub(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str):
+            return _USERINFO.sub(r"\1***@", value)  # rtsp://user:password@host
+        return value
+
+    result: dict[str, Any] = scrub(msgspec.to_builtins(config))
+    return result
+
+
+_USERINFO = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in ("secret", "token", "password", "passwd", "api_key"))

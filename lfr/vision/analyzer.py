@@ -1,0 +1,72 @@
+"""Detect, align, assess and embed: one vision path, used live, for enrolment and in evaluation."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import msgspec
+import numpy as np
+
+from lfr.messages import Detection
+from lfr.vision.align import align_face
+from lfr.vision.quality import QualityGate, QualityReport
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds faces with 5 landmarks in a BGR uint8 image, in its pixel coordinates, best first."""
+
+    name: str
+
+    def detect(self, image: np.ndarray, score_threshold: float | None = None
+               ) -> list[Detection]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps aligned 112x112 BGR uint8 faces to L2-normalised float32 vectors (N x dim)."""
+
+    name: str
+    dim: int
+
+    def embed(self, aligned_bgr: list[np.ndarray]) -> np.ndarray: ...
+
+
+class AnalyzedFace(msgspec.Struct, frozen=True):
+    detection: Detection
+    aligned: np.ndarray  # 112 x 112 BGR
+    quality: QualityReport
+    embedding: np.ndarray | None = None  # None when the quality gate rejected the face
+
+
+class FaceAnalyzer:
+    """Ties a detector, the aligner, a quality gate and an embedder together."""
+
+    def __init__(self, detector: Detector, embedder: Embedder,
+                 gate: QualityGate | None = None) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.gate = gate or QualityGate()
+
+    def detect(self, image: np.ndarray, score_threshold: float | None = None
+               ) -> list[AnalyzedFace]:
+        """Detect, align and assess every face (no embedding yet)."""
+        faces = []
+        for det in self.detector.detect(image, score_threshold):
+            aligned = align_face(image, det.landmarks)
+            faces.append(AnalyzedFace(detection=det, aligned=aligned,
+                                      quality=self.gate.assess(det, aligned)))
+        return faces
+
+    def embed(self, faces: list[AnalyzedFace]) -> list[AnalyzedFace]:
+        """Embed the faces that passed the quality gate (one batched call); others pass through."""
+        good = [i for i, f in enumerate(faces) if f.quality.passed]
+        vectors = self.embedder.embed([faces[i].aligned for i in good])
+        out = list(faces)
+        for row, i in enumerate(good):
+            out[i] = msgspec.structs.replace(faces[i], embedding=vectors[row])
+        return out
+
+    def analyze(self, image: np.ndarray, score_threshold: float | None = None
+                ) -> list[AnalyzedFace]:
+        return self.embed(self.detect(image, score_threshold))

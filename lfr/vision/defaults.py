@@ -1,0 +1,17 @@
+"""The default vision stack: bundled YuNet + SFace."""
+
+from __future__ import annotations
+
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.detect import YuNetDetector
+from lfr.vision.embed import OnnxEmbedder
+from lfr.vision.models import BUNDLED_DETECTOR, BUNDLED_EMBEDDER, resolve_model
+from lfr.vision.quality import QualityGate
+
+
+def default_analyzer(score_threshold: float = 0.7, max_side: int = 1920,
+                     gate: QualityGate | None = None) -> FaceAnalyzer:
+    detector = YuNetDetector(resolve_model(None, BUNDLED_DETECTOR),
+                             score_threshold=score_threshold, max_side=max_side)
+    embedder = OnnxEmbedder(resolve_model(None, BUNDLED_EMBEDDER))
+    return FaceAnalyzer(detector, embedder, gate)

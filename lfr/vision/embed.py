@@ -1,0 +1,44 @@
+"""SFace (and ArcFace-style) embeddings of aligned 112x112 faces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lfr.vision.onnx import create_session
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class OnnxEmbedder:
+    """An embedder over aligned faces. SFace wants **RGB** 0..255 (its graph normalises itself);
+    feeding BGR costs accuracy, most of all at low false-accept rates.
+
+    ``mean``/``std`` serve ArcFace-style models that expect (x - 127.5) / 127.5.
+    """
+
+    name = "sface"
+
+    def __init__(self, model_path: Path, rgb: bool = True, mean: float = 0.0, std: float = 1.0,
+                 threads: int = 1) -> None:
+        self.session = create_session(model_path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.rgb, self.mean, self.std = rgb, mean, std
+        probe = self.session.run(None, {self.input_name: np.zeros((1, 3, 112, 112), np.float32)})
+        self.dim = int(probe[0].shape[-1])
+
+    def embed(self, aligned_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """L2-normalised embeddings (N x dim, float32) of aligned BGR uint8 faces."""
+        if not len(aligned_bgr):
+            return np.zeros((0, self.dim), np.float32)
+        batch = np.stack(aligned_bgr).astype(np.float32)
+        if self.rgb:
+            batch = batch[..., ::-1]
+        batch = ((batch - self.mean) / self.std).transpose(0, 3, 1, 2)
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
+        return l2_normalize(out.reshape(len(aligned_bgr), -1))
