@@ -1,0 +1,81 @@
+"""Person-level matching of face embeddings against a watchlist index. Pure: no I/O, no state.
+
+A person's score is the best cosine over that person's rows. The index is asked for
+``top_k * (most rows of any one person)`` rows, so a person enrolled with many pictures cannot
+crowd the runners-up out of the candidate list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+from lfr.messages import Candidate
+from lfr.watchlist.bundle import Watchlist
+from lfr.watchlist.index import ExactIndex, IndexBackend
+
+
+class MatchResult(msgspec.Struct, frozen=True):
+    person_id: str
+    score: float  # cosine similarity, >= the threshold
+    candidates: tuple[Candidate, ...]  # the runners-up (other persons), best first
+
+
+class Matcher:
+    def __init__(
+        self, watchlist_labels: Sequence[str], index: IndexBackend, threshold: float, top_k: int = 5
+    ) -> None:
+        if len(watchlist_labels) != len(index):
+            raise ValueError(f"{len(watchlist_labels)} labels for an index of {len(index)} rows")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.labels = tuple(watchlist_labels)
+        self.index = index
+        self.threshold = threshold
+        self.top_k = top_k
+        most_rows = max(Counter(self.labels).values(), default=1)
+        self._search_k = top_k * most_rows
+
+    @classmethod
+    def for_watchlist(
+        cls,
+        watchlist: Watchlist,
+        threshold: float,
+        top_k: int = 5,
+        index: IndexBackend | None = None,
+    ) -> Matcher:
+        """Build ``index`` (exact by default) over the watchlist's rows and match against it."""
+        index = index if index is not None else ExactIndex()
+        index.build(watchlist.vectors)
+        return cls(watchlist.labels, index, threshold, top_k)
+
+    def match(self, embeddings: np.ndarray) -> list[MatchResult | None]:
+        """Per embedding row: the best person with the runners-up, or None below the threshold."""
+        queries = np.asarray(embeddings, np.float32)
+        if queries.ndim == 2 and len(queries) == 0:
+            return []
+        scores, rows = self.index.search(queries, self._search_k)
+        results: list[MatchResult | None] = []
+        for row_scores, row_ids in zip(scores, rows, strict=True):
+            best: dict[str, float] = {}  # rows come best first: a person's first row is its max
+            for score, row in zip(row_scores, row_ids, strict=True):
+                person = self.labels[row]
+                if person not in best:
+                    best[person] = float(score)
+                    if len(best) == self.top_k:
+                        break
+            ranked = [Candidate(person_id=p, score=s) for p, s in best.items()]
+            if not ranked or ranked[0].score < self.threshold:
+                results.append(None)
+            else:
+                results.append(
+                    MatchResult(
+                        person_id=ranked[0].person_id,
+                        score=ranked[0].score,
+                        candidates=tuple(ranked[1:]),
+                    )
+                )
+        return results

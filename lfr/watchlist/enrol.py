@@ -1,0 +1,318 @@
+"""Enrolment: turn a folder or CSV of reference pictures into a watchlist bundle.
+
+Every image gets an outcome (enrolled, no_face, several_faces, face_too_small or low_quality from
+the quality gate, unreadable); a bad image never stops the batch. Policy for pictures with several
+faces: the largest face is enrolled when every other face has less than half its area (a bystander
+in the background); otherwise the picture is ambiguous and rejected as ``several_faces``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import msgspec
+import numpy as np
+
+from lfr.messages import utc_iso
+from lfr.vision.align import context_crop
+from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
+from lfr.watchlist.bundle import (
+    FORMAT_VERSION,
+    OUTCOMES,
+    ImageRecord,
+    Manifest,
+    Outcome,
+    PersonRecord,
+    WatchlistError,
+    parse_expiry,
+    write_bundle,
+)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+CSV_REQUIRED = ("id", "name", "image")
+SECOND_FACE_MAX_AREA = 0.5  # a second face this large (vs the largest) makes a picture ambiguous
+THUMB_SIDE = 128
+THUMB_JPEG_QUALITY = 90
+
+
+class EnrolOutcome(msgspec.Struct, frozen=True):
+    person_id: str
+    source: str
+    outcome: Outcome
+    reason: str = ""
+
+
+class BuildReport(msgspec.Struct, frozen=True):
+    output: str
+    digest: str
+    persons_enrolled: int  # persons with at least one enrolled image (the ones in the index)
+    persons_without_images: tuple[str, ...]  # submitted, but no image enrolled: not in the index
+    outcomes: tuple[EnrolOutcome, ...]
+
+    def counts(self) -> dict[str, int]:
+        """Images per outcome, every outcome listed."""
+        return {o: sum(1 for x in self.outcomes if x.outcome == o) for o in OUTCOMES}
+
+    def problems(self) -> list[str]:
+        """One line per rejected image and per person left out, for the operator to fix."""
+        lines = [
+            f"{o.source}: {o.outcome} ({o.reason})"
+            for o in self.outcomes
+            if o.outcome != "enrolled"
+        ]
+        return lines + [
+            f"{p}: no image enrolled; left out of the watchlist"
+            for p in self.persons_without_images
+        ]
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = msgspec.to_builtins(self)
+        return data | {"counts": self.counts()}
+
+
+class _Person(msgspec.Struct):
+    id: str
+    name: str
+    category: str = ""
+    notes: str = ""
+    expiry: str | None = None
+    images: list[tuple[str, Path]] = msgspec.field(default_factory=list)  # (as given, resolved)
+
+
+def display_name(person_id: str) -> str:
+    """``lin_manuel_miranda`` or ``lin-manuel-miranda`` -> ``Lin Manuel Miranda``."""
+    words = person_id.replace("_", " ").replace("-", " ").split()
+    return " ".join(w[:1].upper() + w[1:] for w in words)
+
+
+def _read_folder(source: Path) -> list[_Person]:
+    persons = []
+    for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        person = _Person(id=folder.name, name=display_name(folder.name))
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                person.images.append((f"{folder.name}/{file.name}", file))
+        persons.append(person)
+    if not persons:
+        raise WatchlistError(f"{source}: no person folders (expected one sub-folder per person)")
+    return persons
+
+
+def _read_csv(source: Path) -> list[_Person]:
+    try:
+        with source.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+            missing = [c for c in CSV_REQUIRED if c not in columns]
+            if missing:
+                raise WatchlistError(
+                    f"{source}: missing required column(s) {', '.join(missing)}"
+                    f" (header must include {','.join(CSV_REQUIRED)})"
+                )
+            reader.fieldnames = columns
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise WatchlistError(f"{source}: cannot read CSV: {exc}") from exc
+    persons: dict[str, _Person] = {}
+    errors = []
+    # Check every row before any model runs: one error listing all faults beats a run per fault.
+    for line, row in rows:
+        values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        pid, image = values.get("id", ""), values.get("image", "")
+        if not pid or not image:
+            errors.append(f"line {line}: empty {'id' if not pid else 'image'}")
+            continue
+        given = _Person(
+            id=pid,
+            name=values.get("name") or display_name(pid),
+            category=values.get("category", ""),
+            notes=values.get("notes", ""),
+            expiry=values.get("expiry") or None,
+        )
+        if given.expiry:
+            try:
+                parse_expiry(given.expiry, f"line {line}")
+            except WatchlistError as exc:
+                errors.append(str(exc))
+        person = persons.setdefault(pid, given)
+        for key in ("name", "category", "notes", "expiry"):
+            value = getattr(given, key)
+            if values.get(key) and getattr(person, key) != value:
+                errors.append(
+                    f"line {line}: {key} {value!r} differs from"
+                    f" {getattr(person, key)!r} given earlier for {pid!r}"
+                )
+        path = Path(image)
+        person.images.append((image, path if path.is_absolute() else source.parent / path))
+    if errors:
+        raise WatchlistError(f"{source}: " + "; ".join(errors))
+    if not persons:
+        raise WatchlistError(f"{source}: no rows")
+    return list(persons.values())
+
+
+def decode_image(data: bytes) -> np.ndarray | None:
+    """BGR uint8 from encoded bytes (alpha composited on white, grey expanded), None if not one."""
+    if not data:
+        return None
+    buffer = np.frombuffer(data, np.uint8)
+    try:
+        raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            return None
+        if raw.ndim == 3 and raw.shape[2] == 4:
+            scale = 65535.0 if raw.dtype == np.uint16 else 255.0
+            colour, alpha = raw[..., :3] / scale, raw[..., 3:] / scale
+            return np.round((colour * alpha + (1.0 - alpha)) * 255).astype(np.uint8)
+        # Decode again as colour: applies EXIF orientation, expands grey, maps 16 bit to 8 bit.
+        return cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
+class _Enrolled(msgspec.Struct):
+    outcome: Outcome
+    reason: str = ""
+    embedding: np.ndarray | None = None
+    thumbnail: bytes | None = None
+    quality: float | None = None
+
+
+def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
+    """The face to enrol, or the outcome saying why there is none."""
+    if not faces:
+        return _Enrolled("no_face", "no face detected")
+    faces = sorted(faces, key=lambda f: f.detection.box[2] * f.detection.box[3], reverse=True)
+    if len(faces) > 1:
+        first, second = (f.detection.box[2] * f.detection.box[3] for f in faces[:2])
+        if second >= SECOND_FACE_MAX_AREA * first:
+            return _Enrolled(
+                "several_faces",
+                f"{len(faces)} faces, none clearly the subject"
+                f" (second largest: {second / first:.0%} of the largest's area)",
+            )
+    return faces[0]
+
+
+def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
+    chosen = _choose_face(analyzer.detect(image))
+    if isinstance(chosen, _Enrolled):
+        return chosen
+    quality = chosen.quality
+    if not quality.passed:
+        small = quality.face_px < analyzer.gate.min_face_px
+        return _Enrolled("face_too_small" if small else "low_quality", quality.reason)
+    embedding = analyzer.embed([chosen])[0].embedding
+    if embedding is None:
+        return _Enrolled("low_quality", "not embedded")
+    crop = context_crop(image, chosen.detection.box, max_side=THUMB_SIDE)
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, THUMB_JPEG_QUALITY])
+    if not ok:
+        raise WatchlistError("cannot encode a thumbnail as JPEG")
+    return _Enrolled(
+        "enrolled", embedding=embedding, thumbnail=jpeg.tobytes(), quality=quality.score
+    )
+
+
+def _read_source(source: Path) -> list[_Person]:
+    if source.is_dir():
+        return _read_folder(source)
+    if source.is_file():
+        return _read_csv(source)
+    raise WatchlistError(f"{source}: no such folder or CSV file")
+
+
+def count_images(source: Path) -> int:
+    """How many images a build of ``source`` will go through (for a progress bar)."""
+    return sum(len(p.images) for p in _read_source(source))
+
+
+def _enrol_file(path: Path, analyzer: FaceAnalyzer) -> tuple[str, _Enrolled]:
+    """The sha256 of the file's bytes (empty when it cannot be read at all) and its outcome."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", _Enrolled("unreadable", f"cannot read file: {exc.strerror}")
+    sha = hashlib.sha256(data).hexdigest()
+    image = decode_image(data)
+    if image is None:
+        reason = "not a readable image (corrupt or truncated)" if data else "empty file"
+        return sha, _Enrolled("unreadable", reason)
+    return sha, _enrol_image(image, analyzer)
+
+
+def build_watchlist(
+    source: Path,
+    output: Path,
+    analyzer: FaceAnalyzer,
+    *,
+    progress: Callable[[EnrolOutcome], None] | None = None,
+    expiry: str | None = None,
+) -> BuildReport:
+    """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle."""
+    if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
+        raise WatchlistError(f"expiry {expiry} is in the past")
+    persons = _read_source(source)
+    records: list[PersonRecord] = []
+    vectors: list[np.ndarray] = []
+    thumbs: dict[str, bytes] = {}
+    outcomes: list[EnrolOutcome] = []
+    for person in persons:
+        images = []
+        for given, path in person.images:
+            sha, result = _enrol_file(path, analyzer)
+            row = thumb = None
+            if result.embedding is not None and result.thumbnail is not None:
+                row, thumb = len(vectors), f"{len(vectors):05d}.jpg"
+                vectors.append(result.embedding)
+                thumbs[thumb] = result.thumbnail
+            images.append(
+                ImageRecord(
+                    source=given,
+                    sha256=sha,
+                    outcome=result.outcome,
+                    reason=result.reason,
+                    row=row,
+                    thumbnail=thumb,
+                    quality=result.quality,
+                )
+            )
+            outcome = EnrolOutcome(person.id, given, result.outcome, result.reason)
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(outcome)
+        records.append(
+            PersonRecord(
+                id=person.id,
+                name=person.name,
+                category=person.category,
+                notes=person.notes,
+                expiry=person.expiry,
+                images=tuple(images),
+            )
+        )
+    if not vectors:
+        raise WatchlistError(f"{source}: no image could be enrolled; no bundle written")
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        created=utc_iso(time.time()),
+        detector=analyzer.detector.name,
+        embedder=analyzer.embedder.name,
+        dim=int(analyzer.embedder.dim),
+        persons=tuple(records),
+        expiry=expiry,
+    )
+    digest = write_bundle(output, manifest, np.stack(vectors).astype(np.float32), thumbs)
+    return BuildReport(
+        output=str(output),
+        digest=digest,
+        persons_enrolled=sum(1 for r in records if r.rows),
+        persons_without_images=tuple(r.id for r in records if not r.rows),
+        outcomes=tuple(outcomes),
+    )
