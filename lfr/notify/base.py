@@ -1,0 +1,132 @@
+"""The notifier protocol and the actor that delivers alerts through one notifier, durably."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+from lfr.messages import Alert
+from lfr.notify.outbox import Outbox
+from lfr.runtime.actor import Actor, ActorStats
+from lfr.runtime.channels import Receiver
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers alerts somewhere. ``name`` keys its delivery rows in the outbox (unique per run)."""
+
+    name: str
+
+    async def deliver(self, alert: Alert) -> None:
+        """Deliver one alert; raise to signal failure (it is retried). Delivery is at least once:
+        use ``alert.id`` as the idempotency key."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class NotifierStats(ActorStats, frozen=True, kw_only=True):
+    delivered: int  # alerts delivered by this actor
+    failed: int  # failed delivery attempts (each retry counts)
+    pending: int  # alerts taken up (replayed or received) and not yet delivered
+
+
+class NotifierActor(Actor):
+    """Replays the outbox's undelivered alerts for its notifier, then delivers what it receives.
+
+    Every failed attempt is recorded in the outbox and retried with exponential backoff, forever
+    by default (``max_attempts=None``); with a limit, a given-up alert stays pending in the outbox
+    and is replayed at the next start. Alerts this notifier already delivered are skipped.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        receiver: Receiver[Alert],
+        outbox: Outbox,
+        *,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        max_attempts: int | None = None,
+    ) -> None:
+        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+            raise ValueError(
+                f"notifier {notifier.name!r}: need 0 < backoff_initial_s <= backoff_max_s, got "
+                f"{backoff_initial_s} and {backoff_max_s}"
+            )
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"notifier {notifier.name!r}: max_attempts must be >= 1 or None")
+        super().__init__(f"notify:{notifier.name}", "notifier")
+        self.notifier = notifier
+        self._receiver = receiver
+        self._outbox = outbox
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._max_attempts = max_attempts
+        self._delivered = self._failed = self._pending = 0
+        self._recent: deque[str] = deque(maxlen=4096)  # ids delivered lately: skips a thread hop
+
+    async def run(self) -> None:
+        # Alerts persisted but not delivered (before a crash or restart) go first, oldest first.
+        backlog = await anyio.to_thread.run_sync(self._outbox.pending, self.notifier.name)
+        self._pending = len(backlog)
+        for alert in backlog:
+            await self._deliver(alert)
+        async for alert in self._receiver:
+            self._pending += 1
+            await self._deliver(alert)
+
+    async def finish(self) -> None:
+        # Nobody consumes after the last attempt: senders get BrokenResourceError, not a hang.
+        self._receiver.close()
+        await self.notifier.aclose()
+
+    def statistics(self) -> NotifierStats:
+        return NotifierStats(
+            **self._base_stats_fields(),
+            delivered=self._delivered,
+            failed=self._failed,
+            pending=self._pending,
+        )
+
+    async def _deliver(self, alert: Alert) -> None:
+        name = self.notifier.name
+        if alert.id in self._recent or await anyio.to_thread.run_sync(
+            self._outbox.is_delivered, alert.id, name
+        ):
+            self._pending -= 1
+            return
+        start = time.monotonic()
+        delay, backoff_max = self._backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.notifier.deliver(alert)
+                break
+            except Exception as exc:
+                self._failed += 1
+                self.metrics.error(exc)
+                error = f"{type(exc).__name__}: {exc}"
+                await anyio.to_thread.run_sync(self._outbox.mark_failed, alert.id, name, error)
+                if self._max_attempts is not None and attempt >= self._max_attempts:
+                    log.error(
+                        "%s: gave up on alert %s after %d attempts", self.name, alert.id, attempt
+                    )
+                    self._pending -= 1
+                    return
+                log.warning(
+                    "%s: alert %s attempt %d failed: %s", self.name, alert.id, attempt, error
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, backoff_max)
+        await anyio.to_thread.run_sync(self._outbox.mark_delivered, alert.id, name)
+        self._recent.append(alert.id)
+        self._delivered += 1
+        self._pending -= 1
+        self.metrics.processed(latency_s=time.monotonic() - start)

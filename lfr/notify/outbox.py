@@ -1,0 +1,244 @@
+"""Durable outbox of alerts: written and committed before any notifier sees an alert.
+
+SQLite in WAL mode (``<data_dir>/outbox.sqlite``). Each alert has one delivery row per notifier; a
+notifier actor re-delivers its undelivered rows after a restart, so delivery is at least once and
+notifiers dedupe by alert id. Calls are synchronous and short: async callers run them in a worker
+thread. Unlike the audit log, the outbox holds the alert images until ``purge_images``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import msgspec
+
+from lfr.messages import Adjudication, Alert
+
+DB_NAME = "outbox.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    payload BLOB NOT NULL,
+    purged INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    alert_id TEXT NOT NULL,
+    notifier TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered_at REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (alert_id, notifier)
+);
+CREATE TABLE IF NOT EXISTS adjudications (
+    alert_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    time TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS adjudications_alert ON adjudications (alert_id);
+"""
+
+
+class OutboxCounts(msgspec.Struct, frozen=True):
+    alerts: int
+    confirmed: int  # alerts whose latest adjudication is "confirmed"; likewise the next two
+    false_alert: int
+    no_action: int
+    undelivered: int  # alerts that at least one notifier has not yet delivered
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    alert_id: str
+    notifier: str
+    attempts: int
+    delivered_at: float | None
+    last_error: str
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Alert)
+
+
+class Outbox:
+    """Alerts, their delivery state per notifier, and adjudications. Thread-safe."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_NAME
+        self._lock = threading.Lock()
+        # Autocommit; writes group statements in explicit transactions (see _write).
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed alert survives power loss too
+        self._db.execute("PRAGMA secure_delete=ON")  # purged image bytes are overwritten on disk
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    def _write(self, *statements: tuple[str, Any]) -> list[int]:
+        """Run statements in one transaction; returns their rowcounts."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._db.execute(sql, args).rowcount for sql, args in statements]
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return counts
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def add_alert(self, alert: Alert, notifiers: list[str]) -> bool:
+        """Persist an alert due for each notifier; idempotent by id. True when it was new."""
+        insert = "INSERT OR IGNORE INTO deliveries (alert_id, notifier) VALUES (?, ?)"
+        counts = self._write(
+            (
+                "INSERT OR IGNORE INTO alerts (id, created, payload) VALUES (?, ?, ?)",
+                (alert.id, time.time(), _encoder.encode(alert)),
+            ),
+            *((insert, (alert.id, name)) for name in notifiers),
+        )
+        return counts[0] == 1
+
+    def pending(self, notifier: str) -> list[Alert]:
+        """Alerts not yet delivered by this notifier, oldest first."""
+        rows = self._read(
+            "SELECT a.payload FROM alerts a JOIN deliveries d ON d.alert_id = a.id"
+            " WHERE d.notifier = ? AND d.delivered_at IS NULL ORDER BY a.rowid",
+            (notifier,),
+        )
+        return [_decoder.decode(payload) for (payload,) in rows]
+
+    def mark_delivered(self, alert_id: str, notifier: str) -> None:
+        self._write(
+            (
+                "INSERT INTO deliveries (alert_id, notifier, attempts, delivered_at)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE SET"
+                " attempts = attempts + 1, delivered_at = excluded.delivered_at",
+                (alert_id, notifier, time.time()),
+            )
+        )
+
+    def mark_failed(self, alert_id: str, notifier: str, error: str) -> None:
+        self._write(
+            (
+                "INSERT INTO deliveries (alert_id, notifier, attempts, last_error)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE SET"
+                " attempts = attempts + 1, last_error = excluded.last_error",
+                (alert_id, notifier, error),
+            )
+        )
+
+    def is_delivered(self, alert_id: str, notifier: str) -> bool:
+        rows = self._read(
+            "SELECT 1 FROM deliveries WHERE alert_id = ? AND notifier = ?"
+            " AND delivered_at IS NOT NULL",
+            (alert_id, notifier),
+        )
+        return bool(rows)
+
+    def deliveries(self, alert_id: str) -> list[Delivery]:
+        rows = self._read(
+            "SELECT alert_id, notifier, attempts, delivered_at, last_error FROM deliveries"
+            " WHERE alert_id = ? ORDER BY notifier",
+            (alert_id,),
+        )
+        return [Delivery(*row) for row in rows]
+
+    def alerts(self, limit: int | None = None) -> list[Alert]:
+        """Newest first; at most ``limit``."""
+        rows = self._read(
+            "SELECT payload FROM alerts ORDER BY rowid DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [_decoder.decode(payload) for (payload,) in rows]
+
+    def get_alert(self, alert_id: str) -> Alert | None:
+        rows = self._read("SELECT payload FROM alerts WHERE id = ?", (alert_id,))
+        return _decoder.decode(rows[0][0]) if rows else None
+
+    def add_adjudication(self, adj: Adjudication) -> None:
+        """Record a decision; an alert may be adjudicated again (the latest one counts)."""
+        (added,) = self._write(
+            (
+                "INSERT INTO adjudications (alert_id, decision, operator, time, note)"
+                " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM alerts WHERE id = ?)",
+                (adj.alert_id, adj.decision, adj.operator, adj.time, adj.note, adj.alert_id),
+            )
+        )
+        if not added:
+            raise KeyError(f"no alert with id {adj.alert_id!r} in the outbox")
+
+    def adjudications(self, alert_id: str | None = None) -> list[Adjudication]:
+        """Oldest first; all of them, or those of one alert."""
+        sql = "SELECT alert_id, decision, operator, time, note FROM adjudications"
+        rows = (
+            self._read(sql + " WHERE alert_id = ? ORDER BY rowid", (alert_id,))
+            if alert_id is not None
+            else self._read(sql + " ORDER BY rowid")
+        )
+        return [
+            Adjudication(alert_id=a, decision=d, operator=o, time=t, note=n)
+            for a, d, o, t, n in rows
+        ]
+
+    def counts(self) -> OutboxCounts:
+        decisions = dict(
+            self._read(
+                "SELECT decision, COUNT(*) FROM adjudications j WHERE rowid ="
+                " (SELECT MAX(rowid) FROM adjudications k WHERE k.alert_id = j.alert_id)"
+                " GROUP BY decision"
+            )
+        )
+        ((alerts,),) = self._read("SELECT COUNT(*) FROM alerts")
+        ((undelivered,),) = self._read(
+            "SELECT COUNT(DISTINCT alert_id) FROM deliveries WHERE delivered_at IS NULL"
+        )
+        return OutboxCounts(
+            alerts=alerts,
+            confirmed=decisions.get("confirmed", 0),
+            false_alert=decisions.get("false_alert", 0),
+            no_action=decisions.get("no_action", 0),
+            undelivered=undelivered,
+        )
+
+    def purge_images(self, older_than_s: float, now: float | None = None) -> int:
+        """Blank the crop and watchlist images of alerts stored more than older_than_s ago.
+
+        Returns how many alerts were purged. The audit log holds only image hashes: it stays valid.
+        """
+        cutoff = (time.time() if now is None else now) - older_than_s
+        rows = self._read(
+            "SELECT id, payload FROM alerts WHERE purged = 0 AND created < ?", (cutoff,)
+        )
+        update = "UPDATE alerts SET payload = ?, purged = 1 WHERE id = ?"
+        blank = []
+        for alert_id, payload in rows:
+            alert = msgspec.structs.replace(
+                _decoder.decode(payload), crop_jpeg=b"", watchlist_jpeg=b""
+            )
+            blank.append((update, (_encoder.encode(alert), alert_id)))
+        if blank:
+            self._write(*blank)
+            with self._lock:  # move the rewritten pages out of the WAL now, not at some checkpoint
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(blank)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
