@@ -139,15 +139,15 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
     manager.add_hookspecs(hookspecs)
     allow, block = _env_list("LFR_PLUGINS"), _env_list("LFR_DISABLE_PLUGINS")
     candidates: list[tuple[str, object | None, PluginInfo, metadata.EntryPoint | None]] = []
-    for ep in _entry_points():
-        dist = ep.dist
-        builtin = ep.value == "lfr.builtin"
-        if not builtin and ((allow is not None and ep.name not in allow)
-                            or (block is not None and ep.name in block)):
+    for entry in _entry_points():
+        dist = entry.dist
+        is_builtin = entry.value == "lfr.builtin"
+        if not is_builtin and ((allow is not None and entry.name not in allow)
+                               or (block is not None and entry.name in block)):
             continue
-        info = PluginInfo(name=ep.name, distribution=dist.name if dist else None,
-                          version=dist.version if dist else None, builtin=builtin)
-        candidates.append((ep.name, None, info, ep))
+        info = PluginInfo(name=entry.name, distribution=dist.name if dist else None,
+                          version=dist.version if dist else None, builtin=is_builtin)
+        candidates.append((entry.name, None, info, entry))
     if not any(info.builtin for _, _, info, _ in candidates):
         # Running from a source tree without installed metadata: built-ins still load.
         from lfr import __version__, builtin
@@ -160,7 +160,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
     for name, obj, info, ep in candidates:
         registry.plugins.append(info)
         try:
-            plugin = obj if obj is not None else ep.load()  # type: ignore[union-attr]
+            plugin = obj if obj is not None or ep is None else ep.load()
             manager.register(plugin, name=name)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"

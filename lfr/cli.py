@@ -1,0 +1,360 @@
+"""The ``lfr`` command line.
+
+Human output and progress go to stderr; ``--json`` prints one JSON object on stdout and nothing
+else. Exit codes: 0 done, 1 failed while running, 2 bad usage, config or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lfr import __version__
+
+stderr = Console(stderr=True)
+log = logging.getLogger("lfr")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem the user can fix (config, paths, input): message printed, exit code 2."""
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def _progress(description: str, total: int | None, enabled: bool = True
+              ) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``."""
+    def nothing(n: int = 1) -> None:
+        pass
+
+    if not enabled:
+        yield nothing
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=stderr, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance
+
+
+# -- watchlist ----------------------------------------------------------------------------------
+
+
+def _default_analyzer() -> Any:
+    from lfr.vision.defaults import default_analyzer
+
+    return default_analyzer()
+
+
+def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progress: bool) -> Any:
+    from lfr.watchlist import WatchlistError, build_watchlist, count_images
+
+    analyzer = _default_analyzer()
+    try:
+        total = count_images(source)
+        with _progress(f"enrolling {source}", total, show_progress) as advance:
+            return build_watchlist(source, output, analyzer, expiry=expiry,
+                                   progress=lambda outcome: advance(1))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _outcome_table(report: Any) -> Table:
+    table = Table(title=f"watchlist {report.output}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("images", justify="right")
+    for outcome, n in sorted(report.counts().items()):
+        table.add_row(outcome, str(n))
+    return table
+
+
+def cmd_watchlist_build(args: argparse.Namespace) -> int:
+    report = _build_watchlist(Path(args.source), Path(args.output), args.expiry, not args.json)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        stderr.print(_outcome_table(report))
+        for item in report.problems():
+            stderr.print(f"[yellow]{item}[/]")
+        stderr.print(f"{report.persons_enrolled} people enrolled -> {args.output}")
+    return EXIT_OK if report.persons_enrolled else EXIT_FAILED
+
+
+def cmd_watchlist_info(args: argparse.Namespace) -> int:
+    from lfr.watchlist import WatchlistError, bundle_info
+
+    try:
+        info = bundle_info(Path(args.bundle))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        _print_json(info)
+    else:
+        table = Table(show_header=False, title=str(args.bundle), title_justify="left")
+        for key, value in info.items():
+            if key != "persons_detail":
+                table.add_row(key, str(value))
+        stderr.print(table)
+    return EXIT_OK
+
+
+# -- run / demo ---------------------------------------------------------------------------------
+
+
+def _load_registry() -> Any:
+    from lfr.plugins import load_plugins
+
+    registry = load_plugins()
+    for plugin in registry.plugins:
+        if plugin.error:
+            stderr.print(f"[yellow]plugin {plugin.name} skipped: {plugin.error}[/]")
+    return registry
+
+
+def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[Path] = (),
+                    as_json: bool) -> tuple[list[Any], Any]:
+    import anyio
+
+    from lfr.deployment import Deployment
+
+    alerts: list[Any] = []
+    deployment = Deployment(config, _load_registry(), offline=offline, once=once, photos=photos,
+                            on_alert=alerts.append)
+    summary = anyio.run(deployment.run)
+    return alerts, summary
+
+
+def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json({"alerts": [a.summary() for a in alerts],
+                     "summary": msgspec.to_builtins(summary)})
+        return
+    table = Table(title=f"{len(alerts)} alerts", title_justify="left")
+    for column in ("time", "camera", "person", "score", "frame"):
+        table.add_column(column)
+    for a in alerts:
+        table.add_row(a.time, a.camera, f"{a.name} ({a.person_id})", f"{a.score:.3f}",
+                      str(a.frame_index))
+    stderr.print(table)
+    stderr.print(
+        f"frames {summary.frames}, faces {summary.faces}, alerts {summary.alerts}, "
+        f"dropped frames {summary.dropped_frames}, restarts {summary.restarts}, "
+        f"{summary.seconds:.1f} s; records in {summary.data_dir}")
+    for name in summary.failed_actors:
+        stderr.print(f"[red]failed: {name}[/]")
+    for error in summary.photo_errors:
+        stderr.print(f"[yellow]{error}[/]")
+
+
+def _prepare_watchlist(config: Any, as_json: bool) -> None:
+    """Build the configured bundle from its ``source`` folder if it does not exist yet."""
+    wl = config.watchlist
+    if wl is None or wl.source is None:
+        return
+    bundle = config.resolve_path(wl.bundle)
+    if (bundle / "manifest.json").is_file():
+        return
+    stderr.print(f"building watchlist {bundle} from {config.resolve_path(wl.source)}")
+    _build_watchlist(config.resolve_path(wl.source), bundle, None, not as_json)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lfr.config import load_config
+
+    config = load_config(Path(args.config))
+    if args.operator:
+        config = msgspec.structs.replace(config, operator=args.operator)
+    _prepare_watchlist(config, args.json)
+    alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json)
+    _report(alerts, summary, args.json)
+    return EXIT_FAILED if summary.failed_actors and not summary.frames else EXIT_OK
+
+
+def default_demo_data() -> Path:
+    """``$LFR_DEMO_DATA``, else ``shared/data/demo`` beside the repository."""
+    if os.environ.get("LFR_DEMO_DATA"):
+        return Path(os.environ["LFR_DEMO_DATA"])
+    repo = Path(__file__).resolve().parent.parent
+    for candidate in (repo.parent / "shared" / "data" / "demo",
+                      Path.cwd().parent / "shared" / "data" / "demo"):
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "data" / "demo"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lfr.config import parse_config
+    from lfr.sources.stills import IMAGE_SUFFIXES
+
+    data = Path(args.data) if args.data else default_demo_data()
+    if not (data / "people").is_dir():
+        raise UserError(f"{data}: not a demo folder (it needs people/, and video/ or scenes/); "
+                        "pass --data DIR or set LFR_DEMO_DATA")
+    videos = sorted(p for p in (data / "video").glob("*") if p.is_file())
+    photos = sorted(p for p in (data / "scenes").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    with tempfile.TemporaryDirectory(prefix="lfr-demo-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        bundle = out / "watchlist"
+        report = _build_watchlist(data / "people", bundle, None, not args.json)
+        if not args.json:
+            stderr.print(_outcome_table(report))
+        config = parse_config({
+            "name": "demo", "location": f"demo data {data}", "data_dir": str(out / "data"),
+            "watchlist": {"bundle": str(bundle)},
+            "cameras": [{"name": v.stem, "url": str(v), "realtime": False, "loop": False}
+                        for v in videos],
+            "notifiers": [{"kind": "jsonl"}] + ([] if args.json else [{"kind": "console"}]),
+        }, "demo")
+        alerts, summary = _run_deployment(config, offline=True, once=True, photos=photos,
+                                          as_json=args.json)
+        _report(alerts, summary, args.json)
+    return EXIT_OK
+
+
+# -- eval / plugins -----------------------------------------------------------------------------
+
+
+def cmd_eval_verify(args: argparse.Namespace) -> int:
+    from rich.progress import Progress as RichProgress
+
+    from lfr.eval.dataset import default_cache_dir
+    from lfr.eval.pairs import PairsError, parse_pairs
+    from lfr.eval.verify import render_verify, run_verify
+    from lfr.vision.defaults import default_analyzer
+
+    pairs_file, images = Path(args.pairs), Path(args.images)
+    try:
+        parse_pairs(pairs_file)  # fail fast, before loading models
+    except (PairsError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    if not images.is_dir():
+        raise UserError(f"{images}: images folder not found")
+    cache = None if args.no_cache else default_cache_dir()
+    with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
+        task = bar.add_task("embedding pair images", total=None)
+        report = run_verify(pairs_file, images, default_analyzer(), cache=cache,
+                            progress=lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
+    if args.json:
+        _print_json(report)
+    else:
+        stderr.print(render_verify(report))
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _load_registry()
+    plugins = [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                "builtin": p.builtin, "hooks": p.hooks,
+                "provides": {k: p.provides.get(k, []) for k in
+                             ("detector", "embedder", "index", "notifier", "source")},
+                "error": p.error} for p in registry.plugins]
+    if args.json:
+        _print_json({"plugins": plugins})
+        return EXIT_OK
+    table = Table(title="plugins", title_justify="left")
+    for column in ("name", "version", "provides", "error"):
+        table.add_column(column)
+    for p in plugins:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["provides"].items() if v)
+        table.add_row(str(p["name"]), str(p["version"] or ""), provides, str(p["error"] or ""))
+    stderr.print(table)
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lfr", description="Live facial recognition with "
+                                     "audited alerts: cameras, watchlist matching, adjudication.")
+    parser.add_argument("--version", action="version", version=f"lfr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a deployment from a TOML config until stopped")
+    run.add_argument("config", help="deployment config (TOML), e.g. configs/demo.toml")
+    run.add_argument("--once", action="store_true",
+                     help="play file cameras once (no looping) and exit when they end")
+    run.add_argument("--operator", help="who is operating (audit log); default: config or OS user")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="build a watchlist from demo photos, process every frame "
+                          "of the demo videos and every scene photo, print the alerts")
+    demo.add_argument("--data", help="demo folder with people/, scenes/, video/ "
+                      "(default: $LFR_DEMO_DATA or shared/data/demo beside the repository)")
+    demo.add_argument("--out", help="keep the watchlist and records here (default: temporary)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    demo.set_defaults(func=cmd_demo)
+
+    wl = sub.add_parser("watchlist", help="build and inspect watchlist bundles")
+    wl_sub = wl.add_subparsers(dest="watchlist_command", required=True, metavar="COMMAND")
+    build = wl_sub.add_parser("build", help="enrol a folder per person, or a CSV, into a bundle")
+    build.add_argument("source", help="folder of <person_id>/ folders, or a CSV "
+                       "(id,name,image[,category,notes,expiry])")
+    build.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    build.add_argument("--expiry", help="ISO date/time after which the bundle refuses to load")
+    build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    build.set_defaults(func=cmd_watchlist_build)
+    info = wl_sub.add_parser("info", help="describe a bundle")
+    info.add_argument("bundle")
+    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    info.set_defaults(func=cmd_watchlist_info)
+
+    ev = sub.add_parser("eval", help="measure accuracy on a dataset")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
+    verify = ev_sub.add_parser("verify", help="LFW verification protocol (10 folds)")
+    verify.add_argument("--pairs", required=True,
+                        help="LFW pairs.txt or the fold-prefixed TSV (lfw-dev-pairs.tsv)")
+    verify.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
+    verify.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the embedding cache (~/.cache/lfr/eval)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    verify.set_defaults(func=cmd_eval_verify)
+
+    plugins = sub.add_parser("plugins", help="list plugins, their backends and failures")
+    plugins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=stderr, show_path=False)])
+    from lfr.plugins import ConfigError
+    from lfr.vision.models import ModelError
+
+    try:
+        return int(args.func(args))
+    except (UserError, ConfigError, ModelError) as exc:
+        stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

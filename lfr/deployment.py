@@ -1,0 +1,341 @@
+"""Assemble and run one deployment: cameras -> detectors -> matcher -> notifiers, supervised.
+
+Shutdown flows downstream: sources stop, each stage closes its output when its input ends, so
+queues drain and notifiers flush before the run returns. Alerts go to the durable outbox before
+any notifier sees them; faces that do not match are forgotten in the matcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from lfr.audit import AuditLog
+from lfr.config import Config, resolve_backends
+from lfr.matching import Matcher
+from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
+from lfr.notify.base import NotifierActor
+from lfr.notify.outbox import Outbox
+from lfr.plugins import BuildContext, Registry
+from lfr.runtime.actor import Actor, ActorStats
+from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
+from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
+from lfr.sources.base import SourceSettings, is_live_url
+from lfr.sources.stills import StillsSource
+from lfr.sources.video import CameraActor
+from lfr.stages import DetectorActor, MatcherActor, MatcherStats
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.quality import QualityGate
+from lfr.watchlist import Watchlist, load_bundle
+
+log = logging.getLogger("lfr.deployment")
+
+
+class Counters(msgspec.Struct, frozen=True):
+    """The deployment's own numbers, as published per deployment."""
+
+    faces: int
+    alerts: int
+    confirmed: int
+    false_alerts: int
+    no_action: int
+    pending: int  # alerts without a decision yet
+
+    @property
+    def false_alerts_per_1000_faces(self) -> float:
+        return 1000.0 * self.false_alerts / self.faces if self.faces else 0.0
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """Everything a dashboard or web page shows, taken without touching actor internals."""
+
+    name: str
+    location: str
+    running_s: float
+    actors: tuple[ActorStats, ...]
+    channels: tuple[ChannelStats, ...]
+    events: tuple[SupervisorEvent, ...]
+    watchlist_size: int
+    threshold: float
+    counters: Counters
+    operator: str
+
+
+AlertListener = Callable[[Alert], None]
+FrameListener = Callable[[FrameFaces, list[Alert]], None]
+Service = Callable[["Deployment"], Coroutine[Any, Any, None]]
+
+
+class RunSummary(msgspec.Struct, frozen=True):
+    name: str
+    location: str
+    data_dir: str
+    seconds: float
+    frames: int
+    faces: int
+    alerts: int
+    alerts_by_person: dict[str, int]
+    dropped_frames: int
+    restarts: int
+    failed_actors: list[str]
+    photo_errors: list[str]
+    cameras: dict[str, dict[str, Any]]
+
+
+class Deployment:
+    """One node's pipeline. ``offline=True`` makes frame queues block (no frame is dropped), for
+    the demo and evaluation, so results do not depend on machine load."""
+
+    def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
+                 once: bool = False, photos: Sequence[Path] = (),
+                 on_alert: AlertListener | None = None, on_frame: FrameListener | None = None,
+                 recent_alerts: int = 200) -> None:
+        self.config, self.registry = config, registry
+        self.offline, self.once, self.photos = offline, once, list(photos)
+        self.alert_listeners: list[AlertListener] = [on_alert] if on_alert else []
+        self.frame_listeners: list[FrameListener] = [on_frame] if on_frame else []
+        # Alerts of this run, newest last, for the operator's screens (matches only).
+        self.recent_alerts: deque[Alert] = deque(maxlen=recent_alerts)
+        self.decisions: dict[str, Adjudication] = {}
+        self.outbox: Outbox | None = None
+        self.audit: AuditLog | None = None
+        self.data_dir = config.resolved_data_dir()
+        self.supervisor = Supervisor(RestartPolicy(
+            max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s))
+        self.actors: list[Actor] = []
+        self.channels: list[Sender[Any]] = []
+        self.sources: list[CameraActor | StillsSource] = []
+        self.matcher_actor: MatcherActor | None = None
+        self.watchlist: Watchlist | None = None
+        self.started = time.monotonic()
+        self._stop = anyio.Event()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _build(self) -> tuple[FaceAnalyzer, Matcher, list[Any]]:
+        cfg = self.config
+        backends = resolve_backends(cfg, self.registry)
+        context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
+        analyzer = FaceAnalyzer(
+            self.registry.create("detector", backends.detector, context),
+            self.registry.create("embedder", backends.embedder, context),
+            QualityGate(min_face_px=cfg.quality.min_face_px,
+                        min_sharpness=cfg.quality.min_sharpness),
+        )
+        if cfg.watchlist is None:
+            raise ValueError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
+                             "configured")
+        self.watchlist = load_bundle(cfg.resolve_path(cfg.watchlist.bundle))
+        if self.watchlist.dim != analyzer.embedder.dim:
+            raise ValueError(f"watchlist {cfg.watchlist.bundle}: embeddings have dimension "
+                             f"{self.watchlist.dim}, the embedder gives {analyzer.embedder.dim}")
+        index = self.registry.create("index", backends.index, context)
+        index.build(self.watchlist.vectors)
+        matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
+                          top_k=cfg.matching.top_k)
+        notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
+        names = [n.name for n in notifiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{cfg.source_file or '<config>'}: $.notifiers: two notifiers share a "
+                             f"name ({names}); give each a distinct 'name'")
+        return analyzer, matcher, notifiers
+
+    def _wire(self, analyzer: FaceAnalyzer, matcher: Matcher, notifiers: list[Any],
+              outbox: Outbox, audit: AuditLog) -> None:
+        cfg, pipe = self.config, self.config.pipeline
+        frame_policy = Overflow.BLOCK if self.offline else Overflow.DROP_OLDEST
+        detect_limiter = anyio.CapacityLimiter(1)
+        embed_limiter = anyio.CapacityLimiter(1)
+        faces_send: Sender[FrameFaces]
+        faces_recv: Receiver[FrameFaces]
+        faces_send, faces_recv = open_channel("faces", pipe.face_queue)
+        self.channels.append(faces_send)
+        cameras = [msgspec.structs.replace(c, loop=False) if self.once else c
+                   for c in cfg.cameras]
+        names = [c.name for c in cameras] + (["photos"] if self.photos else [])
+        for i, name in enumerate(names):
+            frames_send: Sender[Frame]
+            frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
+                                                    frame_policy)
+            self.channels.append(frames_send)
+            source: CameraActor | StillsSource
+            if i < len(cameras):
+                source = CameraActor(self._local_paths(cameras[i]), frames_send)
+            else:
+                source = StillsSource(self.photos, frames_send, "photos")
+            self.sources.append(source)
+            self.actors += [source, DetectorActor(f"detect:{name}", frames_recv,
+                                                  faces_send.clone(), analyzer, detect_limiter,
+                                                  embed_limiter)]
+        faces_send.close()  # each detector holds its own clone
+        outs: list[Sender[Alert]] = []
+        for notifier in notifiers:
+            send: Sender[Alert]
+            recv: Receiver[Alert]
+            send, recv = open_channel(f"alerts:{notifier.name}", pipe.alert_queue)
+            self.channels.append(send)
+            outs.append(send)
+            self.actors.append(NotifierActor(notifier, recv, outbox))
+        self.matcher_actor = MatcherActor(
+            faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
+            [n.name for n in notifiers], cfg.matching.cooldown_s, self._alert_raised,
+            self._frame_done if self.frame_listeners else None)
+        self.actors.append(self.matcher_actor)
+
+    def _local_paths(self, camera: SourceSettings) -> SourceSettings:
+        """File cameras are relative to the config file's folder."""
+        if is_live_url(camera.url) or "://" in camera.url:
+            return camera
+        return msgspec.structs.replace(camera, url=str(self.config.resolve_path(camera.url)))
+
+    def _alert_raised(self, alert: Alert) -> None:
+        self.recent_alerts.append(alert)
+        for listener in self.alert_listeners:
+            listener(alert)
+
+    def _frame_done(self, item: FrameFaces, alerts: list[Alert]) -> None:
+        for listener in self.frame_listeners:
+            listener(item, alerts)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the sources to stop; everything downstream drains and ends by itself."""
+        self._stop.set()
+        for source in self.sources:
+            stop = getattr(source, "stop", None)
+            if stop is not None:
+                stop()
+
+    async def run(self, handle_signals: bool = True, services: Sequence[Service] = ()
+                  ) -> RunSummary:
+        """Run until the sources end or stop() is called. ``services`` (a dashboard, a web
+        server) run beside the pipeline and are cancelled once it has drained."""
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        audit = self.audit = AuditLog(self.data_dir)
+        outbox = self.outbox = Outbox(self.data_dir)
+        try:
+            analyzer, matcher, notifiers = self._build()
+            assert self.watchlist is not None
+            from lfr.config import redacted
+
+            audit.append("deployment_start", {"name": cfg.name, "location": cfg.location,
+                                              "operator": cfg.operator_name()})
+            audit.append("config", redacted(cfg))
+            audit.append("watchlist_loaded", {"digest": self.watchlist.digest(),
+                                              "persons": len(self.watchlist.persons),
+                                              "images": len(self.watchlist.labels),
+                                              "threshold": cfg.matching.threshold})
+            audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
+            self._wire(analyzer, matcher, notifiers, outbox, audit)
+            self.started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(self._watch_signals, tg.cancel_scope)
+                for actor in self.actors:
+                    self.supervisor.start_soon(tg, actor)
+                for service in services:
+                    tg.start_soon(service, self)
+                await self._wait_pipeline()
+                tg.cancel_scope.cancel()  # only the signal watcher is left
+            summary = self.summary()
+            audit.append("deployment_stop", {"frames": summary.frames, "faces": summary.faces,
+                                             "alerts": summary.alerts,
+                                             "seconds": round(summary.seconds, 3)})
+            return summary
+        finally:
+            self.outbox = self.audit = None
+            outbox.close()
+            audit.close()
+
+    async def _wait_pipeline(self) -> None:
+        """Returns when every actor has ended (sources finished or stopped, queues drained)."""
+        while any(a.state.value not in ("stopped", "failed") for a in self.actors):
+            await anyio.sleep(0.05)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self._stop.is_set():
+                    log.warning("second %s: cancelling", signal.Signals(signum).name)
+                    scope.cancel()
+                    return
+                log.warning("%s: stopping sources, draining the pipeline",
+                            signal.Signals(signum).name)
+                self.stop()
+
+    def adjudicate(self, alert_id: str, decision: Decision, operator: str | None = None,
+                   note: str = "") -> Adjudication:
+        """Record an officer's decision: outbox, audit log (with who decided), counters.
+
+        The dashboard's keys and the web page's buttons both come here.
+        """
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+        if self.outbox is None or self.audit is None:
+            raise RuntimeError("the deployment is not running")
+        if self.outbox.get_alert(alert_id) is None:
+            raise KeyError(f"no alert {alert_id!r} in this deployment")
+        adjudication = Adjudication(alert_id=alert_id, decision=decision,
+                                    operator=self.config.operator_name(operator), note=note)
+        self.outbox.add_adjudication(adjudication)
+        self.audit.record_adjudication(adjudication)
+        self.decisions[alert_id] = adjudication
+        return adjudication
+
+    def counters(self) -> Counters:
+        matcher = self.matcher_actor
+        decided = [d.decision for d in self.decisions.values()]
+        alerts = sum(matcher.alerts_by_person.values()) if matcher else 0
+        return Counters(faces=matcher.face_count if matcher else 0, alerts=alerts,
+                        confirmed=decided.count("confirmed"),
+                        false_alerts=decided.count("false_alert"),
+                        no_action=decided.count("no_action"), pending=alerts - len(decided))
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            name=self.config.name, location=self.config.location,
+            running_s=time.monotonic() - self.started,
+            actors=tuple(a.statistics() for a in self.actors),
+            channels=tuple(s.channel.statistics() for s in self.channels),
+            events=self.supervisor.events(),
+            watchlist_size=len(self.watchlist.persons) if self.watchlist else 0,
+            threshold=self.config.matching.threshold,
+            counters=self.counters(),
+            operator=self.config.operator_name(),
+        )
+
+    def summary(self) -> RunSummary:
+        snap = self.snapshot()
+        matcher = next((a for a in snap.actors if isinstance(a, MatcherStats)), None)
+        cameras: dict[str, dict[str, Any]] = {}
+        for stats in snap.actors:
+            if stats.kind == "camera":
+                cameras[stats.name] = msgspec.to_builtins(stats)
+        dropped = {c.name.split(":", 1)[1]: c.dropped for c in snap.channels
+                   if c.name.startswith("frames:")}
+        for name, n in dropped.items():
+            cameras.setdefault(name, {})["dropped_frames"] = n
+        photo_errors = [e for s in self.sources if isinstance(s, StillsSource) for e in s.failures]
+        sup = self.supervisor.statistics()
+        return RunSummary(
+            name=self.config.name, location=self.config.location, data_dir=str(self.data_dir),
+            seconds=snap.running_s,
+            frames=matcher.frames if matcher else 0, faces=matcher.faces if matcher else 0,
+            alerts=matcher.alerts if matcher else 0,
+            alerts_by_person=matcher.alerts_by_person if matcher else {},
+            dropped_frames=sum(dropped.values()), restarts=sup.restarts,
+            failed_actors=list(sup.failed), photo_errors=photo_errors, cameras=cameras,
+        )
+

@@ -1,0 +1,169 @@
+"""The detector and matcher actors: the two stages between cameras and notifiers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import anyio
+import cv2
+import numpy as np
+
+from lfr.audit import AuditLog
+from lfr.matching import Matcher
+from lfr.messages import Alert, Face, Frame, FrameFaces, utc_iso
+from lfr.notify.outbox import Outbox
+from lfr.runtime.actor import Actor, ActorState, ActorStats
+from lfr.runtime.channels import Receiver, Sender
+from lfr.vision.align import context_crop
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.watchlist import Watchlist
+
+log = logging.getLogger("lfr.pipeline")
+
+
+class DetectorStats(ActorStats, frozen=True, kw_only=True):
+    frames: int
+    faces: int
+    rejected: int  # faces below the quality gate
+
+
+class DetectorActor(Actor):
+    """Detects, aligns, assesses and embeds the faces of each frame.
+
+    Inference runs in worker threads (onnxruntime releases the GIL), one limiter per model session,
+    so one camera's embedding can overlap another's detection.
+    """
+
+    def __init__(self, name: str, frames: Receiver[Frame], out: Sender[FrameFaces],
+                 analyzer: FaceAnalyzer, detect_limiter: anyio.CapacityLimiter,
+                 embed_limiter: anyio.CapacityLimiter) -> None:
+        super().__init__(name, "detector")
+        self.frames, self.out, self.analyzer = frames, out, analyzer
+        self.detect_limiter, self.embed_limiter = detect_limiter, embed_limiter
+        self.frame_count = self.face_count = self.rejected = 0
+
+    async def run(self) -> None:
+        self.state = ActorState.RUNNING
+        async for frame in self.frames:
+            found = await anyio.to_thread.run_sync(self.analyzer.detect, frame.image,
+                                                   limiter=self.detect_limiter)
+            if found:
+                found = await anyio.to_thread.run_sync(self.analyzer.embed, found,
+                                                       limiter=self.embed_limiter)
+            faces = tuple(
+                Face(camera=frame.camera, frame_index=frame.index, wall_time=frame.wall_time,
+                     mono_time=frame.mono_time, detection=f.detection, quality=f.quality.score,
+                     embedding=f.embedding, crop=context_crop(frame.image, f.detection.box))
+                for f in found if f.embedding is not None
+            )
+            self.frame_count += 1
+            self.face_count += len(faces)
+            self.rejected += len(found) - len(faces)
+            await self.out.send(FrameFaces(frame, faces))
+            self.metrics.processed(latency_s=time.monotonic() - frame.mono_time)
+
+    async def finish(self) -> None:
+        self.frames.close()
+        self.out.close()
+
+    def statistics(self) -> DetectorStats:
+        return DetectorStats(**self._base_stats_fields(), frames=self.frame_count,
+                             faces=self.face_count, rejected=self.rejected)
+
+
+class MatcherStats(ActorStats, frozen=True, kw_only=True):
+    frames: int
+    faces: int
+    matches: int  # faces above the threshold (before the cooldown)
+    alerts: int
+    alerts_by_person: dict[str, int]
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 BGR image
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+class MatcherActor(Actor):
+    """Searches the watchlist for every face; a face below the threshold is dropped right here.
+
+    A match becomes an Alert that is written to the durable outbox and the audit log before any
+    notifier sees it. Without person tracking, a cooldown per (camera, person) keeps one person in
+    view from raising an alert per frame.
+    """
+
+    def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
+                 matcher: Matcher, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
+                 notifier_names: Sequence[str], cooldown_s: float,
+                 on_alert: Callable[[Alert], None] | None = None,
+                 on_frame: Callable[[FrameFaces, list[Alert]], None] | None = None) -> None:
+        super().__init__("matcher", "matcher")
+        self.faces, self.outs = faces, list(notifier_outs)
+        self.matcher, self.watchlist = matcher, watchlist
+        self.outbox, self.audit = outbox, audit
+        self.notifier_names = list(notifier_names)
+        self.cooldown_s = cooldown_s
+        self.on_alert, self.on_frame = on_alert, on_frame
+        self._last_alert: dict[tuple[str, str], float] = {}
+        self.frame_count = self.face_count = self.match_count = 0
+        self.alerts_by_person: dict[str, int] = {}
+
+    async def run(self) -> None:
+        self.state = ActorState.RUNNING
+        async for item in self.faces:
+            self.frame_count += 1
+            alerts: list[Alert] = []
+            if item.faces:
+                results = self.matcher.match(np.stack([f.embedding for f in item.faces]))
+                for face, result in zip(item.faces, results, strict=True):
+                    self.face_count += 1
+                    if result is None:
+                        continue  # not on the watchlist: forgotten here, nothing is kept
+                    self.match_count += 1
+                    key = (face.camera, result.person_id)
+                    last = self._last_alert.get(key)
+                    if last is not None and face.mono_time - last < self.cooldown_s:
+                        continue
+                    self._last_alert[key] = face.mono_time
+                    alerts.append(self._make_alert(face, result.person_id, result.score))
+            for alert in alerts:
+                await self._raise(alert)
+            if self.on_frame is not None:
+                self.on_frame(item, alerts)
+            self.metrics.processed(latency_s=time.monotonic() - item.frame.mono_time)
+
+    def _make_alert(self, face: Face, person_id: str, score: float) -> Alert:
+        return Alert(
+            id=Alert.new_id(), camera=face.camera, time=utc_iso(face.wall_time),
+            wall_time=face.wall_time, person_id=person_id,
+            name=self.watchlist.name(person_id), score=float(score),
+            threshold=self.matcher.threshold, box=face.detection.box,
+            frame_index=face.frame_index, latency_s=time.monotonic() - face.mono_time,
+            crop_jpeg=encode_jpeg(face.crop), watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
+            category=self.watchlist.category(person_id),
+        )
+
+    async def _raise(self, alert: Alert) -> None:
+        # Durable first: once in the outbox, a crash or restart still delivers it.
+        await anyio.to_thread.run_sync(self.outbox.add_alert, alert, self.notifier_names)
+        await anyio.to_thread.run_sync(self.audit.record_alert, alert)
+        self.alerts_by_person[alert.person_id] = self.alerts_by_person.get(alert.person_id, 0) + 1
+        if self.on_alert is not None:
+            self.on_alert(alert)
+        for out in self.outs:
+            await out.send(alert)
+
+    async def finish(self) -> None:
+        self.faces.close()
+        for out in self.outs:
+            out.close()
+
+    def statistics(self) -> MatcherStats:
+        return MatcherStats(**self._base_stats_fields(), frames=self.frame_count,
+                            faces=self.face_count, matches=self.match_count,
+                            alerts=sum(self.alerts_by_person.values()),
+                            alerts_by_person=dict(self.alerts_by_person))

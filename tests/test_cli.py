@@ -1,0 +1,74 @@
+"""The command line as a user meets it: help, exit codes, specific errors, --json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lfr.cli import build_parser, main
+
+from paths import PEOPLE
+
+COMMANDS = [[], ["run"], ["demo"], ["watchlist"], ["watchlist", "build"], ["watchlist", "info"],
+            ["eval"], ["eval", "verify"], ["plugins"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "lfr")
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: lfr" in capsys.readouterr().out
+
+
+def test_bad_config_field_exits_2_with_file_and_path(tmp_path, capsys):
+    path = tmp_path / "x.toml"
+    path.write_text('name = "x"\n[[cameras]]\nname = "a"\nurl = "a.mp4"\nfps_cap = "fast"\n')
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: $.cameras[0].fps_cap: Expected `float | null`, got `str`" in " ".join(
+        err.split())
+
+
+def test_missing_model_is_named(tmp_path, capsys):
+    bundle = tmp_path / "wl"
+    assert main(["watchlist", "build", str(PEOPLE), "-o", str(bundle), "--json"]) == 0
+    capsys.readouterr()
+    path = tmp_path / "x.toml"
+    path.write_text(f'name = "x"\n[watchlist]\nbundle = "{bundle}"\n'
+                    '[detector]\nkind = "yunet"\nmodel = "/nonexistent/det.onnx"\n')
+    assert main(["run", str(path), "--once"]) == 2
+    assert "/nonexistent/det.onnx: model file not found" in capsys.readouterr().err
+
+
+def test_watchlist_build_reports_each_bad_image_and_enrols_the_rest(tmp_path, capsys):
+    source = tmp_path / "people"
+    shutil.copytree(PEOPLE / "obama", source / "obama")
+    shutil.copytree(PEOPLE / "biden", source / "biden")
+    (source / "biden" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (source / "ghost").mkdir()
+    (source / "ghost" / "empty.png").write_bytes(b"")
+    assert main(["watchlist", "build", str(source), "-o", str(tmp_path / "wl"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    text = json.dumps(report)
+    assert "broken.jpg" in text and "empty.png" in text
+    assert report["persons_enrolled"] == 2
+    assert main(["watchlist", "info", str(tmp_path / "wl"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["persons"] == 2
+
+
+def test_plugins_json_lists_builtin_backends(capsys):
+    assert main(["plugins", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (builtin,) = [p for p in out["plugins"] if p["builtin"]]
+    assert builtin["provides"]["detector"] == ["yunet"]
+    assert set(builtin["provides"]["index"]) == {"exact", "annoy"}
+    assert builtin["error"] is None
+
+
+def test_demo_with_a_wrong_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path)]) == 2
+    assert "not a demo folder" in capsys.readouterr().err
