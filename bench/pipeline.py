@@ -97,7 +97,7 @@ def end_to_end(clip: Path) -> dict[str, object]:
             "cameras": [{"name": "clip", "url": str(clip)}], "notifiers": [{"kind": "jsonl"}]})
         latencies: list[float] = []
         deployment = Deployment(config, load_plugins(), offline=True, once=True,
-                                on_frame=lambda ff, alerts: latencies.append(
+                                on_frame=lambda ff, results, alerts: latencies.append(
                                     time.monotonic() - ff.frame.mono_time))
         start = time.perf_counter()
         summary = anyio.run(deployment.run, False)

@@ -7,6 +7,7 @@ else. Exit codes: 0 done, 1 failed while running, 2 bad usage, config or input.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -28,6 +29,11 @@ stderr = Console(stderr=True)
 log = logging.getLogger("lfr")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Command groups that live beside their code; each module has register(subparsers), adding
+# sub-commands that set func(args) -> exit code and may raise UserError.
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 class UserError(Exception):
@@ -133,7 +139,7 @@ def _load_registry() -> Any:
 
 
 def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[Path] = (),
-                    as_json: bool) -> tuple[list[Any], Any]:
+                    as_json: bool, services: Sequence[Any] = ()) -> tuple[list[Any], Any]:
     import anyio
 
     from lfr.deployment import Deployment
@@ -141,7 +147,7 @@ def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[
     alerts: list[Any] = []
     deployment = Deployment(config, _load_registry(), offline=offline, once=once, photos=photos,
                             on_alert=alerts.append)
-    summary = anyio.run(deployment.run)
+    summary = anyio.run(lambda: deployment.run(services=services))
     return alerts, summary
 
 
@@ -186,7 +192,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.operator:
         config = msgspec.structs.replace(config, operator=args.operator)
     _prepare_watchlist(config, args.json)
-    alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json)
+    services: list[Any] = []
+    if args.web or config.web.enabled:
+        from lfr.web import WebService
+
+        web = config.web if not args.web else msgspec.structs.replace(config.web, listen=args.web)
+        services.append(WebService(web, operator=args.operator).run)
+    if args.dashboard:
+        from lfr.dashboard import DashboardService
+
+        services.append(DashboardService(operator=args.operator).run)
+    alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json,
+                                      services=services)
     _report(alerts, summary, args.json)
     return EXIT_FAILED if summary.failed_actors and not summary.frames else EXIT_OK
 
@@ -298,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true",
                      help="play file cameras once (no looping) and exit when they end")
     run.add_argument("--operator", help="who is operating (audit log); default: config or OS user")
+    run.add_argument("--dashboard", action="store_true",
+                     help="live terminal dashboard: cameras, queues, alerts; adjudicate by keys")
+    run.add_argument("--web", metavar="HOST:PORT",
+                     help="serve the browser viewer (WebRTC) here, e.g. 127.0.0.1:8080")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.set_defaults(func=cmd_run)
 
@@ -337,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins, their backends and failures")
     plugins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     plugins.set_defaults(func=cmd_plugins)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

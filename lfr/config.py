@@ -64,6 +64,17 @@ class PrivacyConfig(Section, frozen=True):
     alert_retention_days: PositiveFloat = 31.0
 
 
+class WebConfig(Section, frozen=True):
+    """The supervisors' browser viewer (``lfr run --web``)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"  # localhost unless told otherwise
+    token: str | None = None  # generated at start (printed on stderr) when not set
+    max_viewers_per_camera: Positive = 3  # aiortc encodes once per viewer
+    ice_addresses: list[str] = msgspec.field(default_factory=list)  # host candidates to offer
+    stun_servers: list[str] = msgspec.field(default_factory=list)  # none unless configured
+
+
 class Config(Section, frozen=True):
     name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     location: str = ""
@@ -75,6 +86,7 @@ class Config(Section, frozen=True):
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
     embedder: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "sface"})
     index: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "exact"})

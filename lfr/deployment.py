@@ -20,7 +20,7 @@ import msgspec
 
 from lfr.audit import AuditLog
 from lfr.config import Config, resolve_backends
-from lfr.matching import Matcher
+from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
@@ -31,7 +31,7 @@ from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
 from lfr.sources.video import CameraActor
-from lfr.stages import DetectorActor, MatcherActor, MatcherStats
+from lfr.stages import DetectorActor, FrameCallback, MatcherActor, MatcherStats
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate
 from lfr.watchlist import Watchlist, load_bundle
@@ -70,7 +70,7 @@ class Snapshot(msgspec.Struct, frozen=True):
 
 
 AlertListener = Callable[[Alert], None]
-FrameListener = Callable[[FrameFaces, list[Alert]], None]
+FrameListener = FrameCallback  # (frame and faces, match result per face, alerts raised)
 Service = Callable[["Deployment"], Coroutine[Any, Any, None]]
 
 
@@ -187,7 +187,7 @@ class Deployment:
         self.matcher_actor = MatcherActor(
             faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
             [n.name for n in notifiers], cfg.matching.cooldown_s, self._alert_raised,
-            self._frame_done if self.frame_listeners else None)
+            self._frame_done)
         self.actors.append(self.matcher_actor)
 
     def _local_paths(self, camera: SourceSettings) -> SourceSettings:
@@ -201,9 +201,10 @@ class Deployment:
         for listener in self.alert_listeners:
             listener(alert)
 
-    def _frame_done(self, item: FrameFaces, alerts: list[Alert]) -> None:
+    def _frame_done(self, item: FrameFaces, results: list[MatchResult | None],
+                    alerts: list[Alert]) -> None:
         for listener in self.frame_listeners:
-            listener(item, alerts)
+            listener(item, results, alerts)
 
     # -- running -----------------------------------------------------------------------------
 

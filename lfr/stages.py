@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from lfr.audit import AuditLog
-from lfr.matching import Matcher
+from lfr.matching import Matcher, MatchResult
 from lfr.messages import Alert, Face, Frame, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
 from lfr.runtime.actor import Actor, ActorState, ActorStats
@@ -88,6 +88,11 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
+# Called for every frame that went through detection: the faces' match results (None: not on the
+# watchlist) in the faces' order, and the alerts this frame raised. Viewers draw from this.
+FrameCallback = Callable[[FrameFaces, list["MatchResult | None"], list[Alert]], None]
+
+
 class MatcherActor(Actor):
     """Searches the watchlist for every face; a face below the threshold is dropped right here.
 
@@ -100,7 +105,7 @@ class MatcherActor(Actor):
                  matcher: Matcher, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], cooldown_s: float,
                  on_alert: Callable[[Alert], None] | None = None,
-                 on_frame: Callable[[FrameFaces, list[Alert]], None] | None = None) -> None:
+                 on_frame: FrameCallback | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.matcher, self.watchlist = matcher, watchlist
@@ -117,6 +122,7 @@ class MatcherActor(Actor):
         async for item in self.faces:
             self.frame_count += 1
             alerts: list[Alert] = []
+            results: list[MatchResult | None] = []
             if item.faces:
                 results = self.matcher.match(np.stack([f.embedding for f in item.faces]))
                 for face, result in zip(item.faces, results, strict=True):
@@ -133,7 +139,7 @@ class MatcherActor(Actor):
             for alert in alerts:
                 await self._raise(alert)
             if self.on_frame is not None:
-                self.on_frame(item, alerts)
+                self.on_frame(item, results, alerts)
             self.metrics.processed(latency_s=time.monotonic() - item.frame.mono_time)
 
     def _make_alert(self, face: Face, person_id: str, score: float) -> Alert:
