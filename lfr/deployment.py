@@ -242,12 +242,14 @@ class Deployment:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
-                for actor in self.actors:
-                    self.supervisor.start_soon(tg, actor)
                 for service in services:
                     tg.start_soon(service, self)
-                await self._wait_pipeline()
-                tg.cancel_scope.cancel()  # only the signal watcher is left
+                # The inner group ends when every actor has ended: sources finished or stopped,
+                # then each stage after its input closed, so queues are drained.
+                async with anyio.create_task_group() as pipeline:
+                    for actor in self.actors:
+                        self.supervisor.start_soon(pipeline, actor)
+                tg.cancel_scope.cancel()  # services and the signal watcher
             summary = self.summary()
             audit.append("deployment_stop", {"frames": summary.frames, "faces": summary.faces,
                                              "alerts": summary.alerts,
@@ -257,11 +259,6 @@ class Deployment:
             self.outbox = self.audit = None
             outbox.close()
             audit.close()
-
-    async def _wait_pipeline(self) -> None:
-        """Returns when every actor has ended (sources finished or stopped, queues drained)."""
-        while any(a.state.value not in ("stopped", "failed") for a in self.actors):
-            await anyio.sleep(0.05)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

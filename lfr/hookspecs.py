@@ -8,7 +8,7 @@ Built-in backends register through these same hooks (see ``lfr.builtin``).
 ``settings`` is a msgspec Struct declared with ``tag_field="kind", tag=name`` (see
 ``lfr.plugins.BackendSettings``): the deployment's config section for that backend is validated
 against it, so a typo in a plugin's settings is reported like one in lfr's own.
-``factory(settings, context)`` builds the backend object; ``context`` is a ``lfr.plugins.BuildContext``.
+``factory(settings, context)`` builds the backend; ``context`` is a ``lfr.plugins.BuildContext``.
 """
 
 from __future__ import annotations
@@ -45,4 +45,4 @@ def lfr_register_index_backends(register: Register) -> None:
 
 @hookspec
 def lfr_register_notifiers(register: Register) -> None:
-    """Register notifiers: ``async deliver(alert)`` (alert.id is the idempotency key), ``aclose()``."""
+    """Register notifiers: ``async deliver(alert)`` (idempotent by ``alert.id``), ``aclose()``."""

@@ -6,10 +6,9 @@ import json
 import shutil
 
 import pytest
+from paths import PEOPLE
 
 from lfr.cli import build_parser, main
-
-from paths import PEOPLE
 
 COMMANDS = [[], ["run"], ["demo"], ["watchlist"], ["watchlist", "build"], ["watchlist", "info"],
             ["eval"], ["eval", "verify"], ["plugins"]]

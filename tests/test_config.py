@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from paths import REPO
 
 from lfr.config import load_config, redacted, resolve_backends
 from lfr.plugins import ConfigError, load_plugins
-
-from paths import REPO
 
 
 def write(tmp_path, text):
@@ -42,7 +41,8 @@ def test_wrong_type_names_file_and_path(tmp_path):
 
 def test_unknown_field_is_rejected(tmp_path):
     path = write(tmp_path, BASE + "[matching]\nthreshhold = 0.5\n")
-    with pytest.raises(ConfigError, match=r"\$\.matching: Object contains unknown field `threshhold`"):
+    unknown = r"\$\.matching: Object contains unknown field `threshhold`"
+    with pytest.raises(ConfigError, match=unknown):
         load_config(path)
 
 
@@ -61,7 +61,7 @@ def test_duplicate_camera_names(tmp_path):
 def test_invalid_toml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "name = \n"))
-    with pytest.raises(ConfigError, match="nope.toml: cannot read config"):
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read config"):
         load_config(tmp_path / "nope.toml")
 
 

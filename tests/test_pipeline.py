@@ -6,6 +6,7 @@ import anyio
 import msgspec
 import numpy as np
 import pytest
+from paths import CLIP, PEOPLE
 
 from lfr.builtin import YuNetSettings
 from lfr.config import parse_config
@@ -14,8 +15,6 @@ from lfr.hookspecs import hookimpl
 from lfr.plugins import BackendSettings, load_plugins
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
-
-from paths import CLIP, PEOPLE
 
 
 @pytest.fixture(scope="module")

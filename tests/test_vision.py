@@ -142,7 +142,7 @@ def test_converted_model_is_plain_fp32_with_dynamic_batch(tmp_path):
 
 
 def test_missing_user_model_names_the_path(tmp_path):
-    with pytest.raises(ModelError, match="nope.onnx: model file not found"):
+    with pytest.raises(ModelError, match=r"nope\.onnx: model file not found"):
         resolve_model(str(tmp_path / "nope.onnx"), BUNDLED_DETECTOR)
 
 
@@ -151,5 +151,5 @@ def test_corrupt_user_model_is_a_clear_error(tmp_path):
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match="bad.onnx: onnxruntime cannot load"):
+    with pytest.raises(ModelError, match=r"bad\.onnx: onnxruntime cannot load"):
         YuNetDetector(bad)
