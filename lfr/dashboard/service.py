@@ -1,0 +1,207 @@
+"""The dashboard service: runs beside a deployment, draws `render()` and turns keys into decisions.
+
+`lfr run CONFIG --dashboard` starts it with `Deployment.run(services=[DashboardService().run])`;
+the deployment cancels it once the pipeline has drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+from rich.console import Console
+from rich.live import Live
+
+from lfr.dashboard.render import DECISION_LABELS, CameraFlow, DashboardView, render
+from lfr.dashboard.terminal import LogCapture, cbreak, stdin_terminal, terminal_keys
+from lfr.matching import MatchResult
+from lfr.messages import Alert, Decision, FrameFaces
+from lfr.notify.console import terminal_owned
+from lfr.runtime.metrics import LatencyWindow, RateMeter
+
+if TYPE_CHECKING:
+    from lfr.deployment import Deployment
+
+log = logging.getLogger("lfr.dashboard")
+
+KEY_DECISIONS: dict[str, Decision] = {"c": "confirmed", "f": "false_alert", "n": "no_action"}
+NEWER, OLDER = ("up", "k"), ("down", "j")
+
+
+class FlowMeters:
+    """Faces per second and capture-to-decision latency per camera, fed by the matcher's frame
+    callback (it runs once per frame, after the frame's alerts are durable)."""
+
+    def __init__(self) -> None:
+        self._faces: dict[str, RateMeter] = {}
+        self._latency: dict[str, LatencyWindow] = {}
+
+    def on_frame(
+        self, item: FrameFaces, results: list[MatchResult | None], alerts: list[Alert]
+    ) -> None:
+        camera = item.frame.camera
+        if camera not in self._faces:
+            self._faces[camera], self._latency[camera] = RateMeter(), LatencyWindow()
+        self._faces[camera].mark(len(item.faces))
+        self._latency[camera].add(time.monotonic() - item.frame.mono_time)
+
+    def snapshot(self) -> dict[str, CameraFlow]:
+        return {
+            camera: CameraFlow(
+                meter.rate(), self._latency[camera].p50_ms(), self._latency[camera].p95_ms()
+            )
+            for camera, meter in self._faces.items()
+        }
+
+
+class DashboardService:
+    """The operator's terminal dashboard.
+
+    On a terminal it takes the alternate screen and reads keys from stdin in cbreak mode (restored
+    at exit); elsewhere (a file console in tests) it only renders. ``keys`` replaces the terminal's
+    keys, e.g. an async generator in tests. Decisions go to ``deployment.adjudicate`` with the
+    operator's name: ``operator``, else the config's, else the OS user.
+    """
+
+    def __init__(
+        self,
+        operator: str | None = None,
+        refresh_s: float = 0.5,
+        console: Console | None = None,
+        keys: AsyncIterator[str] | None = None,
+    ) -> None:
+        if refresh_s <= 0:
+            raise ValueError(f"refresh_s must be > 0, got {refresh_s!r}")
+        self.operator = operator
+        self.refresh_s = refresh_s
+        self.console = console if console is not None else Console(stderr=True)
+        self.keys = keys
+        self.selected: str | None = None  # the alert id the operator's keys act on
+        self.status = ""
+        self.stopping = False
+        self.flows = FlowMeters()
+        self.logs = LogCapture()
+        self._wake = anyio.Event()
+
+    # -- state the screen shows ---------------------------------------------------------------
+
+    def view(self, deployment: Deployment) -> DashboardView:
+        """What the screen shows now. Pins the selection to a concrete alert, so an alert that
+        arrives later never slides under the operator's keys."""
+        alerts = tuple(reversed(deployment.recent_alerts))
+        if alerts and all(a.id != self.selected for a in alerts):
+            self.selected = alerts[0].id
+        return DashboardView(
+            snapshot=deployment.snapshot(),
+            alerts=alerts,
+            decisions={k: v.decision for k, v in deployment.decisions.items()},
+            selected=self.selected,
+            flows=self.flows.snapshot(),
+            log=tuple(self.logs.lines),
+            operator=deployment.config.operator_name(self.operator),
+            status=self.status,
+            stopping=self.stopping,
+        )
+
+    def handle_key(self, key: str, deployment: Deployment) -> None:
+        alerts = list(reversed(deployment.recent_alerts))
+        ids = [a.id for a in alerts]
+        index = ids.index(self.selected) if self.selected in ids else None
+        if key in NEWER + OLDER and index is not None:
+            step = -1 if key in NEWER else 1
+            self.selected = ids[min(max(index + step, 0), len(ids) - 1)]
+        elif key in KEY_DECISIONS:
+            if index is None:
+                self.status = "no alert selected"
+                return
+            self._decide(deployment, alerts[index], KEY_DECISIONS[key])
+        elif key == "q" and not self.stopping:
+            self.stopping = True
+            self.status = "stopping: sources stop, queues drain, notifiers flush"
+            deployment.stop()
+
+    def _decide(self, deployment: Deployment, alert: Alert, decision: Decision) -> None:
+        # On the event loop thread: the deployment's counters read its decisions there too.
+        try:
+            adj = deployment.adjudicate(alert.id, decision, self.operator)
+        except (KeyError, RuntimeError, ValueError) as exc:  # gone, stopped, bad decision
+            self.status = f"not recorded: {exc}"
+            return
+        except Exception as exc:  # the disk, the database: tell the operator, keep running
+            log.exception("dashboard: decision on alert %s not recorded", alert.id)
+            self.status = f"not recorded: {type(exc).__name__}: {exc}"
+            return
+        self.status = (
+            f"{DECISION_LABELS[decision]}: {alert.name or alert.person_id} "
+            f"({alert.camera} {alert.time[11:19]}) by {adj.operator}"
+        )
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, deployment: Deployment) -> None:
+        console = self.console
+        screen = console.is_terminal
+        fd = stdin_terminal() if self.keys is None and screen else None
+        keys = self.keys if self.keys is not None else terminal_keys(fd) if fd is not None else None
+        deployment.frame_listeners.append(self.flows.on_frame)
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self.logs.installed(take_terminal=screen))
+                if screen:
+                    stack.enter_context(terminal_owned())
+                if fd is not None:
+                    stack.enter_context(cbreak(fd))
+                # Our own refresh task (no auto refresh thread), and no stdout/stderr redirection:
+                # on the alternate screen, redirected lines would push the screen down.
+                live = stack.enter_context(
+                    Live(
+                        console=console,
+                        screen=screen,
+                        auto_refresh=False,
+                        transient=screen,
+                        redirect_stdout=False,
+                        redirect_stderr=False,
+                    )
+                )
+                async with anyio.create_task_group() as tg:
+                    if keys is not None:
+                        tg.start_soon(self._read_keys, keys, deployment)
+                    if screen:
+                        tg.start_soon(self._watch_resize)
+                    await self._refresh_forever(live, deployment)
+        finally:
+            deployment.frame_listeners.remove(self.flows.on_frame)
+
+    async def _refresh_forever(self, live: Live, deployment: Deployment) -> None:
+        failed: set[str] = set()
+        while True:
+            # Measured every time: a resized terminal gets a layout for its new size.
+            width, height = self.console.size
+            try:
+                live.update(render(self.view(deployment), width, height), refresh=True)
+            except Exception as exc:  # a viewer's bug must not stop the pipeline it watches
+                if str(exc) not in failed:
+                    failed.add(str(exc))
+                    log.exception("dashboard: cannot draw the screen: %s", exc)
+            with anyio.move_on_after(self.refresh_s):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _read_keys(self, keys: AsyncIterator[str], deployment: Deployment) -> None:
+        async for key in keys:
+            self.handle_key(key, deployment)
+            self._wake.set()  # show the effect of a key at once
+
+    async def _watch_resize(self) -> None:
+        try:
+            signals = anyio.open_signal_receiver(signal.SIGWINCH)
+            with signals as received:
+                async for _ in received:
+                    self._wake.set()
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            return
