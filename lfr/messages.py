@@ -60,6 +60,8 @@ class FrameFaces(msgspec.Struct, frozen=True):
 
     frame: Frame
     faces: tuple[Face, ...]
+    # Faces the quality gate turned away: never matched, but viewers must still blur them.
+    rejected: tuple[Detection, ...] = ()
 
 
 class Candidate(msgspec.Struct, frozen=True):

@@ -61,7 +61,8 @@ class DetectorActor(Actor):
             self.frame_count += 1
             self.face_count += len(faces)
             self.rejected += len(found) - len(faces)
-            await self.out.send(FrameFaces(frame, faces))
+            rejected = tuple(f.detection for f in found if f.embedding is None)
+            await self.out.send(FrameFaces(frame, faces, rejected))
             self.metrics.processed(latency_s=time.monotonic() - frame.mono_time)
 
     async def finish(self) -> None:

@@ -1,0 +1,14 @@
+"""Browser viewer for supervisors: live video over WebRTC, alerts and decisions (``--web``)."""
+
+from lfr.web.server import TooManyViewers, WebService, WebStats, ice_host_addresses, parse_listen
+from lfr.web.tracks import ViewerStats, ViewerTrack
+
+__all__ = [
+    "TooManyViewers",
+    "ViewerStats",
+    "ViewerTrack",
+    "WebService",
+    "WebStats",
+    "ice_host_addresses",
+    "parse_listen",
+]
