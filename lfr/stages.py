@@ -16,8 +16,8 @@ from lfr.messages import Alert, Face, Frame, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Receiver, Sender
-from lfr.vision.align import context_crop
 from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.privacy import context_crop
 from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.pipeline")
@@ -52,11 +52,14 @@ class DetectorActor(Actor):
             if found:
                 found = await anyio.to_thread.run_sync(self.analyzer.embed, found,
                                                        limiter=self.embed_limiter)
+            boxes = [f.detection.box for f in found]
             faces = tuple(
                 Face(camera=frame.camera, frame_index=frame.index, wall_time=frame.wall_time,
                      mono_time=frame.mono_time, detection=f.detection, quality=f.quality.score,
-                     embedding=f.embedding, crop=context_crop(frame.image, f.detection.box))
-                for f in found if f.embedding is not None
+                     embedding=f.embedding,
+                     crop=context_crop(frame.image, f.detection.box,
+                                       others=boxes[:i] + boxes[i + 1:]))
+                for i, f in enumerate(found) if f.embedding is not None
             )
             self.frame_count += 1
             self.face_count += len(faces)

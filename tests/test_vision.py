@@ -153,3 +153,30 @@ def test_corrupt_user_model_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match=r"bad\.onnx: onnxruntime cannot load"):
         YuNetDetector(bad)
+
+
+def test_alert_crop_obscures_bystanders_but_not_the_subject(analyzer):
+    from lfr.vision.privacy import context_crop
+
+    image = cv2.imread(str(SCENES / "kit_with_rose.jpg"))
+    faces = analyzer.detect(image)
+    assert len(faces) == 2
+    subject, bystander = (f.detection.box for f in faces)
+    # A crop wide enough to hold both faces.
+    margin = 2.5
+    plain = context_crop(image, subject, margin=margin, max_side=10_000)
+    masked = context_crop(image, subject, others=[bystander], margin=margin, max_side=10_000)
+    assert plain.shape == masked.shape
+    cx, cy = subject[0] + subject[2] / 2, subject[1] + subject[3] / 2
+    side = max(subject[2], subject[3]) * (1 + 2 * margin)
+    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+
+    def region(img, box):
+        x, y, w, h = (round(v) for v in box)
+        return img[y - y0 : y - y0 + h, x - x0 : x - x0 + w].astype(np.float32)
+
+    def detail(patch):
+        return float(np.abs(cv2.Laplacian(patch, cv2.CV_32F)).mean())
+
+    assert np.array_equal(region(plain, subject), region(masked, subject))
+    assert detail(region(masked, bystander)) < 0.2 * detail(region(plain, bystander))

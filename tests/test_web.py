@@ -25,9 +25,10 @@ from lfr.matching import MatchResult
 from lfr.messages import Detection, Face, Frame, FrameFaces
 from lfr.plugins import load_plugins
 from lfr.vision.defaults import default_analyzer
+from lfr.vision.privacy import padded_box
 from lfr.watchlist import build_watchlist
 from lfr.web import TooManyViewers, WebService, ice_host_addresses, parse_listen
-from lfr.web.tracks import FaceMark, padded_box, render
+from lfr.web.tracks import FaceMark, render
 
 LIMIT_S = 90  # bound for anything that waits on the pipeline or the network
 

@@ -40,20 +40,3 @@ def align_face(image: np.ndarray, landmarks: Sequence[Sequence[float]]) -> np.nd
     """The 112x112 aligned face (same channel order as ``image``)."""
     matrix = similarity_transform(np.asarray(landmarks, np.float64), ARCFACE_TEMPLATE)
     return cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR)
-
-
-def context_crop(image: np.ndarray, box: Sequence[float], margin: float = 0.4,
-                 max_side: int = 192) -> np.ndarray:
-    """The face with some context around it, for the officer to compare (kept only on a match)."""
-    x, y, w, h = box
-    cx, cy, side = x + w / 2, y + h / 2, max(w, h) * (1 + 2 * margin)
-    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
-    x1, y1 = min(image.shape[1], int(cx + side / 2)), min(image.shape[0], int(cy + side / 2))
-    crop = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
-    longest = max(crop.shape[:2])
-    if longest > max_side:
-        factor = max_side / longest
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * factor)),
-                                 max(1, round(crop.shape[0] * factor))),
-                          interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(crop)

@@ -20,8 +20,8 @@ import msgspec
 import numpy as np
 
 from lfr.messages import utc_iso
-from lfr.vision.align import context_crop
 from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
+from lfr.vision.privacy import context_crop
 from lfr.watchlist.bundle import (
     FORMAT_VERSION,
     OUTCOMES,
@@ -201,7 +201,8 @@ def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
 
 
 def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
-    chosen = _choose_face(analyzer.detect(image))
+    faces = analyzer.detect(image)
+    chosen = _choose_face(faces)
     if isinstance(chosen, _Enrolled):
         return chosen
     quality = chosen.quality
@@ -211,7 +212,8 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     embedding = analyzer.embed([chosen])[0].embedding
     if embedding is None:
         return _Enrolled("low_quality", "not embedded")
-    crop = context_crop(image, chosen.detection.box, max_side=THUMB_SIDE)
+    bystanders = [f.detection.box for f in faces if f is not chosen]
+    crop = context_crop(image, chosen.detection.box, others=bystanders, max_side=THUMB_SIDE)
     ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, THUMB_JPEG_QUALITY])
     if not ok:
         raise WatchlistError("cannot encode a thumbnail as JPEG")

@@ -231,9 +231,8 @@ class WebService:
             else:
                 name = watchlist.name(result.person_id) if watchlist else result.person_id
                 marks.append(FaceMark(face.detection.box, name, result.score))
-        # Faces the quality gate turned away (too small, blurred) are not matches either: blur
-        # them too, once the detector passes them on as FrameFaces.rejected (lead's change).
-        for detection in getattr(item, "rejected", ()):
+        # Faces the quality gate turned away (too small, blurred) are not matches either.
+        for detection in item.rejected:
             marks.append(FaceMark(detection.box, None, 0.0))
         self._feed(item.frame.camera).publish(item.frame.image, item.frame.mono_time, tuple(marks))
 

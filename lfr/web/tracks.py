@@ -8,7 +8,6 @@ them, so a slow viewer never slows the pipeline or another viewer.
 from __future__ import annotations
 
 import fractions
-import math
 import unicodedata
 from typing import NamedTuple
 
@@ -19,10 +18,11 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
+from lfr.vision.privacy import obscure
+
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 MAX_WIDTH = 1280  # wider frames are scaled down before encoding (aiortc encodes per viewer)
-BLUR_PAD = 0.25  # share of the face box added on each side before blurring (hair, ears)
 
 MATCH_COLOUR = (0, 0, 255)  # BGR
 OTHER_COLOUR = (170, 170, 170)
@@ -56,40 +56,6 @@ def _ascii(text: str) -> str:
     # cv2's Hershey fonts draw ASCII only.
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return plain or "?"
-
-
-def padded_box(
-    box: tuple[float, float, float, float], shape: tuple[int, ...], pad: float = BLUR_PAD
-) -> tuple[int, int, int, int]:
-    """The box grown by ``pad`` on each side, clipped to the image: x0, y0, x1, y1."""
-    x, y, w, h = box
-    height, width = shape[:2]
-    x0 = max(0, math.floor(x - w * pad))
-    y0 = max(0, math.floor(y - h * pad))
-    x1 = min(width, math.ceil(x + w * (1 + pad)))
-    y1 = min(height, math.ceil(y + h * (1 + pad)))
-    return x0, y0, max(x0, x1), max(y0, y1)
-
-
-def obscure(image: np.ndarray, box: tuple[float, float, float, float]) -> None:
-    """Pixelate (about 6 cells across) then smooth the padded face box, in place.
-
-    Pixelation removes identity for good; the smoothing only hides the cell edges.
-    """
-    x0, y0, x1, y1 = padded_box(box, image.shape)
-    w, h = x1 - x0, y1 - y0
-    if w < 2 or h < 2:
-        return
-    region = image[y0:y1, x0:x1]
-    side = max(w, h)
-    small = cv2.resize(
-        region,
-        (max(1, round(6 * w / side)), max(1, round(6 * h / side))),
-        interpolation=cv2.INTER_AREA,
-    )
-    coarse = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-    k = max(3, (min(w, h) // 6) | 1)
-    region[...] = cv2.GaussianBlur(coarse, (k, k), 0)
 
 
 def render(
