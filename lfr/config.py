@@ -11,7 +11,7 @@ import getpass
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -41,8 +41,16 @@ class WatchlistConfig(Section, frozen=True):
 class MatchingConfig(Section, frozen=True):
     threshold: Cosine = DEFAULT_THRESHOLD
     top_k: Positive = 5
-    # Without person tracking, one person in view raises at most one alert per camera per cooldown.
+    # A person who leaves and comes back raises at most one alert per camera per cooldown.
     cooldown_s: Annotated[float, Meta(ge=0)] = 60.0
+    # Person tracks (lfr.tracking): a camera's faces are linked across frames and each track
+    # decides once, from its best faces; "frame" decides on any single face over the threshold.
+    fusion: Literal["embedding", "score", "frigate", "frame"] = "frame"
+    fusion_frames: Positive = 5  # best-quality faces a decision uses
+    min_track_frames: Positive = 2  # faces before a track may decide (a shorter one: at its end)
+    track_iou: Annotated[float, Meta(ge=0, le=1)] = 0.1  # least overlap with the predicted box
+    track_max_missed: Positive = 8  # camera frames without the face before its track ends
+    track_max_age_s: PositiveFloat = 3.0  # capture-time seconds without it before it ends
 
 
 class QualityConfig(Section, frozen=True):
@@ -133,7 +141,7 @@ def _format_error(where: str, exc: msgspec.ValidationError) -> str:
     message = str(exc)
     text, sep, path = message.rpartition(" - at `")
     if not sep:
-        return f"{where}: {message}"
+        return f"{where}: $: {message}"  # a problem with the document itself (top level)
     return f"{where}: {path.rstrip('`')}: {text}"
 
 

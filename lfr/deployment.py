@@ -18,13 +18,15 @@ from typing import Any
 import anyio
 import msgspec
 
-from lfr.audit import AuditLog
+from lfr.audit import AuditLog, audit_records
 from lfr.config import Config, resolve_backends
 from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
-from lfr.plugins import BuildContext, Registry
+from lfr.plugins import BuildContext, ConfigError, Registry
+from lfr.report import camera_stop_fields
+from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
@@ -117,6 +119,8 @@ class Deployment:
         self.watchlist: Watchlist | None = None
         self.started = time.monotonic()
         self._stop = anyio.Event()
+        # Always on: alert images are blanked after privacy.alert_retention_days.
+        self.retention = RetentionService(config.privacy.alert_retention_days)
 
     # -- building ----------------------------------------------------------------------------
 
@@ -131,11 +135,11 @@ class Deployment:
                         min_sharpness=cfg.quality.min_sharpness),
         )
         if cfg.watchlist is None:
-            raise ValueError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
+            raise ConfigError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
                              "configured")
         self.watchlist = load_bundle(cfg.resolve_path(cfg.watchlist.bundle))
         if self.watchlist.dim != analyzer.embedder.dim:
-            raise ValueError(f"watchlist {cfg.watchlist.bundle}: embeddings have dimension "
+            raise ConfigError(f"watchlist {cfg.watchlist.bundle}: embeddings have dimension "
                              f"{self.watchlist.dim}, the embedder gives {analyzer.embedder.dim}")
         index = self.registry.create("index", backends.index, context)
         index.build(self.watchlist.vectors)
@@ -144,8 +148,8 @@ class Deployment:
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
-            raise ValueError(f"{cfg.source_file or '<config>'}: $.notifiers: two notifiers share a "
-                             f"name ({names}); give each a distinct 'name'")
+            raise ConfigError(f"{cfg.source_file or '<config>'}: $.notifiers: two notifiers share "
+                              f"a name ({names}); give each a distinct 'name'")
         return analyzer, matcher, notifiers
 
     def _wire(self, analyzer: FaceAnalyzer, matcher: Matcher, notifiers: list[Any],
@@ -237,12 +241,14 @@ class Deployment:
                                               "images": len(self.watchlist.labels),
                                               "threshold": cfg.matching.threshold})
             audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
+            self._audit_unrecorded_alerts(outbox, audit)
             self._wire(analyzer, matcher, notifiers, outbox, audit)
+            self.retention.purge(outbox)  # images past their retention, left by earlier runs
             self.started = time.monotonic()
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
-                for service in services:
+                for service in [self.retention.run, *services]:
                     tg.start_soon(service, self)
                 # The inner group ends when every actor has ended: sources finished or stopped,
                 # then each stage after its input closed, so queues are drained.
@@ -253,12 +259,23 @@ class Deployment:
             summary = self.summary()
             audit.append("deployment_stop", {"frames": summary.frames, "faces": summary.faces,
                                              "alerts": summary.alerts,
-                                             "seconds": round(summary.seconds, 3)})
+                                             "seconds": round(summary.seconds, 3),
+                                             "cameras": camera_stop_fields(summary.cameras)})
             return summary
         finally:
             self.outbox = self.audit = None
             outbox.close()
             audit.close()
+
+    @staticmethod
+    def _audit_unrecorded_alerts(outbox: Outbox, audit: AuditLog) -> None:
+        """An alert reaches the outbox before the audit log: a crash between the two (kill -9)
+        leaves one the log lacks. Record it now, so every alert ever raised is audited."""
+        audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == "alert"}
+        for alert in reversed(outbox.alerts()):  # oldest first
+            if alert.id not in audited:
+                log.warning("alert %s was not in the audit log (crash?): recording it", alert.id)
+                audit.record_alert(alert)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

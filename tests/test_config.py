@@ -72,7 +72,7 @@ def test_backend_settings_are_validated_like_the_rest(tmp_path):
         resolve_backends(config, registry)
     config = load_config(write(tmp_path, BASE + '[[notifiers]]\nkind = "pager"\n'))
     with pytest.raises(ConfigError, match=r"\$\.notifiers\[0\]\.kind: unknown notifier 'pager' "
-                                          r"\(registered: console, jsonl\)"):
+                                          r"\(registered: console, jsonl"):
         resolve_backends(config, registry)
     config = load_config(write(tmp_path, BASE + '[index]\nkind = "annoy"\nn_trees = 0\n'))
     with pytest.raises(ConfigError, match=r"\$\.index\.n_trees: Expected `int` >= 1"):

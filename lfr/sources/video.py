@@ -89,19 +89,26 @@ class _Decoder:
         if settings.url.lower().startswith("rtsp"):
             options.setdefault("rtsp_transport", settings.rtsp_transport)
         timeout = (settings.open_timeout_s, settings.read_timeout_s) if settings.live else None
+        no_answer = f"no answer within {settings.open_timeout_s} s"
+        start = time.monotonic()
         try:
             container = av.open(settings.url, options=options, timeout=timeout)
         except av.error.ExitError:
-            reason = f"no answer within {settings.open_timeout_s} s"
-            raise SourceError(f"{settings.name}: cannot open {shown!r}: {reason}") from None
+            raise SourceError(f"{settings.name}: cannot open {shown!r}: {no_answer}") from None
         except av.error.FFmpegError as exc:
-            raise SourceError(f"{settings.name}: cannot open {shown!r}: {exc.strerror}") from None
+            # FFmpeg's RTSP demuxer reports its interrupted open as invalid data: say what it was.
+            timed_out = timeout is not None and time.monotonic() - start >= timeout[0]
+            reason = no_answer if timed_out else exc.strerror
+            raise SourceError(f"{settings.name}: cannot open {shown!r}: {reason}") from None
         except OSError as exc:  # PyAV's own file handling
             reason = exc.strerror or str(exc)
             raise SourceError(f"{settings.name}: cannot open {shown!r}: {reason}") from None
         if not container.streams.video:
             container.close()
             raise SourceError(f"{settings.name}: {shown!r} has no video stream")
+        if container.streams.video[0].codec_context is None:  # a codec FFmpeg cannot decode
+            container.close()
+            raise SourceError(f"{settings.name}: {shown!r}: no decoder for its video stream")
         return cls(settings, container)
 
     def read(self) -> _Picture | None:
