@@ -9,6 +9,8 @@ from msgspec import Meta
 from lfr.hookspecs import hookimpl
 from lfr.plugins import BackendSettings, BuildContext, Register
 
+LFR_PLUGIN_API = 1  # the plugin API versions this plugin is written for (see lfr.hookspecs)
+
 Score = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 

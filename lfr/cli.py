@@ -33,6 +33,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Command groups that live beside their code; each module has register(subparsers), adding
 # sub-commands that set func(args) -> exit code and may raise UserError.
 COMMAND_MODULES: tuple[str, ...] = (
+    "lfr.cli_ops",
+    "lfr.eval.cli",
 )
 
 
@@ -249,35 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- eval / plugins -----------------------------------------------------------------------------
-
-
-def cmd_eval_verify(args: argparse.Namespace) -> int:
-    from rich.progress import Progress as RichProgress
-
-    from lfr.eval.dataset import default_cache_dir
-    from lfr.eval.pairs import PairsError, parse_pairs
-    from lfr.eval.verify import render_verify, run_verify
-    from lfr.vision.defaults import default_analyzer
-
-    pairs_file, images = Path(args.pairs), Path(args.images)
-    try:
-        parse_pairs(pairs_file)  # fail fast, before loading models
-    except (PairsError, OSError) as exc:
-        raise UserError(str(exc)) from None
-    if not images.is_dir():
-        raise UserError(f"{images}: images folder not found")
-    cache = None if args.no_cache else default_cache_dir()
-    with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
-        task = bar.add_task("embedding pair images", total=None)
-        report = run_verify(pairs_file, images, default_analyzer(), cache=cache,
-                            progress=lambda done, total: bar.update(task, completed=done,
-                                                                    total=total))
-    if args.json:
-        _print_json(report)
-    else:
-        stderr.print(render_verify(report))
-    return EXIT_OK
+# -- plugins ------------------------------------------------------------------------------------
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -332,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wl = sub.add_parser("watchlist", help="build and inspect watchlist bundles")
     wl_sub = wl.add_subparsers(dest="watchlist_command", required=True, metavar="COMMAND")
+    wl.set_defaults(subcommands=wl_sub)  # command modules add to the group (watchlist destroy)
     build = wl_sub.add_parser("build", help="enrol a folder per person, or a CSV, into a bundle")
     build.add_argument("source", help="folder of <person_id>/ folders, or a CSV "
                        "(id,name,image[,category,notes,expiry])")
@@ -343,17 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("bundle")
     info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     info.set_defaults(func=cmd_watchlist_info)
-
-    ev = sub.add_parser("eval", help="measure accuracy on a dataset")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
-    verify = ev_sub.add_parser("verify", help="LFW verification protocol (10 folds)")
-    verify.add_argument("--pairs", required=True,
-                        help="LFW pairs.txt or the fold-prefixed TSV (lfw-dev-pairs.tsv)")
-    verify.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
-    verify.add_argument("--no-cache", action="store_true",
-                        help="do not read or write the embedding cache (~/.cache/lfr/eval)")
-    verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    verify.set_defaults(func=cmd_eval_verify)
 
     plugins = sub.add_parser("plugins", help="list plugins, their backends and failures")
     plugins.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -368,12 +332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=stderr, show_path=False)])
+    from lfr.audit import AuditError
     from lfr.plugins import ConfigError
     from lfr.vision.models import ModelError
+    from lfr.watchlist import WatchlistError
 
     try:
         return int(args.func(args))
-    except (UserError, ConfigError, ModelError) as exc:
+    except (UserError, ConfigError, ModelError, WatchlistError, AuditError) as exc:
         stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:

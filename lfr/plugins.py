@@ -1,41 +1,65 @@
 """Plugin loading and the backend registry.
 
 Plugins are found through the ``lfr`` entry-point group; built-in backends are a plugin too
-(``lfr.builtin``), loaded through the same manager. A plugin that fails to import or raises in a
-hook is reported and skipped; the others load. ``LFR_PLUGINS`` (comma-separated allow-list of
-entry-point names) and ``LFR_DISABLE_PLUGINS`` (block-list) select what loads.
+(``lfr.builtin``), loaded through the same manager. A plugin that fails to import, declares a plugin
+API version this lfr does not support, implements an unknown hook, or raises in a hook is reported
+and skipped; the others load. ``LFR_PLUGINS`` (comma-separated allow-list of entry-point names) and
+``LFR_DISABLE_PLUGINS`` (block-list) select what loads. The public names for plugin authors are in
+``lfr.api``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
+import anyio
 import msgspec
 import pluggy
 
 from lfr import hookspecs
+from lfr.messages import Frame
+from lfr.runtime.actor import Actor
+from lfr.runtime.channels import Sender
+from lfr.sources.base import CameraStats, SourceSettings, SourceState
 
 log = logging.getLogger("lfr.plugins")
 
-BackendKind = Literal["detector", "embedder", "index", "notifier"]
-BACKEND_KINDS: tuple[BackendKind, ...] = ("detector", "embedder", "index", "notifier")
+BackendKind = Literal["detector", "embedder", "index", "notifier", "source"]
+BACKEND_KINDS: tuple[BackendKind, ...] = ("detector", "embedder", "index", "notifier", "source")
 _HOOK_FOR_KIND: dict[BackendKind, str] = {
     "detector": "lfr_register_detectors",
     "embedder": "lfr_register_embedders",
     "index": "lfr_register_index_backends",
     "notifier": "lfr_register_notifiers",
+    "source": "lfr_register_sources",
 }
+# What a built backend object must have, per kind (the protocols in lfr.api, checked at build).
+PROTOCOL_MEMBERS: dict[BackendKind, tuple[str, ...]] = {
+    "detector": ("name", "detect"),
+    "embedder": ("name", "dim", "embed"),
+    "index": ("name", "build", "search", "__len__"),
+    "notifier": ("name", "deliver", "aclose"),
+    "source": ("name", "frames", "stop"),
+}
+BUILTIN_MODULE = "lfr.builtin"
 
 
 class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
                       tag_field="kind"):
     """Base of every backend's settings; subclasses pass ``tag="<name>"``."""
+
+
+class SourceBackendSettings(BackendSettings, frozen=True):
+    """Base of a source backend's settings: every camera has a name (unique in a deployment)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -47,7 +71,26 @@ class BuildContext:
 
 
 Factory = Callable[[Any, BuildContext], Any]
-Register = Callable[..., None]
+
+
+class Register(Protocol):
+    """The callback every register hook receives."""
+
+    def __call__(self, name: str, factory: Factory, settings: type[BackendSettings]) -> None: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A camera from a plugin: ``frames()`` yields BGR frames (``Frame.camera`` is ``name``)
+    until the source ends; raising is a crash (the supervisor calls ``frames()`` again, so a
+    network source reconnects there). ``stop()`` asks it to end soon; lfr cancels the iteration
+    right after, so put cleanup in ``finally``."""
+
+    name: str
+
+    def frames(self) -> AsyncIterator[Frame]: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,10 +111,15 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    api: tuple[int, ...] | None = None  # the plugin API versions it declares, None if it does not
 
 
 class ConfigError(Exception):
     """A configuration problem, already phrased as ``file: $.path: message``."""
+
+
+class PluginError(ConfigError):
+    """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 
 
 class Registry:
@@ -95,7 +143,7 @@ class Registry:
                        ) -> BackendSettings:
         """Validate a config section against the registered settings types of ``kind``."""
         name = raw.get("kind")
-        if name not in self.specs[kind]:
+        if not isinstance(name, str) or name not in self.specs[kind]:
             known = ", ".join(self.names(kind)) or "none"
             raise ConfigError(f"{where}.kind: unknown {kind} {name!r} (registered: {known})")
         try:
@@ -104,9 +152,46 @@ class Registry:
             raise ConfigError(_with_path(str(exc), where)) from None
         return settings
 
+    def parse_camera(self, raw: dict[str, Any], where: str) -> SourceSettings | BackendSettings:
+        """A ``[[cameras]]`` entry: lfr's own PyAV camera without ``kind``, else a source plugin's
+        (``CameraActor`` for the first, ``SourceActor(registry.create("source", ...))`` for the
+        second)."""
+        if "kind" not in raw:
+            try:
+                return msgspec.convert(raw, type=SourceSettings)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(_with_path(str(exc), where)) from None
+        return self.parse_settings("source", raw, where)
+
+    def spec_for(self, kind: BackendKind, settings: BackendSettings) -> BackendSpec:
+        return self.specs[kind][type(settings).__struct_config__.tag]  # type: ignore[index]
+
     def create(self, kind: BackendKind, settings: BackendSettings, context: BuildContext) -> Any:
-        spec = self.specs[kind][type(settings).__struct_config__.tag]  # type: ignore[index]
-        return spec.factory(settings, context)
+        """Build a backend; a plugin's failure, or an object missing part of its protocol, is a
+        ``PluginError`` naming the plugin (lfr's own backends raise their errors unchanged)."""
+        spec = self.spec_for(kind, settings)
+        where = f"{kind} {spec.name!r} (plugin {spec.plugin})"
+        try:
+            backend = spec.factory(settings, context)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if self._is_builtin(spec.plugin):
+                raise
+            raise PluginError(f"{where} failed to build: {type(exc).__name__}: {exc}") from exc
+        missing = [m for m in PROTOCOL_MEMBERS[kind] if not hasattr(backend, m)]
+        if missing:
+            raise PluginError(f"{where}: its factory returned a {type(backend).__name__}, which "
+                              f"lacks {', '.join(missing)} (see lfr.api.{_PROTOCOL_NAME[kind]})")
+        return backend
+
+    def _is_builtin(self, plugin: str) -> bool:
+        return any(p.builtin for p in self.plugins if p.name == plugin)
+
+
+_PROTOCOL_NAME: dict[BackendKind, str] = {"detector": "Detector", "embedder": "Embedder",
+                                          "index": "IndexBackend", "notifier": "Notifier",
+                                          "source": "Source"}
 
 
 def _union(types: tuple[type, ...]) -> Any:
@@ -132,8 +217,29 @@ def _entry_points() -> Iterable[metadata.EntryPoint]:
     return metadata.entry_points(group=hookspecs.PROJECT)
 
 
+def declared_api(plugin: object) -> tuple[int, ...] | None:
+    """The plugin API versions a plugin declares (``LFR_PLUGIN_API``), or None if it does not."""
+    value = getattr(plugin, "LFR_PLUGIN_API", None)
+    if value is None:
+        return None
+    versions = (value,) if isinstance(value, int) else tuple(value)
+    if not versions or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions):
+        raise TypeError(f"LFR_PLUGIN_API must be an int or a tuple of ints, got {value!r}")
+    return versions
+
+
+def _check_api(plugin: object) -> tuple[int, ...] | None:
+    versions = declared_api(plugin)
+    if versions is not None and not set(versions) & hookspecs.SUPPORTED_PLUGIN_API:
+        wanted = " or ".join(str(v) for v in versions)
+        supported = ", ".join(str(v) for v in sorted(hookspecs.SUPPORTED_PLUGIN_API))
+        raise RuntimeError(f"written for plugin API {wanted}; this lfr supports {supported} "
+                           "(upgrade lfr or the plugin)")
+    return versions
+
+
 def load_plugins(extra: Iterable[object] = ()) -> Registry:
-    """Load built-in and entry-point plugins into a fresh registry. Never raises for a bad plugin."""
+    """Load built-in and entry-point plugins into a fresh registry; never raises for a bad one."""
     registry = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -141,7 +247,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
     candidates: list[tuple[str, object | None, PluginInfo, metadata.EntryPoint | None]] = []
     for entry in _entry_points():
         dist = entry.dist
-        is_builtin = entry.value == "lfr.builtin"
+        is_builtin = entry.value == BUILTIN_MODULE
         if not is_builtin and ((allow is not None and entry.name not in allow)
                                or (block is not None and entry.name in block)):
             continue
@@ -161,17 +267,27 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
         registry.plugins.append(info)
         try:
             plugin = obj if obj is not None or ep is None else ep.load()
+            info.api = _check_api(plugin)
             manager.register(plugin, name=name)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
             log.error("plugin %s failed to load and is skipped: %s", name, info.error)
             continue
-        info.hooks = sorted(h.name for h in manager.get_hookcallers(plugin) or [])
+        callers = manager.get_hookcallers(plugin) or []
+        info.hooks = sorted(h.name for h in callers)
+        unknown = sorted(h.name for h in callers if h.spec is None)
+        if unknown:
+            # A misspelt hook would otherwise be silently never called.
+            known = ", ".join(sorted(_HOOK_FOR_KIND.values()))
+            info.error = f"unknown hook {', '.join(unknown)} (lfr's hooks: {known})"
+            log.error("plugin %s is skipped: %s", name, info.error)
+            manager.unregister(plugin)
+            continue
         _register_backends(manager, plugin, name, info, registry)
     return registry
 
 
-def _register_backends(manager: pluggy.PluginManager, plugin: object, name: str,
+def _register_backends(manager: pluggy.PluginManager, plugin: object, plugin_name: str,
                        info: PluginInfo, registry: Registry) -> None:
     """Call each register hook of one plugin; a hook that raises drops that plugin's backends."""
     added: list[BackendSpec] = []
@@ -185,24 +301,105 @@ def _register_backends(manager: pluggy.PluginManager, plugin: object, name: str,
         if impl is None:
             continue
 
-        def register(backend: str, factory: Factory, settings: type[BackendSettings],
+        def register(name: str, factory: Factory, settings: type[BackendSettings],
                      _kind: BackendKind = kind) -> None:
-            tag = settings.__struct_config__.tag
-            if tag != backend:
-                raise ValueError(f"{backend}: settings class must be declared with tag={backend!r}")
-            added.append(BackendSpec(_kind, backend, factory, settings, name))
+            _check_registration(_kind, name, factory, settings)
+            added.append(BackendSpec(_kind, name, factory, settings, plugin_name))
 
         try:
             impl(register=register)
         except Exception as exc:
             info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            log.error("plugin %s is skipped: %s", name, info.error)
+            log.error("plugin %s is skipped: %s", plugin_name, info.error)
             manager.unregister(plugin)
             return
     for spec in added:
         previous = registry.specs[spec.kind].get(spec.name)
-        if previous is not None and previous.plugin != name:
-            log.warning("%s %r from %s replaces the one from %s", spec.kind, spec.name, name,
+        if previous is not None and previous.plugin != plugin_name:
+            log.warning("%s %r from %s replaces the one from %s", spec.kind, spec.name, plugin_name,
                         previous.plugin)
         registry.specs[spec.kind][spec.name] = spec
         info.provides.setdefault(spec.kind, []).append(spec.name)
+
+
+def _check_registration(kind: BackendKind, backend: str, factory: Factory,
+                        settings: type[BackendSettings]) -> None:
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"a {kind} name must be a non-empty string, got {backend!r}")
+    if not callable(factory):
+        raise TypeError(f"{backend}: factory must be callable(settings, context)")
+    base = SourceBackendSettings if kind == "source" else BackendSettings
+    if not (isinstance(settings, type) and issubclass(settings, base)):
+        raise TypeError(f"{backend}: settings must be a subclass of lfr.api.{base.__name__}")
+    tag = settings.__struct_config__.tag
+    if tag != backend:
+        raise ValueError(f"{backend}: settings class must be declared with tag={backend!r}")
+
+
+class SourceActor(Actor):
+    """Runs a plugin's ``Source`` as a camera actor: its frames go to the camera's frame channel.
+
+    ``stop()`` asks the source to stop and cancels the iteration; a source whose ``frames()``
+    raises is restarted by the supervisor like any actor.
+    """
+
+    def __init__(self, source: Source, out: Sender[Frame], url: str = "") -> None:
+        super().__init__(source.name, "camera")
+        self.source = source
+        self.out = out
+        self.url = url or f"plugin:{type(source).__name__}"
+        self.source_state = SourceState.CONNECTING
+        self.emitted = 0
+        self._size: tuple[int, int] | None = None
+        self._stopping = False
+        self._scope: anyio.CancelScope | None = None
+
+    async def run(self) -> None:
+        self.source_state = SourceState.RECONNECTING if self.restarts else SourceState.CONNECTING
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._stopping:
+                scope.cancel()
+            frames = self.source.frames()
+            try:
+                async for frame in frames:
+                    await self._emit(frame)
+            except Exception:
+                self.source_state = SourceState.RECONNECTING  # the supervisor restarts it
+                raise
+            finally:
+                aclose = getattr(frames, "aclose", None)  # async generators: run their finally
+                if aclose is not None:
+                    with anyio.move_on_after(5, shield=True):
+                        await aclose()
+        self._scope = None
+        self.source_state = SourceState.ENDED
+
+    async def _emit(self, frame: Frame) -> None:
+        self.source_state = SourceState.LIVE
+        if frame.camera != self.name:
+            frame = msgspec.structs.replace(frame, camera=self.name)
+        self._size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
+        await self.out.send(frame)
+        self.emitted += 1
+        self.metrics.processed(latency_s=max(0.0, time.monotonic() - frame.mono_time))
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            self.source.stop()
+        finally:
+            if self._scope is not None:
+                self._scope.cancel()
+
+    async def finish(self) -> None:
+        self.out.close()
+
+    def statistics(self) -> CameraStats:
+        rate = self.metrics.rate.rate()
+        width, height = self._size or (None, None)
+        return CameraStats(**self._base_stats_fields(), url=self.url,
+                           source_state=self.source_state.value, fps_in=rate, fps_out=rate,
+                           frames_decoded=self.emitted, frames_skipped=0,
+                           frames_emitted=self.emitted, reconnects=self.restarts, width=width,
+                           height=height, source_fps=None)

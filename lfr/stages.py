@@ -12,10 +12,11 @@ import numpy as np
 
 from lfr.audit import AuditLog
 from lfr.matching import Matcher, MatchResult
-from lfr.messages import Alert, Face, Frame, FrameFaces, utc_iso
+from lfr.messages import Alert, Candidate, Face, Frame, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Receiver, Sender
+from lfr.tracking import Decision, PersonTracker, TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.privacy import context_crop
 from lfr.watchlist import Watchlist
@@ -80,7 +81,7 @@ class DetectorActor(Actor):
 class MatcherStats(ActorStats, frozen=True, kw_only=True):
     frames: int
     faces: int
-    matches: int  # faces above the threshold (before the cooldown)
+    matches: int  # faces above the threshold on their own (before tracks decide)
     alerts: int
     alerts_by_person: dict[str, int]
 
@@ -98,18 +99,21 @@ FrameCallback = Callable[[FrameFaces, list["MatchResult | None"], list[Alert]], 
 
 
 class MatcherActor(Actor):
-    """Searches the watchlist for every face; a face below the threshold is dropped right here.
+    """Searches the watchlist for every face and decides per person, not per frame.
 
-    A match becomes an Alert that is written to the durable outbox and the audit log before any
-    notifier sees it. Without person tracking, a cooldown per (camera, person) keeps one person in
-    view from raising an alert per frame.
+    Faces are linked into tracks per camera (``lfr.tracking``); a track decides at most once, from
+    its best frames, and a decision becomes an Alert (with the track's best face as evidence) that
+    is written to the durable outbox and the audit log before any notifier sees it. A cooldown per
+    (camera, person) stops a person who leaves and comes back from raising an alert per track.
+    Faces of people not on the watchlist live only in their track, in memory, and go with it.
     """
 
     def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
                  matcher: Matcher, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], cooldown_s: float,
                  on_alert: Callable[[Alert], None] | None = None,
-                 on_frame: FrameCallback | None = None) -> None:
+                 on_frame: FrameCallback | None = None,
+                 tracking: TrackerSettings | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.matcher, self.watchlist = matcher, watchlist
@@ -117,43 +121,66 @@ class MatcherActor(Actor):
         self.notifier_names = list(notifier_names)
         self.cooldown_s = cooldown_s
         self.on_alert, self.on_frame = on_alert, on_frame
+        # Ranked persons without a threshold: a track's fused evidence may pass where frames don't.
+        self._ranker = Matcher(matcher.labels, matcher.index, threshold=-2.0, top_k=matcher.top_k)
+        self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, self._rank)
         self._last_alert: dict[tuple[str, str], float] = {}
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
+
+    def _rank(self, embeddings: np.ndarray) -> list[list[Candidate]]:
+        ranked = []
+        for result in self._ranker.match(embeddings):
+            assert result is not None  # no threshold: every search has a best person
+            ranked.append([Candidate(person_id=result.person_id, score=result.score),
+                           *result.candidates])
+        return ranked
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
         async for item in self.faces:
             self.frame_count += 1
-            alerts: list[Alert] = []
-            results: list[MatchResult | None] = []
-            if item.faces:
-                results = self.matcher.match(np.stack([f.embedding for f in item.faces]))
-                for face, result in zip(item.faces, results, strict=True):
-                    self.face_count += 1
-                    if result is None:
-                        continue  # not on the watchlist: forgotten here, nothing is kept
-                    self.match_count += 1
-                    key = (face.camera, result.person_id)
-                    last = self._last_alert.get(key)
-                    if last is not None and face.mono_time - last < self.cooldown_s:
-                        continue
-                    self._last_alert[key] = face.mono_time
-                    alerts.append(self._make_alert(face, result.person_id, result.score))
+            now = item.frame.mono_time
+            ranked = self._rank(np.stack([f.embedding for f in item.faces])) if item.faces else []
+            self.face_count += len(item.faces)
+            self.match_count += sum(r[0].score >= self.matcher.threshold for r in ranked if r)
+            outcome = self.tracker.update(item.frame.camera, item.faces, ranked, now)
+            decisions = outcome.decisions + self.tracker.expire(now)
+            alerts = [a for a in (self._alert(d, now) for d in decisions) if a is not None]
             for alert in alerts:
                 await self._raise(alert)
             if self.on_frame is not None:
+                results: list[MatchResult | None] = [
+                    None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
+                    for p in outcome.persons]
                 self.on_frame(item, results, alerts)
-            self.metrics.processed(latency_s=time.monotonic() - item.frame.mono_time)
+            self.metrics.processed(latency_s=time.monotonic() - now)
+        # The input has ended: tracks still open decide with what they have.
+        now = time.monotonic()
+        for decision in self.tracker.flush():
+            last = self._alert(decision, now)
+            if last is not None:
+                await self._raise(last)
 
-    def _make_alert(self, face: Face, person_id: str, score: float) -> Alert:
+    def _alert(self, decision: Decision, now: float) -> Alert | None:
+        """The alert for a track's decision, or None within the (camera, person) cooldown."""
+        key = (decision.camera, decision.person_id)
+        last = self._last_alert.get(key)
+        if last is not None and now - last < self.cooldown_s:
+            return None
+        self._last_alert[key] = now
+        return self._make_alert(decision.face, decision.person_id, decision.score, now)
+
+    def _make_alert(self, face: Face, person_id: str, score: float, decided: float) -> Alert:
+        # The evidence is the track's best face: its crop, box, frame and capture time.
         return Alert(
             id=Alert.new_id(), camera=face.camera, time=utc_iso(face.wall_time),
             wall_time=face.wall_time, person_id=person_id,
             name=self.watchlist.name(person_id), score=float(score),
             threshold=self.matcher.threshold, box=face.detection.box,
-            frame_index=face.frame_index, latency_s=time.monotonic() - face.mono_time,
-            crop_jpeg=encode_jpeg(face.crop), watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
+            frame_index=face.frame_index, latency_s=max(0.0, time.monotonic() - decided),
+            crop_jpeg=encode_jpeg(face.crop),
+            watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
             category=self.watchlist.category(person_id),
         )
 

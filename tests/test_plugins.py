@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from importlib import metadata
 
 import pytest
+from paths import CLIP, PEOPLE
 
 from lfr import plugins
+from lfr.api import BackendSettings, BuildContext, ConfigError, PluginError, SourceBackendSettings
+from lfr.hookspecs import hookimpl
 from lfr.plugins import load_plugins
 
 GOOD = """
@@ -43,7 +47,10 @@ def fake_plugins(tmp_path, monkeypatch):
     (tmp_path / "lfr_good_plugin.py").write_text(textwrap.dedent(GOOD))
     (tmp_path / "lfr_raising_plugin.py").write_text(textwrap.dedent(RAISES))
     monkeypatch.syspath_prepend(str(tmp_path))
-    real = list(metadata.entry_points(group="lfr"))
+    for name in ("LFR_PLUGINS", "LFR_DISABLE_PLUGINS"):  # these tests set them themselves
+        monkeypatch.delenv(name, raising=False)
+    # Only lfr's own entry point: plugins installed in the environment must not change results.
+    real = [ep for ep in metadata.entry_points(group="lfr") if ep.value == "lfr.builtin"]
     fake = [
         metadata.EntryPoint("good", "lfr_good_plugin", "lfr"),
         metadata.EntryPoint("raising", "lfr_raising_plugin", "lfr"),
@@ -55,7 +62,8 @@ def fake_plugins(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_builtin_backends_register_through_the_plugin_manager():
+def test_builtin_backends_register_through_the_plugin_manager(monkeypatch):
+    monkeypatch.setenv("LFR_PLUGINS", "")  # built-ins only, whatever else is installed
     registry = load_plugins()
     assert registry.names("detector") == ["yunet"]
     assert registry.names("embedder") == ["sface"]
@@ -96,3 +104,200 @@ def test_plugin_settings_are_validated(fake_plugins):
     assert settings.prefix == "!"
     with pytest.raises(ConfigError, match=r"\$\.n\[0\]\.prefix: Expected `str`, got `int`"):
         registry.parse_settings("notifier", {"kind": "echo", "prefix": 3}, "$.n[0]")
+
+
+# -- plugin API version, unknown hooks, bad registrations ------------------------------------
+
+OLD_API = """
+LFR_PLUGIN_API = 0
+
+from lfr.api import hookimpl
+
+@hookimpl
+def lfr_register_detectors(register):
+    raise AssertionError("never called: the API check comes first")
+"""
+
+BOTH_APIS = """
+LFR_PLUGIN_API = (1, 2)
+from lfr.api import hookimpl
+@hookimpl
+def lfr_register_index_backends(register):
+    from lfr.builtin import ExactSettings
+    class Settings(ExactSettings, frozen=True, tag="exact2"):
+        pass
+    from lfr.watchlist.index import ExactIndex
+    register("exact2", lambda s, c: ExactIndex(), settings=Settings)
+"""
+
+TYPO = """
+from lfr.api import hookimpl
+@hookimpl
+def lfr_register_detector(register):
+    pass
+"""
+
+NOT_SETTINGS = """
+import msgspec
+from lfr.api import hookimpl
+class Settings(msgspec.Struct, tag="plain"):
+    pass
+@hookimpl
+def lfr_register_notifiers(register):
+    register("plain", lambda s, c: None, settings=Settings)
+"""
+
+
+@pytest.fixture
+def more_plugins(tmp_path, monkeypatch):
+    modules = {"lfr_old_api": OLD_API, "lfr_both_apis": BOTH_APIS, "lfr_typo": TYPO,
+               "lfr_not_settings": NOT_SETTINGS}
+    for module, text in modules.items():
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LFR_PLUGINS", raising=False)
+    monkeypatch.delenv("LFR_DISABLE_PLUGINS", raising=False)
+    real = [ep for ep in metadata.entry_points(group="lfr") if ep.value == "lfr.builtin"]
+    fake = [metadata.EntryPoint(m.removeprefix("lfr_"), m, "lfr") for m in modules]
+    monkeypatch.setattr(plugins, "_entry_points", lambda: real + fake)
+    yield {p.name: p for p in load_plugins().plugins}
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_a_plugin_for_another_api_version_is_reported_and_skipped(more_plugins):
+    error = more_plugins["old_api"].error
+    assert error == ("RuntimeError: written for plugin API 0; this lfr supports 1 "
+                     "(upgrade lfr or the plugin)")
+    assert more_plugins["old_api"].provides == {}
+
+
+def test_a_plugin_supporting_several_api_versions_loads(more_plugins):
+    info = more_plugins["both_apis"]
+    assert info.error is None and info.api == (1, 2)
+    assert info.provides == {"index": ["exact2"]}
+    builtin = next(p for p in more_plugins.values() if p.builtin)
+    assert builtin.api == (1,)
+
+
+def test_a_misspelt_hook_is_reported(more_plugins):
+    assert more_plugins["typo"].error.startswith("unknown hook lfr_register_detector (lfr's hooks:")
+
+
+def test_settings_that_are_not_backend_settings_are_reported(more_plugins):
+    assert more_plugins["not_settings"].error == (
+        "lfr_register_notifiers raised TypeError: plain: settings must be a subclass of "
+        "lfr.api.BackendSettings")
+
+
+# -- building: protocol checks and plugin failures name the plugin ---------------------------
+
+
+class HalfDetector:
+    name = "half"  # no detect()
+
+
+class BuildFailsSettings(BackendSettings, frozen=True, tag="fails"):
+    pass
+
+
+class HalfSettings(BackendSettings, frozen=True, tag="half"):
+    pass
+
+
+class Builders:
+    @hookimpl
+    def lfr_register_detectors(self, register):
+        register("half", lambda s, c: HalfDetector(), settings=HalfSettings)
+
+        def fails(settings, context):
+            raise ImportError("libvendor.so: cannot open shared object file")
+
+        register("fails", fails, settings=BuildFailsSettings)
+
+
+def test_building_checks_the_protocol_and_names_the_plugin(tmp_path):
+    registry = load_plugins(extra=[Builders()])
+    context = BuildContext(data_dir=tmp_path)
+    half = registry.parse_settings("detector", {"kind": "half"}, "$.detector")
+    with pytest.raises(PluginError, match=r"detector 'half' \(plugin extra-0\): its factory "
+                       r"returned a HalfDetector, which lacks detect \(see lfr.api.Detector\)"):
+        registry.create("detector", half, context)
+    fails = registry.parse_settings("detector", {"kind": "fails"}, "$.detector")
+    with pytest.raises(PluginError, match=r"detector 'fails' \(plugin extra-0\) failed to build: "
+                       "ImportError: libvendor.so"):
+        registry.create("detector", fails, context)
+
+
+def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
+    from lfr.sources.base import SourceSettings
+
+    class DoorSettings(SourceBackendSettings, frozen=True, tag="door"):
+        host: str
+
+    class DoorPlugin:
+        @hookimpl
+        def lfr_register_sources(self, register):
+            register("door", lambda s, c: None, settings=DoorSettings)
+
+    registry = load_plugins(extra=[DoorPlugin()])
+    camera = registry.parse_camera({"name": "a", "url": "a.mp4"}, "x.toml: $.cameras[0]")
+    assert isinstance(camera, SourceSettings)
+    door = registry.parse_camera({"kind": "door", "name": "d", "host": "h"}, "$.cameras[1]")
+    assert isinstance(door, DoorSettings) and door.name == "d"
+    with pytest.raises(ConfigError, match=r"^\$\.cameras\[1\]\.host: Expected `str`, got `int`"):
+        registry.parse_camera({"kind": "door", "name": "d", "host": 3}, "$.cameras[1]")
+    with pytest.raises(ConfigError, match=r"x\.toml: \$\.cameras\[0\]\.fps_cap: Expected"):
+        registry.parse_camera({"name": "a", "url": "a.mp4", "fps_cap": "x"},
+                              "x.toml: $.cameras[0]")
+
+
+# -- the command line: lfr plugins and lfr run with broken plugins ----------------------------
+
+
+def test_plugins_json_has_the_documented_shape_and_lists_failures(fake_plugins, capsys):
+    from lfr.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    keys = ["name", "distribution", "version", "builtin", "hooks", "provides", "error"]
+    assert all(list(p) == keys for p in out["plugins"])
+    by_name = {p["name"]: p for p in out["plugins"]}
+    assert by_name["good"]["provides"] == {"detector": [], "embedder": [], "index": [],
+                                           "notifier": ["echo"], "source": []}
+    assert by_name["good"]["hooks"] == ["lfr_register_notifiers"]
+    assert "ModuleNotFoundError" in by_name["broken"]["error"]
+    assert "no licence file" in by_name["raising"]["error"]
+    builtin = next(p for p in out["plugins"] if p["builtin"])
+    assert builtin["distribution"] == "lfr" and builtin["version"]
+
+
+def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys):
+    from lfr.cli import main
+
+    config = tmp_path / "x.toml"
+    config.write_text(textwrap.dedent(f"""
+        name = "broken-plugins"
+        data_dir = "{tmp_path / 'data'}"
+        [watchlist]
+        bundle = "{tmp_path / 'wl'}"
+        source = "{PEOPLE}"
+        [[cameras]]
+        name = "clip"
+        url = "{CLIP}"
+        fps_cap = 2
+        [pipeline]
+        frame_queue = 64  # holds the whole capped clip: no frame is dropped
+        [[notifiers]]
+        kind = "echo"
+        [[notifiers]]
+        kind = "jsonl"
+    """))
+    assert main(["run", str(config), "--once", "--json"]) == 0
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "plugin broken skipped: ModuleNotFoundError" in err
+    assert "plugin raising skipped: lfr_register_detectors raised RuntimeError" in err
+    result = json.loads(captured.out)
+    assert result["summary"]["frames"] >= 19 and result["summary"]["failed_actors"] == []
+    assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}

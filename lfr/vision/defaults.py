@@ -10,8 +10,8 @@ from lfr.vision.quality import QualityGate
 
 
 def default_analyzer(score_threshold: float = 0.7, max_side: int = 1920,
-                     gate: QualityGate | None = None) -> FaceAnalyzer:
+                     gate: QualityGate | None = None, flip: bool = False) -> FaceAnalyzer:
     detector = YuNetDetector(resolve_model(None, BUNDLED_DETECTOR),
                              score_threshold=score_threshold, max_side=max_side)
-    embedder = OnnxEmbedder(resolve_model(None, BUNDLED_EMBEDDER))
+    embedder = OnnxEmbedder(resolve_model(None, BUNDLED_EMBEDDER), flip=flip)
     return FaceAnalyzer(detector, embedder, gate)

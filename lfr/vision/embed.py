@@ -20,15 +20,20 @@ class OnnxEmbedder:
     feeding BGR costs accuracy, most of all at low false-accept rates.
 
     ``mean``/``std`` serve ArcFace-style models that expect (x - 127.5) / 127.5.
+
+    ``flip``: embed the mirrored face too and use the sum (one batch of 2N): on lfw-dev, TPIR at
+    FPIR 1e-3 with 400 listed people rose from 0.893 to 0.923 (``lfr eval identify``).
     """
 
     name = "sface"
 
     def __init__(self, model_path: Path, rgb: bool = True, mean: float = 0.0, std: float = 1.0,
-                 threads: int = 1) -> None:
+                 threads: int = 1, flip: bool = False) -> None:
         self.session = create_session(model_path, threads)
         self.input_name = self.session.get_inputs()[0].name
-        self.rgb, self.mean, self.std = rgb, mean, std
+        self.rgb, self.mean, self.std, self.flip = rgb, mean, std, flip
+        if flip:
+            self.name = "sface+flip"  # another embedding function: never mixed up in caches
         probe = self.session.run(None, {self.input_name: np.zeros((1, 3, 112, 112), np.float32)})
         self.dim = int(probe[0].shape[-1])
 
@@ -39,6 +44,12 @@ class OnnxEmbedder:
         batch = np.stack(aligned_bgr).astype(np.float32)
         if self.rgb:
             batch = batch[..., ::-1]
+        if self.flip:
+            batch = np.concatenate([batch, batch[:, :, ::-1]])
         batch = ((batch - self.mean) / self.std).transpose(0, 3, 1, 2)
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
-        return l2_normalize(out.reshape(len(aligned_bgr), -1))
+        out = l2_normalize(out.reshape(len(batch), -1))
+        if self.flip:
+            n = len(aligned_bgr)
+            out = l2_normalize(out[:n] + out[n:])
+        return out

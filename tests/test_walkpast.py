@@ -1,0 +1,171 @@
+"""The walk-past benchmark: scoring on a hand-made truth, and a ~100-passer video end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from paths import LFW, REPO
+
+from lfr.cli import main
+from lfr.eval.video import Truth, TruthError, TruthPasser, VideoAlert, load_truth, score_video
+
+sys.path.insert(0, str(REPO / "tools"))
+from make_walkpast import make_walkpast
+
+
+def passer(
+    pid: str,
+    person: str,
+    listed: bool,
+    first: int,
+    last: int,
+    box: tuple[float, float, float, float],
+) -> TruthPasser:
+    return TruthPasser(
+        id=pid,
+        person=person,
+        watchlist_id=person if listed else None,
+        first_frame=first,
+        last_frame=last,
+        boxes=[(f, *box, 1) for f in range(first, last + 1)],
+    )
+
+
+TRUTH = Truth(
+    video="v.mp4",
+    fps=10.0,
+    frames=100,
+    passers=[
+        passer("p1", "Ann", True, 0, 30, (10, 10, 50, 50)),
+        passer("p2", "Bob", True, 20, 60, (200, 10, 50, 50)),
+        passer("p3", "Cid", False, 40, 90, (10, 100, 50, 50)),
+        passer("p4", "Dee", True, 70, 99, (300, 100, 50, 50)),
+    ],
+)
+
+
+def alert(
+    person: str, frame: int, box: tuple[float, float, float, float], decided: int
+) -> VideoAlert:
+    return VideoAlert(
+        person_id=person, score=0.6, frame_index=frame, box=box, decided_frame=decided
+    )
+
+
+def test_scoring_on_a_hand_made_truth() -> None:
+    alerts = [
+        alert("Ann", 5, (12, 12, 46, 46), decided=8),  # identified, 0.8 s after appearing
+        alert("Ann", 25, (12, 12, 46, 46), decided=28),  # a duplicate
+        alert("Bob", 50, (205, 12, 44, 44), decided=70),  # right person, after he left: late
+        alert("Ann", 60, (12, 102, 46, 46), decided=62),  # on Cid, who is not listed: false
+        alert("Dee", 80, (500, 100, 40, 40), decided=81),  # on nobody: false
+    ]
+    r = score_video(TRUTH, alerts, frames=100, threshold=0.5, fusion="frame")
+    assert (r.identified, r.watchlisted, r.tpir) == (1, 3, pytest.approx(1 / 3))
+    assert r.duplicate_alerts == 1 and r.late_alerts == 1
+    assert r.false_alerts == 2 and r.false_alerts_per_1000_passers == pytest.approx(500.0)
+    assert [(f.person_id, f.passer) for f in r.false] == [("Ann", "Cid"), ("Dee", None)]
+    assert r.missed == ["Bob", "Dee"]
+    assert r.time_to_alert_s.median == pytest.approx(0.8)
+
+
+def test_truth_errors_name_the_file(tmp_path) -> None:
+    bad = tmp_path / "t.json"
+    bad.write_text('{"video": "v.mp4", "fps": 10, "frames": 5, "passers": [{"id": 1}]}')
+    with pytest.raises(TruthError, match=r"t.json: .*\$.passers\[0\]"):
+        load_truth(bad)
+    bad.write_text("{")
+    with pytest.raises(TruthError, match="not valid JSON"):
+        load_truth(bad)
+
+
+@pytest.fixture(scope="module")
+def walkpast(tmp_path_factory):
+    out = tmp_path_factory.mktemp("walkpast")
+    # ~100 passers, 10 on the watchlist, small and short enough for CI (about 100 s of video).
+    summary = make_walkpast(
+        LFW,
+        out,
+        passers=100,
+        watchlisted=10,
+        seed=5,
+        fps=8.0,
+        width=480,
+        height=270,
+        concurrency=3.0,
+        duration=(2.5, 3.5),
+        max_face=(100.0, 120.0),
+        log=False,
+    )
+    return out, summary
+
+
+@pytest.mark.slow
+def test_walkpast_video_and_truth_are_consistent(walkpast) -> None:
+    out, summary = walkpast
+    truth = load_truth(out / "truth.json")
+    assert len(truth.passers) == summary["passers"] == 100
+    listed = [p for p in truth.passers if p.watchlist_id]
+    assert len(listed) == 10
+    raw = json.loads((out / "truth.json").read_text())
+    for p in listed:
+        enrolled = raw["watchlist"][p.person]
+        assert p.image not in enrolled  # the photo that walks by is never the enrolment photo
+        assert (out / "watchlist" / p.person).is_dir()
+    sizes = [max(b[3], b[4]) for p in truth.passers for b in p.boxes]
+    assert min(sizes) < 25 and max(sizes) > 95  # faces grow from ~20 px to ~100+ px
+    overlap = max(
+        sum(p.first_frame <= f <= p.last_frame for p in truth.passers)
+        for f in range(0, truth.frames, 4)
+    )
+    assert overlap >= 3  # several people at once
+
+
+@pytest.mark.slow
+def test_walkpast_same_seed_same_video(walkpast, tmp_path) -> None:
+    out, _ = walkpast
+    make_walkpast(
+        LFW,
+        tmp_path,
+        passers=100,
+        watchlisted=10,
+        seed=5,
+        fps=8.0,
+        width=480,
+        height=270,
+        concurrency=3.0,
+        duration=(2.5, 3.5),
+        max_face=(100.0, 120.0),
+        log=False,
+    )
+    assert (tmp_path / "truth.json").read_bytes() == (out / "truth.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
+    out, _ = walkpast
+    assert (
+        main(
+            [
+                "eval",
+                "video",
+                "--config",
+                str(out / "walkpast.toml"),
+                "--truth",
+                str(out / "truth.json"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    truth = load_truth(out / "truth.json")
+    assert report["frames"] == truth.frames  # every frame was processed
+    assert report["passers"] == 100 and report["watchlisted"] == 10
+    assert report["tpir"] >= 0.7
+    assert report["false_alerts"] <= 1
+    assert report["duplicate_alerts"] == 0  # one alert per identified person, not per frame
+    assert report["alerts"] <= report["identified"] + report["false_alerts"] + report["late_alerts"]
+    assert report["time_to_alert_s"]["median"] < 4.0
