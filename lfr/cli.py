@@ -265,11 +265,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         _print_json({"plugins": plugins})
         return EXIT_OK
     table = Table(title="plugins", title_justify="left")
-    for column in ("name", "version", "provides", "error"):
+    for column in ("name", "version", "hooks", "provides", "error"):
         table.add_column(column)
     for p in plugins:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["provides"].items() if v)
-        table.add_row(str(p["name"]), str(p["version"] or ""), provides, str(p["error"] or ""))
+        hooks = ", ".join(h.removeprefix("lfr_register_") for h in p["hooks"])
+        table.add_row(str(p["name"]), str(p["version"] or ""), hooks, provides,
+                      str(p["error"] or ""))
     stderr.print(table)
     return EXIT_OK
 

@@ -45,7 +45,7 @@ class MatchingConfig(Section, frozen=True):
     cooldown_s: Annotated[float, Meta(ge=0)] = 60.0
     # Person tracks (lfr.tracking): a camera's faces are linked across frames and each track
     # decides once, from its best faces; "frame" decides on any single face over the threshold.
-    fusion: Literal["embedding", "score", "frigate", "frame"] = "frame"
+    fusion: Literal["embedding", "score", "frigate", "frame"] = "embedding"
     fusion_frames: Positive = 5  # best-quality faces a decision uses
     min_track_frames: Positive = 2  # faces before a track may decide (a shorter one: at its end)
     track_iou: Annotated[float, Meta(ge=0, le=1)] = 0.1  # least overlap with the predicted box
@@ -72,6 +72,11 @@ class PrivacyConfig(Section, frozen=True):
     alert_retention_days: PositiveFloat = 31.0
 
 
+class PluginCamera(Section, frozen=True):
+    position: int  # index in the file's [[cameras]], for error messages
+    settings: dict[str, Any]
+
+
 class WebConfig(Section, frozen=True):
     """The supervisors' browser viewer (``lfr run --web``)."""
 
@@ -88,7 +93,10 @@ class Config(Section, frozen=True):
     location: str = ""
     data_dir: str | None = None  # default ./lfr-data/<name>
     operator: str | None = None
-    cameras: list[SourceSettings] = msgspec.field(default_factory=list)
+    cameras: list[SourceSettings] = msgspec.field(default_factory=list)  # lfr's PyAV cameras
+    # [[cameras]] entries with a `kind`: a source plugin's camera, validated by resolve_backends
+    # against the settings the plugin registered. Each keeps its position in [[cameras]].
+    plugin_cameras: list[PluginCamera] = msgspec.field(default_factory=list)
     watchlist: WatchlistConfig | None = None
     matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
@@ -135,6 +143,7 @@ class Backends(msgspec.Struct, frozen=True):
     embedder: BackendSettings
     index: BackendSettings
     notifiers: tuple[BackendSettings, ...]
+    sources: tuple[BackendSettings, ...] = ()  # plugin cameras, in [[cameras]] order
 
 
 def _format_error(where: str, exc: msgspec.ValidationError) -> str:
@@ -146,15 +155,34 @@ def _format_error(where: str, exc: msgspec.ValidationError) -> str:
 
 
 def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
+    cameras = data.get("cameras")
+    if isinstance(cameras, list) and "plugin_cameras" not in data:
+        # Plugin cameras (with a `kind`) are split off before validation; lfr's own keep their
+        # place so that error paths still count from the file's [[cameras]].
+        data = {**data, "cameras": [c for c in cameras if not _has_kind(c)],
+                "plugin_cameras": [{"position": i, "settings": c}
+                                   for i, c in enumerate(cameras) if _has_kind(c)]}
+        own = [i for i, c in enumerate(cameras) if not _has_kind(c)]
+    else:
+        own = list(range(len(cameras))) if isinstance(cameras, list) else []
     try:
         config = msgspec.convert(data, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_format_error(where, exc)) from None
-    names = [c.name for c in config.cameras]
+        message = _format_error(where, exc)
+        # "$.cameras[k]" counts lfr's own cameras only: name the entry as written in the file.
+        message = re.sub(r"\$\.cameras\[(\d+)\]",
+                         lambda m: f"$.cameras[{own[int(m.group(1))]}]", message, count=1)
+        raise ConfigError(message) from None
+    names = [c.name for c in config.cameras] + [
+        str(c.settings.get("name")) for c in config.plugin_cameras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{where}: $.cameras: duplicate camera names {duplicates}")
     return config
+
+
+def _has_kind(entry: object) -> bool:
+    return isinstance(entry, dict) and "kind" in entry
 
 
 def load_config(path: Path) -> Config:
@@ -177,7 +205,12 @@ def resolve_backends(config: Config, registry: Registry) -> Backends:
         registry.parse_settings("notifier", raw, f"{where}: $.notifiers[{i}]")
         for i, raw in enumerate(config.notifiers)
     )
+    sources = tuple(
+        registry.parse_settings("source", c.settings, f"{where}: $.cameras[{c.position}]")
+        for c in config.plugin_cameras
+    )
     return Backends(
+        sources=sources,
         detector=registry.parse_settings("detector", config.detector, f"{where}: $.detector"),
         embedder=registry.parse_settings("embedder", config.embedder, f"{where}: $.embedder"),
         index=registry.parse_settings("index", config.index, f"{where}: $.index"),

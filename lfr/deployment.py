@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from collections import deque
+from functools import partial
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
-from lfr.plugins import BuildContext, ConfigError, Registry
+from lfr.plugins import BuildContext, ConfigError, Registry, SourceActor
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -114,7 +115,8 @@ class Deployment:
             max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s))
         self.actors: list[Actor] = []
         self.channels: list[Sender[Any]] = []
-        self.sources: list[CameraActor | StillsSource] = []
+        self.sources: list[Actor] = []  # cameras (lfr's own and plugins'), photos
+        self._plugin_sources: list[Any] = []
         self.matcher_actor: MatcherActor | None = None
         self.watchlist: Watchlist | None = None
         self.started = time.monotonic()
@@ -146,6 +148,8 @@ class Deployment:
         matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
                           top_k=cfg.matching.top_k)
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
+        self._plugin_sources = [self.registry.create("source", s, context)
+                                for s in backends.sources]
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
             raise ConfigError(f"{cfg.source_file or '<config>'}: $.notifiers: two notifiers share "
@@ -164,17 +168,17 @@ class Deployment:
         self.channels.append(faces_send)
         cameras = [msgspec.structs.replace(c, loop=False) if self.once else c
                    for c in cfg.cameras]
-        names = [c.name for c in cameras] + (["photos"] if self.photos else [])
-        for i, name in enumerate(names):
+        makers: list[tuple[str, Callable[[Sender[Frame]], Actor]]] = [
+            (c.name, partial(CameraActor, self._local_paths(c))) for c in cameras]
+        makers += [(p.name, partial(SourceActor, p)) for p in self._plugin_sources]
+        if self.photos:
+            makers.append(("photos", partial(StillsSource, self.photos, name="photos")))
+        for name, make_source in makers:
             frames_send: Sender[Frame]
             frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
                                                     frame_policy)
             self.channels.append(frames_send)
-            source: CameraActor | StillsSource
-            if i < len(cameras):
-                source = CameraActor(self._local_paths(cameras[i]), frames_send)
-            else:
-                source = StillsSource(self.photos, frames_send, "photos")
+            source = make_source(frames_send)
             self.sources.append(source)
             self.actors += [source, DetectorActor(f"detect:{name}", frames_recv,
                                                   faces_send.clone(), analyzer, detect_limiter,

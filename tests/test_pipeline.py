@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import msgspec
 import numpy as np
@@ -12,7 +14,8 @@ from lfr.builtin import YuNetSettings
 from lfr.config import parse_config
 from lfr.deployment import Deployment
 from lfr.hookspecs import hookimpl
-from lfr.plugins import BackendSettings, load_plugins
+from lfr.plugins import BackendSettings, SourceBackendSettings, load_plugins
+from lfr.testing import FakeCamera
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
 
@@ -28,6 +31,21 @@ def make_config(tmp_path, bundle, cameras, **extra):
     return parse_config({
         "name": "t", "data_dir": str(tmp_path / "data"), "watchlist": {"bundle": str(bundle)},
         "cameras": cameras, "notifiers": [{"kind": "jsonl"}], **extra}, "test")
+
+
+def write_test_clip(path, frames=12):
+    """A short synthetic clip (PyAV), so the plugin source has a known frame count."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            image = np.full((120, 160, 3), 20 * i % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def run(deployment):
@@ -148,3 +166,44 @@ def test_config_change_to_frames_queue_is_respected(tmp_path, bundle):
     caps = {c.channel.name: c.channel.statistics().capacity for c in deployment.channels}
     assert caps["frames:c"] == 7
     assert msgspec.to_builtins(YuNetSettings())["score_threshold"] == 0.7
+
+
+class ClipSettings(SourceBackendSettings, frozen=True, tag="clip"):
+    path: str
+
+
+class ClipSourcePlugin:
+    """A source plugin: [[cameras]] entries with kind = "clip" run through lfr's SourceActor."""
+
+    @hookimpl
+    def lfr_register_sources(self, register):
+        register("clip", lambda s, ctx: FakeCamera(Path(s.path), s.name), settings=ClipSettings)
+
+
+def test_plugin_source_runs_as_a_camera_beside_lfrs_own(tmp_path, bundle):
+    clip = tmp_path / "clip.mp4"
+    write_test_clip(clip)
+    cameras = [{"name": "own", "url": str(CLIP), "fps_cap": 1},
+               {"name": "door", "kind": "clip", "path": str(clip)}]
+    registry = load_plugins(extra=[ClipSourcePlugin()])
+    deployment = Deployment(make_config(tmp_path, bundle, cameras), registry, offline=True,
+                            once=True)
+    summary = run(deployment)
+    processed = {a.name: a.processed for a in deployment.snapshot().actors}
+    assert processed["detect:door"] == 12  # every frame of the plugin's clip
+    assert processed["detect:own"] > 5
+    assert summary.frames == processed["detect:door"] + processed["detect:own"]
+
+
+def test_plugin_camera_settings_errors_name_their_place_in_cameras(tmp_path, bundle):
+    from lfr.config import resolve_backends
+    from lfr.plugins import ConfigError
+
+    registry = load_plugins(extra=[ClipSourcePlugin()])
+    cameras = [{"name": "door", "kind": "clip", "paht": "x"},
+               {"name": "own", "url": str(CLIP), "fps_cap": "x"}]
+    with pytest.raises(ConfigError, match=r"test: \$\.cameras\[1\]\.fps_cap: Expected"):
+        make_config(tmp_path, bundle, cameras)
+    config = make_config(tmp_path, bundle, cameras[:1])
+    with pytest.raises(ConfigError, match=r"\$\.cameras\[0\]: Object contains unknown field `paht`"):
+        resolve_backends(config, registry)
