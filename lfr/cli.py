@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -104,7 +105,7 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     else:
         stderr.print(_outcome_table(report))
         for item in report.problems():
-            stderr.print(f"[yellow]{item}[/]")
+            stderr.print(f"[yellow]{escape(item)}[/]")
         stderr.print(f"{report.persons_enrolled} people enrolled -> {args.output}")
     return EXIT_OK if report.persons_enrolled else EXIT_FAILED
 
@@ -136,7 +137,7 @@ def _load_registry() -> Any:
     registry = load_plugins()
     for plugin in registry.plugins:
         if plugin.error:
-            stderr.print(f"[yellow]plugin {plugin.name} skipped: {plugin.error}[/]")
+            stderr.print(f"[yellow]plugin {plugin.name} skipped: {escape(plugin.error)}[/]")
     return registry
 
 
@@ -170,9 +171,9 @@ def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:
         f"dropped frames {summary.dropped_frames}, restarts {summary.restarts}, "
         f"{summary.seconds:.1f} s; records in {summary.data_dir}")
     for name in summary.failed_actors:
-        stderr.print(f"[red]failed: {name}[/]")
+        stderr.print(f"[red]failed: {escape(name)}[/]")
     for error in summary.photo_errors:
-        stderr.print(f"[yellow]{error}[/]")
+        stderr.print(f"[yellow]{escape(error)}[/]")
 
 
 def _prepare_watchlist(config: Any, as_json: bool) -> None:
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (UserError, ConfigError, ModelError, WatchlistError, AuditError) as exc:
-        stderr.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
