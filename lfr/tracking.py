@@ -59,7 +59,8 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_missed: int = 8  # frames of the camera without the track's face before it ends
     max_age_s: float = 3.0  # capture-time seconds without its face before it ends
     min_frames: int = 2  # faces before a track may decide
-    fusion: Fusion = "frame"
+    confirm: int = 1  # consecutive updates over the threshold, same person, before deciding
+    fusion: Fusion = "embedding"
     fusion_frames: int = 5  # best-quality faces a decision uses
 
     @classmethod
@@ -77,8 +78,8 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion: {self.fusion!r} is not one of {', '.join(FUSIONS)}")
-        if self.max_missed < 1 or self.min_frames < 1 or self.fusion_frames < 1:
-            raise ValueError("max_missed, min_frames and fusion_frames must be >= 1")
+        if min(self.max_missed, self.min_frames, self.fusion_frames, self.confirm) < 1:
+            raise ValueError("max_missed, min_frames, fusion_frames and confirm must be >= 1")
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -131,6 +132,7 @@ class Track:
         self.decided = False
         self.person_id: str | None = None
         self.score = 0.0
+        self.streak: tuple[str, int] = ("", 0)  # person over the threshold, consecutive updates
 
     def predicted(self, step: int) -> Box:
         gap = step - self.last_step
@@ -248,7 +250,7 @@ class PersonTracker:
         decisions = []
         for track in ended:
             if not track.decided:
-                decision = self._decide(track)
+                decision = self._decide(track, ending=True)
                 if decision is not None:
                     decisions.append(decision)
         self.tracks[camera] = [t for t in tracks if not any(t is e for e in ended)]
@@ -291,11 +293,16 @@ class PersonTracker:
             result[fi] = tracks[ti]
         return result
 
-    def _decide(self, track: Track) -> Decision | None:
+    def _decide(self, track: Track, ending: bool = False) -> Decision | None:
         fused = fuse(track.best, self.settings.fusion, self.threshold, self.search)
         if fused is None or fused[1] < self.threshold:
+            track.streak = ("", 0)
             return None
         person, score, runners = fused
+        streak = track.streak[1] + 1 if track.streak[0] == person else 1
+        track.streak = (person, streak)
+        if streak < self.settings.confirm and not ending:
+            return None
         track.decided, track.person_id, track.score = True, person, score
         return Decision(
             camera=track.camera,

@@ -282,14 +282,18 @@ def test_matcher_alerts_once_per_person_with_results_for_viewers(tmp_path) -> No
     rng = np.random.default_rng(7)
     items = []
     for n in range(20):
-        listed = face((100 + 2 * n, 100, 60, 60), noisy(LISTED, 0.4, rng), n, quality=0.5)
+        quality = [0.3, 0.6, 0.4][n % 3]  # the second face is the best when the track decides
+        listed = face((100 + 2 * n, 100, 60, 60), noisy(LISTED, 0.4, rng), n, quality=quality)
         stranger = face((400, 100, 60, 60), noisy(STRANGER, 0.4, rng), n)
         items.append(frame_of(n, [listed, stranger]))
     actor, alerts, seen = run_matcher(tmp_path, items)
     assert [a.person_id for a in alerts] == ["listed"]  # 20 frames, one alert
-    assert alerts[0].crop_jpeg.startswith(b"\xff\xd8")  # the best face's crop
     # Viewers get one result per face: the listed person named once their track decided.
     decided = next(n for n, _, raised in seen if raised)
+    assert decided == 1  # min_frames = 2
+    # The evidence is the best-quality face so far (frame 1), with its crop and box.
+    assert alerts[0].frame_index == 1 and alerts[0].box == items[1].faces[0].detection.box
+    assert alerts[0].crop_jpeg.startswith(b"\xff\xd8")
     for n, results, _ in seen:
         assert len(results) == 2
         assert results[1] is None  # the stranger is never named

@@ -311,6 +311,23 @@ def _visible(
     return float(cover.mean()) < 0.5
 
 
+def _lane(
+    rng: np.random.Generator, people: list[Passer], start: float, duration: float, width: int
+) -> tuple[float, float]:
+    """Where a new passer walks: of a few random paths, the one farthest from the people in view
+    at the same time (pedestrians keep their distance; nobody walks through anyone)."""
+    others = [(p.x0 + p.x1) / 2 for p in people if p.start + p.duration > start]
+    best: tuple[float, float] = (0.0, 0.0)
+    best_gap = -1.0
+    for _ in range(6):
+        x0 = float(rng.uniform(0.15, 0.85)) * width
+        x1 = float(np.clip(x0 + rng.uniform(-0.3, 0.3) * width, 0.12 * width, 0.88 * width))
+        gap = min((abs((x0 + x1) / 2 - o) for o in others), default=float(width))
+        if gap > best_gap:
+            best, best_gap = (x0, x1), gap
+    return best
+
+
 def plan(
     dataset: Path, passers: int, watchlisted: int, enrol_images: int, seed: int
 ) -> tuple[list[tuple[str, str, bool]], dict[str, list[str]]]:
@@ -376,8 +393,8 @@ def make_walkpast(
         if sprite is None:
             skipped.append(photo)
             continue
-        x0 = rng.uniform(0.15, 0.85) * width
-        x1 = float(np.clip(x0 + rng.uniform(-0.3, 0.3) * width, 0.12 * width, 0.88 * width))
+        duration_s = float(rng.uniform(*duration))
+        x0, x1 = _lane(rng, people, t, duration_s, width)
         people.append(
             Passer(
                 id=f"p{i + 1:04d}",
@@ -386,7 +403,7 @@ def make_walkpast(
                 watchlist_id=name if listed else None,
                 sprite=sprite,
                 start=t,
-                duration=float(rng.uniform(*duration)),
+                duration=duration_s,
                 x0=x0,
                 x1=x1,
                 max_face=float(min(rng.uniform(*max_face), 0.7 * height)),
