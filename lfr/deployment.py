@@ -11,8 +11,8 @@ import logging
 import signal
 import time
 from collections import deque
-from functools import partial
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 

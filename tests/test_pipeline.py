@@ -205,5 +205,6 @@ def test_plugin_camera_settings_errors_name_their_place_in_cameras(tmp_path, bun
     with pytest.raises(ConfigError, match=r"test: \$\.cameras\[1\]\.fps_cap: Expected"):
         make_config(tmp_path, bundle, cameras)
     config = make_config(tmp_path, bundle, cameras[:1])
-    with pytest.raises(ConfigError, match=r"\$\.cameras\[0\]: Object contains unknown field `paht`"):
+    unknown = r"\$\.cameras\[0\]: Object contains unknown field `paht`"
+    with pytest.raises(ConfigError, match=unknown):
         resolve_backends(config, registry)
