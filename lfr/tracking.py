@@ -59,7 +59,7 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_missed: int = 8  # frames of the camera without the track's face before it ends
     max_age_s: float = 3.0  # capture-time seconds without its face before it ends
     min_frames: int = 2  # faces before a track may decide
-    confirm: int = 1  # consecutive updates over the threshold, same person, before deciding
+    confirm: int = 2  # consecutive updates over the threshold, same person, before deciding
     fusion: Fusion = "embedding"
     fusion_frames: int = 5  # best-quality faces a decision uses
 
@@ -71,6 +71,7 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
             max_missed=matching.track_max_missed,
             max_age_s=matching.track_max_age_s,
             min_frames=matching.min_track_frames,
+            confirm=matching.confirm_frames,
             fusion=matching.fusion,
             fusion_frames=matching.fusion_frames,
         )

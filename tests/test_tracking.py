@@ -163,6 +163,23 @@ def test_fused_embedding_ignores_a_single_lucky_frame_unlike_frame_decisions() -
     assert [d for d in fused if d.person_id == "listed"] == []
 
 
+def test_confirmation_needs_consecutive_updates_over_the_threshold() -> None:
+    rng = np.random.default_rng(9)
+    spike = unit(0.95 * LISTED + 0.3 * STRANGER)  # one frame that looks like the listed person
+    frames = [
+        [face((50, 50, 60, 60), noisy(STRANGER, 0.3, rng), 0, quality=0.1)],
+        [face((52, 50, 60, 60), spike, 1, quality=0.9)],
+        *[
+            [face((54 + n, 50, 60, 60), noisy(STRANGER, 0.3, rng), n, quality=0.95)]
+            for n in range(2, 8)
+        ],
+    ]
+    _, once = feed(PersonTracker(TrackerSettings(confirm=1), 0.7, RANK), frames)
+    _, twice = feed(PersonTracker(TrackerSettings(confirm=2), 0.7, RANK), frames)
+    assert [d.person_id for d in once] == ["listed"]  # decided on the one update over 0.7
+    assert twice == []
+
+
 def test_short_track_decides_when_it_ends() -> None:
     # A still photo is a one-frame camera: its track decides at the end, with one face.
     tracker = PersonTracker(TrackerSettings(min_frames=3), 0.5, RANK)
@@ -290,7 +307,7 @@ def test_matcher_alerts_once_per_person_with_results_for_viewers(tmp_path) -> No
     assert [a.person_id for a in alerts] == ["listed"]  # 20 frames, one alert
     # Viewers get one result per face: the listed person named once their track decided.
     decided = next(n for n, _, raised in seen if raised)
-    assert decided == 1  # min_frames = 2
+    assert decided == 2  # min_frames = 2, then confirm_frames = 2 updates over the threshold
     # The evidence is the best-quality face so far (frame 1), with its crop and box.
     assert alerts[0].frame_index == 1 and alerts[0].box == items[1].faces[0].detection.box
     assert alerts[0].crop_jpeg.startswith(b"\xff\xd8")
