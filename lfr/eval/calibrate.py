@@ -35,15 +35,8 @@ import msgspec
 import numpy as np
 from rich.table import Table
 
-from lfr.eval.dataset import Progress, embed_images
-from lfr.eval.identify import (
-    LFW_LABEL_FIXES,
-    MISS,
-    LabelFix,
-    NonMatedHit,
-    apply_label_fixes,
-    list_people,
-)
+from lfr.eval.dataset import Progress
+from lfr.eval.identify import MISS, LabelFix, NonMatedHit, embed_dataset
 from lfr.vision.analyzer import FaceAnalyzer
 
 MIN_EXCEEDANCES = 20  # fewer non-mated scores above the threshold than this: fit the tail
@@ -233,17 +226,7 @@ def calibrate(
     progress: Progress | None = None,
 ) -> Calibration:
     start = time.perf_counter()
-    people = list_people(dataset)
-    applied: list[LabelFix] = []
-    if fix_labels:
-        people, applied = apply_label_fixes(people, LFW_LABEL_FIXES)
-    emb = embed_images(
-        [p for paths in people.values() for p in paths],
-        dataset,
-        analyzer,
-        progress=progress,
-        cache=cache,
-    )
+    people, applied, emb = embed_dataset(dataset, analyzer, fix_labels, cache, progress)
     index = emb.index()
     rows = {n: [index[p] for p in paths] for n, paths in people.items()}
     samples = measure(emb.vectors, emb.ok, rows, watchlist_size, seed=seed, draws=draws)

@@ -497,6 +497,24 @@ def mean_report(reports: Sequence[IdentifyReport]) -> IdentifyReport:
     )
 
 
+def embed_dataset(
+    dataset: Path,
+    analyzer: FaceAnalyzer,
+    fix_labels: bool = False,
+    cache: Path | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, list[str]], list[LabelFix], EmbeddingSet]:
+    """A folder-per-person dataset's people (label fixes applied on request) and one embedding per
+    image, computed once (cached) for identification and calibration alike."""
+    people = list_people(dataset)
+    applied: list[LabelFix] = []
+    if fix_labels:
+        people, applied = apply_label_fixes(people, LFW_LABEL_FIXES)
+    emb = embed_images([p for paths in people.values() for p in paths], dataset, analyzer,
+                       progress=progress, cache=cache)
+    return people, applied, emb
+
+
 def run_identify(
     dataset: Path,
     analyzer: FaceAnalyzer,
@@ -514,17 +532,7 @@ def run_identify(
     start = time.perf_counter()
     if enrol_images < 1 or max_probes < 1:
         raise ValueError("enrol_images and max_probes must be >= 1")
-    people = list_people(dataset)
-    applied: list[LabelFix] = []
-    if fix_labels:
-        people, applied = apply_label_fixes(people, LFW_LABEL_FIXES)
-    emb = embed_images(
-        [p for paths in people.values() for p in paths],
-        dataset,
-        analyzer,
-        progress=progress,
-        cache=cache,
-    )
+    people, applied, emb = embed_dataset(dataset, analyzer, fix_labels, cache, progress)
     reports, scores = [], []
     for seed in seeds:
         report, seed_scores = run_seed(
