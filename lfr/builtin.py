@@ -26,6 +26,9 @@ class SFaceSettings(BackendSettings, frozen=True, tag="sface"):
     rgb: bool = True  # SFace expects RGB; BGR costs accuracy
     mean: float = 0.0  # ArcFace-style models: mean = std = 127.5
     std: Annotated[float, Meta(gt=0)] = 1.0
+    # Embed the mirrored face too and use the sum: on lfw-dev, TPIR at FPIR 1e-3 with 400
+    # listed people 0.893 -> 0.923 (`lfr eval identify`), for twice the embedding work.
+    flip: bool = True
 
 
 class ExactSettings(BackendSettings, frozen=True, tag="exact"):
@@ -67,7 +70,8 @@ def lfr_register_embedders(register: Register) -> None:
         from lfr.vision.models import BUNDLED_EMBEDDER, resolve_model
 
         return OnnxEmbedder(resolve_model(settings.model, BUNDLED_EMBEDDER), rgb=settings.rgb,
-                            mean=settings.mean, std=settings.std, threads=context.threads)
+                            mean=settings.mean, std=settings.std, threads=context.threads,
+                            flip=settings.flip)
 
     register("sface", sface, settings=SFaceSettings)
 

@@ -70,16 +70,21 @@ def _progress(description: str, total: int | None, enabled: bool = True
 # -- watchlist ----------------------------------------------------------------------------------
 
 
-def _default_analyzer() -> Any:
-    from lfr.vision.defaults import default_analyzer
+def _config_analyzer(config: Any | None) -> Any:
+    """The detector and embedder a deployment with this config uses (None: lfr's defaults)."""
+    from lfr.config import parse_config
+    from lfr.deployment import build_analyzer
 
-    return default_analyzer()
+    if config is None:
+        config = parse_config({"name": "watchlist"}, "<defaults>")
+    return build_analyzer(config, _load_registry())
 
 
-def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progress: bool) -> Any:
+def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progress: bool,
+                     analyzer: Any | None = None) -> Any:
     from lfr.watchlist import WatchlistError, build_watchlist, count_images
 
-    analyzer = _default_analyzer()
+    analyzer = analyzer or _config_analyzer(None)
     try:
         total = count_images(source)
         with _progress(f"enrolling {source}", total, show_progress) as advance:
@@ -99,7 +104,11 @@ def _outcome_table(report: Any) -> Table:
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
-    report = _build_watchlist(Path(args.source), Path(args.output), args.expiry, not args.json)
+    from lfr.config import load_config
+
+    config = load_config(Path(args.config)) if args.config else None
+    report = _build_watchlist(Path(args.source), Path(args.output), args.expiry, not args.json,
+                              _config_analyzer(config))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -177,15 +186,28 @@ def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:
 
 
 def _prepare_watchlist(config: Any, as_json: bool) -> None:
-    """Build the configured bundle from its ``source`` folder if it does not exist yet."""
+    """Build the configured bundle from its ``source`` folder if it does not exist yet, or was
+    made by another embedder than the config's (its scores would not fit the threshold)."""
+    from lfr.watchlist import WatchlistError, bundle_info
+
     wl = config.watchlist
     if wl is None or wl.source is None:
         return
     bundle = config.resolve_path(wl.bundle)
+    analyzer = _config_analyzer(config)
     if (bundle / "manifest.json").is_file():
-        return
-    stderr.print(f"building watchlist {bundle} from {config.resolve_path(wl.source)}")
-    _build_watchlist(config.resolve_path(wl.source), bundle, None, not as_json)
+        try:
+            built_with = bundle_info(bundle).get("embedder")
+        except WatchlistError:
+            return  # the deployment reports what is wrong with it
+        running = analyzer.embedder.name
+        if built_with == running:
+            return
+        stderr.print(f"rebuilding watchlist {bundle}: it was built with embedder "
+                     f"{built_with!r}, the config embeds with {running!r}")
+    else:
+        stderr.print(f"building watchlist {bundle} from {config.resolve_path(wl.source)}")
+    _build_watchlist(config.resolve_path(wl.source), bundle, None, not as_json, analyzer)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -315,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(id,name,image[,category,notes,expiry])")
     build.add_argument("-o", "--output", required=True, help="bundle folder to write")
     build.add_argument("--expiry", help="ISO date/time after which the bundle refuses to load")
+    build.add_argument("--config", help="deployment config whose detector and embedder enrol "
+                       "(default: lfr's defaults); a deployment refuses a bundle from another "
+                       "embedder")
     build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     build.set_defaults(func=cmd_watchlist_build)
     info = wl_sub.add_parser("info", help="describe a bundle")

@@ -49,6 +49,8 @@ class MatchingConfig(Section, frozen=True):
     fusion_frames: Positive = 5  # best-quality faces a decision uses
     min_track_frames: Positive = 2  # faces before a track may decide (a shorter one: at its end)
     confirm_frames: Positive = 2  # consecutive frames over the threshold before a track decides
+    # Faces smaller than this are tracked but never decided on (they give chance likenesses).
+    decision_min_face_px: Annotated[float, Meta(ge=0)] = 40.0
     track_iou: Annotated[float, Meta(ge=0, le=1)] = 0.1  # least overlap with the predicted box
     track_max_missed: Positive = 8  # camera frames without the face before its track ends
     track_max_age_s: PositiveFloat = 3.0  # capture-time seconds without it before it ends

@@ -35,11 +35,41 @@ from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
 from lfr.sources.video import CameraActor
 from lfr.stages import DetectorActor, FrameCallback, MatcherActor, MatcherStats
+from lfr.tracking import TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate
 from lfr.watchlist import Watchlist, load_bundle
 
 log = logging.getLogger("lfr.deployment")
+
+
+def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None = None
+                   ) -> FaceAnalyzer:
+    """The config's detector and embedder, as every part of lfr builds them: a deployment, a
+    watchlist built for it (`lfr watchlist build --config`) and evaluation alike, so a bundle's
+    embeddings and a camera's are made by the same function. ``gate`` defaults to the config's
+    ``[quality]``."""
+    backends = resolve_backends(config, registry)
+    context = BuildContext(data_dir=config.resolved_data_dir(),
+                           threads=config.pipeline.inference_threads)
+    if gate is None:
+        gate = QualityGate(min_face_px=config.quality.min_face_px,
+                           min_sharpness=config.quality.min_sharpness)
+    return FaceAnalyzer(registry.create("detector", backends.detector, context),
+                        registry.create("embedder", backends.embedder, context), gate)
+
+
+def check_bundle_embedder(watchlist: Watchlist, analyzer: FaceAnalyzer, where: str) -> None:
+    """Refuse a bundle made by another embedding function: its scores would mean nothing
+    against the calibrated threshold (SFace with and without flip differ by a few hundredths)."""
+    built, running = watchlist.manifest.embedder, getattr(analyzer.embedder, "name", "?")
+    if watchlist.dim != analyzer.embedder.dim:
+        raise ConfigError(f"watchlist {where}: embeddings have dimension {watchlist.dim}, the "
+                          f"embedder gives {analyzer.embedder.dim}")
+    if built != running:
+        raise ConfigError(f"watchlist {where}: built with embedder {built!r}, this config embeds "
+                          f"with {running!r}; rebuild it with `lfr watchlist build SRC -o BUNDLE "
+                          "--config CONFIG`")
 
 
 class Counters(msgspec.Struct, frozen=True):
@@ -130,19 +160,12 @@ class Deployment:
         cfg = self.config
         backends = resolve_backends(cfg, self.registry)
         context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
-        analyzer = FaceAnalyzer(
-            self.registry.create("detector", backends.detector, context),
-            self.registry.create("embedder", backends.embedder, context),
-            QualityGate(min_face_px=cfg.quality.min_face_px,
-                        min_sharpness=cfg.quality.min_sharpness),
-        )
+        analyzer = build_analyzer(cfg, self.registry)
         if cfg.watchlist is None:
             raise ConfigError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
                              "configured")
         self.watchlist = load_bundle(cfg.resolve_path(cfg.watchlist.bundle))
-        if self.watchlist.dim != analyzer.embedder.dim:
-            raise ConfigError(f"watchlist {cfg.watchlist.bundle}: embeddings have dimension "
-                             f"{self.watchlist.dim}, the embedder gives {analyzer.embedder.dim}")
+        check_bundle_embedder(self.watchlist, analyzer, cfg.watchlist.bundle)
         index = self.registry.create("index", backends.index, context)
         index.build(self.watchlist.vectors)
         matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
@@ -195,7 +218,7 @@ class Deployment:
         self.matcher_actor = MatcherActor(
             faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
             [n.name for n in notifiers], cfg.matching.cooldown_s, self._alert_raised,
-            self._frame_done)
+            self._frame_done, tracking=TrackerSettings.from_matching(cfg.matching))
         self.actors.append(self.matcher_actor)
 
     def _local_paths(self, camera: SourceSettings) -> SourceSettings:

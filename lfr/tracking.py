@@ -2,19 +2,26 @@
 
 A face alone is weak evidence (small, blurred, turned away); the same person over a second of
 video is strong evidence. Each camera gets a tracker that links a face to the track it continues
-(overlap with the track's predicted box and similarity to its recent faces), and each track
-decides at most once whom it shows, from its best frames:
+(overlap with the track's predicted box and similarity to its recent faces; greedy, best pairs
+first, so two people crossing keep their tracks), and each track decides at most once whom it
+shows, from its best frames:
 
 - ``embedding`` (default): the quality-weighted mean of the best frames' embeddings, searched as
-  one probe. Averaging cancels the noise of single frames, so an impostor's chance peak on one
-  frame does not become an alert.
+  one probe. A fused template scores like one good photo, so thresholds calibrated on photos
+  (``lfr calibrate``) carry over, and one frame's chance likeness does not become an alert.
 - ``score``: the quality-weighted mean of the best frames' scores, per person.
 - ``frigate``: Frigate's per-track weighted score (face area and score margin as weights).
 - ``frame``: any single face over the threshold (the behaviour without fusion), once per track.
 
-A track may decide once it has ``min_frames`` faces; one that ends sooner decides with what it
-has. A track's state (embeddings, the best face's crop) lives in memory only and is dropped when
-the track ends, so a non-matching person leaves nothing behind.
+A track may decide once it has ``min_frames`` faces, its largest face is at least
+``decision_px`` (smaller faces give chance likenesses: they are tracked, not judged), and its
+fused verdict has named the same person over the threshold ``confirm`` updates in a row; a track
+that ends sooner decides with what it has. Measured on walk-past videos (README): at equal
+false alerts the fused embedding identified as many people as Frigate's weighted score or more;
+confirmation and the size gate cut false alerts further, for about 0.6 s more time to alert.
+
+A track's state (embeddings, the best face's crop) lives in memory only and is dropped when the
+track ends, so a non-matching person leaves nothing behind.
 
 Time: a track ends after ``max_missed`` frames of its camera without its face, or ``max_age_s``
 seconds of capture time (monotonic) without it. Counting frames keeps the rule meaningful when
@@ -60,6 +67,7 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_age_s: float = 3.0  # capture-time seconds without its face before it ends
     min_frames: int = 2  # faces before a track may decide
     confirm: int = 2  # consecutive updates over the threshold, same person, before deciding
+    decision_px: float = 40.0  # no decision until the track's largest face is this large (px)
     fusion: Fusion = "embedding"
     fusion_frames: int = 5  # best-quality faces a decision uses
 
@@ -72,6 +80,7 @@ class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
             max_age_s=matching.track_max_age_s,
             min_frames=matching.min_track_frames,
             confirm=matching.confirm_frames,
+            decision_px=matching.decision_min_face_px,
             fusion=matching.fusion,
             fusion_frames=matching.fusion_frames,
         )
@@ -134,6 +143,7 @@ class Track:
         self.person_id: str | None = None
         self.score = 0.0
         self.streak: tuple[str, int] = ("", 0)  # person over the threshold, consecutive updates
+        self.largest = 0.0  # the largest face so far (px, the box's shorter side)
 
     def predicted(self, step: int) -> Box:
         gap = step - self.last_step
@@ -152,6 +162,7 @@ class Track:
                 0.5 * v + 0.5 * d for v, d in zip(self.velocity, delta, strict=True)
             )
         self.box = face.detection.box
+        self.largest = max(self.largest, min(face.detection.box[2], face.detection.box[3]))
         self.last_step, self.last_mono = step, face.mono_time
         self.count += 1
         # Recent faces weigh most: a person turning changes the embedding gradually.
@@ -295,6 +306,8 @@ class PersonTracker:
         return result
 
     def _decide(self, track: Track, ending: bool = False) -> Decision | None:
+        if track.largest < self.settings.decision_px:
+            return None  # too small to trust yet: wait for the person to come closer
         fused = fuse(track.best, self.settings.fusion, self.threshold, self.search)
         if fused is None or fused[1] < self.threshold:
             track.streak = ("", 0)

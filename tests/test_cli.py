@@ -71,3 +71,29 @@ def test_plugins_json_lists_builtin_backends(capsys):
 def test_demo_with_a_wrong_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path)]) == 2
     assert "not a demo folder" in capsys.readouterr().err
+
+
+def test_a_bundle_from_another_embedder_is_refused_or_rebuilt_from_its_source(tmp_path, capsys):
+    """Scores from two embedding functions do not compare: a deployment refuses a bundle its
+    embedder did not make, naming both, and rebuilds one it has the source of."""
+    plain = tmp_path / "plain.toml"
+    plain.write_text('name = "plain"\n[embedder]\nkind = "sface"\nflip = false\n')
+    bundle = tmp_path / "wl"
+    assert main(["watchlist", "build", str(PEOPLE), "-o", str(bundle), "--config", str(plain),
+                 "--json"]) == 0
+    capsys.readouterr()
+    assert main(["watchlist", "info", str(bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedder"] == "sface"
+
+    deployment = tmp_path / "x.toml"
+    deployment.write_text(f'name = "x"\n[watchlist]\nbundle = "{bundle}"\n')
+    assert main(["run", str(deployment), "--once"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "built with embedder 'sface', this config embeds with 'sface+flip'" in err
+    assert "--config CONFIG" in err
+
+    deployment.write_text(f'name = "x"\n[watchlist]\nbundle = "{bundle}"\nsource = "{PEOPLE}"\n')
+    assert main(["run", str(deployment), "--once", "--json"]) == 0
+    assert "rebuilding watchlist" in capsys.readouterr().err
+    assert main(["watchlist", "info", str(bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedder"] == "sface+flip"

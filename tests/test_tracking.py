@@ -329,3 +329,27 @@ def test_matcher_cooldown_spans_tracks(tmp_path) -> None:
     assert len(alerts) == 1
     _, alerts, _ = run_matcher(tmp_path / "b", items, cooldown_s=0.0)
     assert len(alerts) == 2  # two tracks, no cooldown: one alert each
+
+
+def test_deployment_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
+    """`[matching]` tracking fields reach the running tracker (not its defaults)."""
+    from lfr.config import parse_config
+    from lfr.deployment import Deployment
+    from lfr.plugins import load_plugins
+
+    watchlist = bundle(tmp_path)
+    config = parse_config({
+        "name": "t", "data_dir": str(tmp_path / "data"),
+        "watchlist": {"bundle": str(watchlist.path)},
+        "matching": {"fusion": "frigate", "confirm_frames": 3, "decision_min_face_px": 64,
+                     "track_max_missed": 5},
+    })
+    deployment = Deployment(config, load_plugins(), offline=True, once=True)
+    deployment.watchlist = watchlist
+    deployment._wire(None, Matcher.for_watchlist(watchlist, 0.5), [], None, None)  # type: ignore[arg-type]
+    assert deployment.matcher_actor is not None
+    deployment.matcher_actor.faces.close()
+    settings = deployment.matcher_actor.tracker.settings
+    assert settings == TrackerSettings.from_matching(config.matching)
+    assert (settings.fusion, settings.confirm, settings.decision_px, settings.max_missed) == (
+        "frigate", 3, 64, 5)

@@ -26,7 +26,8 @@ STILLS = sorted(p for p in PEOPLE.rglob("*") if p.is_file()) + sorted(SCENES.glo
 @pytest.fixture(scope="module")
 def analyzer():
     # max_side large enough that no still is shrunk: OpenCV runs them at native size too.
-    return default_analyzer(score_threshold=0.6, max_side=4096)
+    # Without flip: OpenCV's FaceRecognizerSF embeds the face as it is, and so must the reference.
+    return default_analyzer(score_threshold=0.6, max_side=4096, flip=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,21 @@ def test_embeddings_are_unit_length_and_identity_sensitive(analyzer):
     a, b, c = embed(obama[0]), embed(obama[1]), embed(biden[0])
     assert abs(np.linalg.norm(a) - 1) < 1e-5
     assert float(a @ b) > 0.5 > float(a @ c)
+
+
+def test_default_embedder_flips_so_a_mirrored_face_embeds_alike():
+    """The default embedder (flip on) sums the face's and its mirror's embeddings: a face and its
+    mirror image get the same embedding, which the plain SFace does not give them."""
+    flipped, plain = default_analyzer(), default_analyzer(flip=False)
+    assert flipped.embedder.name == "sface+flip" and plain.embedder.name == "sface"
+    face = flipped.detect(cv2.imread(str(sorted((PEOPLE / "obama").glob("*"))[0])))[0].aligned
+    mirror = np.ascontiguousarray(face[:, ::-1])
+    a, b = flipped.embedder.embed([face, mirror])
+    assert float(a @ b) > 0.9999
+    c, d = plain.embedder.embed([face, mirror])
+    assert float(c @ d) < 0.99
+    # The flipped embedding stays close to the plain one: the same identity, less pose noise.
+    assert float(a @ c) > 0.9
 
 
 def test_rgb_input_beats_bgr(analyzer):

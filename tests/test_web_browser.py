@@ -87,7 +87,8 @@ def test_browser_plays_video_shows_alert_and_records_decision(tmp_path, bundle):
     assert report["no_token_status"] == report["wrong_token_status"] == 401
     assert report["video_width"] == 640 and report["video_height"] == 360
     assert report["current_time_after"] > report["current_time_before"]
-    assert report["alert_name"]
+    assert "Miranda" in report["alert_name"]  # the one person of the watchlist on stage
+    assert len(report["image_widths"]) >= 2  # camera crop and watchlist photo, both loaded
     assert f"confirmed by {OFFICER}" in report["decision_text"]
     decisions = [r.data for r in audit_records(tmp_path / "data") if r.kind == "adjudication"]
     assert decisions == [
@@ -117,6 +118,7 @@ def _status(url: str) -> int:
 
 def _session(workdir: Path, bundle: Path) -> dict[str, object]:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -193,24 +195,44 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
                     current_time_after=later["t"],
                 )
 
-                card = WebDriverWait(driver, left()).until(
-                    lambda d: d.find_element(By.CSS_SELECTOR, "#alerts li.alert")
+                # The page re-renders an alert's card when news about it arrives (the decision
+                # comes back both as the POST's answer and as a server-sent event): every read
+                # finds the card afresh and retries when it was replaced under it.
+                def steady(read):  # type: ignore[no-untyped-def]
+                    return WebDriverWait(
+                        driver, left(), ignored_exceptions=(StaleElementReferenceException,)
+                    ).until(read)
+
+                alert_id = steady(
+                    lambda d: d.find_element(By.CSS_SELECTOR, "#alerts li.alert").get_attribute(
+                        "data-id"
+                    )
                 )
-                alert_id = card.get_attribute("data-id")
+                card = f'#alerts li[data-id="{alert_id}"]'
                 report["alert_id"] = alert_id
-                report["alert_name"] = card.find_element(By.CSS_SELECTOR, ".who").text
-                for img in card.find_elements(By.CSS_SELECTOR, "img"):
-                    assert driver.execute_script("return arguments[0].naturalWidth", img) > 0
+                report["alert_name"] = steady(
+                    lambda d: d.find_element(By.CSS_SELECTOR, f"{card} .who").text or None
+                )
+
+                def image_widths(d: webdriver.Chrome) -> list[int] | None:
+                    images = d.find_elements(By.CSS_SELECTOR, f"{card} img")
+                    natural = "return arguments[0].naturalWidth"
+                    widths = [d.execute_script(natural, image) for image in images]
+                    return widths if len(widths) >= 2 and all(w > 0 for w in widths) else None
+
+                report["image_widths"] = steady(image_widths)
                 name = driver.find_element(By.ID, "operator")
                 name.clear()
                 name.send_keys(OFFICER)
-                card.find_element(By.CSS_SELECTOR, 'button[data-decision="confirmed"]').click()
-                decided = WebDriverWait(driver, left()).until(
+                steady(
                     lambda d: d.find_element(
-                        By.CSS_SELECTOR, f'#alerts li[data-id="{alert_id}"] .decision'
-                    )
+                        By.CSS_SELECTOR, f'{card} button[data-decision="confirmed"]'
+                    ).click()
+                    or True
                 )
-                report["decision_text"] = decided.text
+                report["decision_text"] = steady(
+                    lambda d: d.find_element(By.CSS_SELECTOR, f"{card} .decision").text or None
+                )
                 WebDriverWait(driver, left()).until(
                     lambda d: (
                         d.find_element(

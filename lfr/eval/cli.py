@@ -25,23 +25,13 @@ def _config(path: str | None) -> Any:
 
 
 def _analyzer(config: Any) -> Any:
-    """The config's detector and embedder, built as a deployment builds them."""
+    """The config's detector and embedder, built as a deployment builds them (no size gate:
+    evaluation counts every face it can find)."""
     from lfr.cli import _load_registry
-    from lfr.config import resolve_backends
-    from lfr.plugins import BuildContext
-    from lfr.vision.analyzer import FaceAnalyzer
+    from lfr.deployment import build_analyzer
     from lfr.vision.quality import QualityGate
 
-    registry = _load_registry()
-    backends = resolve_backends(config, registry)
-    context = BuildContext(
-        data_dir=config.resolved_data_dir(), threads=config.pipeline.inference_threads
-    )
-    return FaceAnalyzer(
-        registry.create("detector", backends.detector, context),
-        registry.create("embedder", backends.embedder, context),
-        QualityGate(min_face_px=0),
-    )
+    return build_analyzer(config, _load_registry(), QualityGate(min_face_px=0))
 
 
 def _cache(args: argparse.Namespace) -> Path | None:

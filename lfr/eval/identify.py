@@ -510,8 +510,13 @@ def embed_dataset(
     applied: list[LabelFix] = []
     if fix_labels:
         people, applied = apply_label_fixes(people, LFW_LABEL_FIXES)
-    emb = embed_images([p for paths in people.values() for p in paths], dataset, analyzer,
-                       progress=progress, cache=cache)
+    emb = embed_images(
+        [p for paths in people.values() for p in paths],
+        dataset,
+        analyzer,
+        progress=progress,
+        cache=cache,
+    )
     return people, applied, emb
 
 

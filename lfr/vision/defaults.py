@@ -1,4 +1,4 @@
-"""The default vision stack: bundled YuNet + SFace."""
+"""The default vision stack: bundled YuNet + SFace (with flip), as the default config builds it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from lfr.vision.quality import QualityGate
 
 
 def default_analyzer(score_threshold: float = 0.7, max_side: int = 1920,
-                     gate: QualityGate | None = None, flip: bool = False) -> FaceAnalyzer:
+                     gate: QualityGate | None = None, flip: bool = True) -> FaceAnalyzer:
     detector = YuNetDetector(resolve_model(None, BUNDLED_DETECTOR),
                              score_threshold=score_threshold, max_side=max_side)
     embedder = OnnxEmbedder(resolve_model(None, BUNDLED_EMBEDDER), flip=flip)
