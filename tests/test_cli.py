@@ -97,3 +97,20 @@ def test_a_bundle_from_another_embedder_is_refused_or_rebuilt_from_its_source(tm
     assert "rebuilding watchlist" in capsys.readouterr().err
     assert main(["watchlist", "info", str(bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embedder"] == "sface+flip"
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield name, child
+                yield from _subparsers(child)
+
+
+def test_help_texts_have_no_format_leftovers(capsys):
+    """Descriptions are printed as written (help strings are %-formatted): no '%%' shows."""
+    for name, parser in _subparsers(build_parser()):
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, name

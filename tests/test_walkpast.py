@@ -84,7 +84,7 @@ def test_truth_errors_name_the_file(tmp_path) -> None:
 
 # ~100 passers, 10 on the watchlist, small and short enough for CI (about 100 s of video at 8 fps).
 # Threshold: `lfr calibrate --footfall 1000 --false-alerts-per-day 1 --watchlist-size 10
-# --fix-labels` on lfw-dev gives 0.4167 (95% CI 0.410 to 0.430).
+# --fix-labels` on lfw-dev gives 0.4216 (95% CI 0.415 to 0.431) with the default (flip) embedder.
 WALK: dict[str, Any] = {
     "passers": 100,
     "watchlisted": 10,

@@ -19,26 +19,17 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.from_thread import start_blocking_portal
-from paths import CLIP, PEOPLE
+from paths import CLIP, PEOPLE, REPO
+
+sys.path.insert(0, str(REPO / "tools"))
+from screenshot_web import CHROMIUM_FLAGS as SCREENSHOT_FLAGS
 
 from lfr.audit import audit_records
 
 OFFICER = "Officer Browser"
 SESSION_LIMIT_S = 90  # the browser session, from start-up to the recorded decision
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--window-size=1400,900",
-]
+# The screenshot tool's flags (loopback WebRTC, autoplay, nothing fetched from the internet).
+CHROMIUM_FLAGS = [*SCREENSHOT_FLAGS, "--window-size=1400,900"]
 
 
 @pytest.fixture(scope="module")

@@ -307,7 +307,7 @@ def register(sub: Any) -> None:
         help="choose the threshold for a footfall, a false-alert budget and a watchlist size",
         description="Measures non-mated score distributions on a dataset (scaled to the "
         "watchlist size) and picks the threshold that keeps false alerts within the budget; "
-        "prints expected TPIR and false alerts per day with 95%% confidence intervals.",
+        "prints expected TPIR and false alerts per day with 95% confidence intervals.",
     )
     cal.add_argument(
         "--footfall",
