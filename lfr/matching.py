@@ -52,13 +52,14 @@ class Matcher:
         index.build(watchlist.vectors)
         return cls(watchlist.labels, index, threshold, top_k)
 
-    def match(self, embeddings: np.ndarray) -> list[MatchResult | None]:
-        """Per embedding row: the best person with the runners-up, or None below the threshold."""
+    def rank(self, embeddings: np.ndarray) -> list[list[Candidate]]:
+        """Per embedding row: the ``top_k`` best persons, best first, whatever their scores (a
+        track's fused evidence may pass the threshold where single frames do not)."""
         queries = np.asarray(embeddings, np.float32)
         if queries.ndim == 2 and len(queries) == 0:
             return []
         scores, rows = self.index.search(queries, self._search_k)
-        results: list[MatchResult | None] = []
+        ranked: list[list[Candidate]] = []
         for row_scores, row_ids in zip(scores, rows, strict=True):
             best: dict[str, float] = {}  # rows come best first: a person's first row is its max
             for score, row in zip(row_scores, row_ids, strict=True):
@@ -67,15 +68,16 @@ class Matcher:
                     best[person] = float(score)
                     if len(best) == self.top_k:
                         break
-            ranked = [Candidate(person_id=p, score=s) for p, s in best.items()]
-            if not ranked or ranked[0].score < self.threshold:
-                results.append(None)
-            else:
-                results.append(
-                    MatchResult(
-                        person_id=ranked[0].person_id,
-                        score=ranked[0].score,
-                        candidates=tuple(ranked[1:]),
-                    )
-                )
-        return results
+            ranked.append([Candidate(person_id=p, score=s) for p, s in best.items()])
+        return ranked
+
+    def match(self, embeddings: np.ndarray) -> list[MatchResult | None]:
+        """Per embedding row: the best person with the runners-up, or None below the threshold."""
+        return [
+            None
+            if not best or best[0].score < self.threshold
+            else MatchResult(
+                person_id=best[0].person_id, score=best[0].score, candidates=tuple(best[1:])
+            )
+            for best in self.rank(embeddings)
+        ]

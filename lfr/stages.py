@@ -12,11 +12,11 @@ import numpy as np
 
 from lfr.audit import AuditLog
 from lfr.matching import Matcher, MatchResult
-from lfr.messages import Alert, Candidate, Face, Frame, FrameFaces, utc_iso
+from lfr.messages import Alert, Face, Frame, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Receiver, Sender
-from lfr.tracking import Decision, PersonTracker, TrackerSettings
+from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.privacy import context_crop
 from lfr.watchlist import Watchlist
@@ -121,27 +121,19 @@ class MatcherActor(Actor):
         self.notifier_names = list(notifier_names)
         self.cooldown_s = cooldown_s
         self.on_alert, self.on_frame = on_alert, on_frame
-        # Ranked persons without a threshold: a track's fused evidence may pass where frames don't.
-        self._ranker = Matcher(matcher.labels, matcher.index, threshold=-2.0, top_k=matcher.top_k)
-        self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, self._rank)
-        self._last_alert: dict[tuple[str, str], float] = {}
+        self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, matcher.rank)
+        self.cooldown = Cooldown(cooldown_s)
+        self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
-
-    def _rank(self, embeddings: np.ndarray) -> list[list[Candidate]]:
-        ranked = []
-        for result in self._ranker.match(embeddings):
-            assert result is not None  # no threshold: every search has a best person
-            ranked.append([Candidate(person_id=result.person_id, score=result.score),
-                           *result.candidates])
-        return ranked
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
         async for item in self.faces:
             self.frame_count += 1
-            now = item.frame.mono_time
-            ranked = self._rank(np.stack([f.embedding for f in item.faces])) if item.faces else []
+            now = self._last_mono = item.frame.mono_time
+            ranked = (self.matcher.rank(np.stack([f.embedding for f in item.faces]))
+                      if item.faces else [])
             self.face_count += len(item.faces)
             self.match_count += sum(r[0].score >= self.matcher.threshold for r in ranked if r)
             outcome = self.tracker.update(item.frame.camera, item.faces, ranked, now)
@@ -155,8 +147,9 @@ class MatcherActor(Actor):
                     for p in outcome.persons]
                 self.on_frame(item, results, alerts)
             self.metrics.processed(latency_s=time.monotonic() - now)
-        # The input has ended: tracks still open decide with what they have.
-        now = time.monotonic()
+        # The input has ended: tracks still open decide with what they have (on the capture
+        # clock, as every other decision: an offline run decides as a live one would).
+        now = self._last_mono if self._last_mono is not None else time.monotonic()
         for decision in self.tracker.flush():
             last = self._alert(decision, now)
             if last is not None:
@@ -164,11 +157,8 @@ class MatcherActor(Actor):
 
     def _alert(self, decision: Decision, now: float) -> Alert | None:
         """The alert for a track's decision, or None within the (camera, person) cooldown."""
-        key = (decision.camera, decision.person_id)
-        last = self._last_alert.get(key)
-        if last is not None and now - last < self.cooldown_s:
+        if not self.cooldown.admit(decision, now):
             return None
-        self._last_alert[key] = now
         return self._make_alert(decision.face, decision.person_id, decision.score, now)
 
     def _make_alert(self, face: Face, person_id: str, score: float, decided: float) -> Alert:

@@ -404,3 +404,21 @@ def _frigate(seen: Sequence[_Seen], threshold: float) -> tuple[str, float, list[
         weighted[best] / weights[best],
         [Candidate(person_id=n, score=v) for n, v in ranked],
     )
+
+
+class Cooldown:
+    """At most one alert per (camera, person) within ``seconds`` of capture time: a person who
+    leaves and comes back (a new track) is not announced again at once. The matcher applies it
+    to every decision; `lfr eval video --compare` replays it with the tracker."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[tuple[str, str], float] = {}
+
+    def admit(self, decision: Decision, now: float) -> bool:
+        key = (decision.camera, decision.person_id)
+        last = self._last.get(key)
+        if last is not None and now - last < self.seconds:
+            return False
+        self._last[key] = now
+        return True

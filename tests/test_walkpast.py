@@ -147,6 +147,7 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
                 str(out / "walkpast.toml"),
                 "--truth",
                 str(out / "truth.json"),
+                "--compare",
                 "--json",
             ]
         )
@@ -162,3 +163,13 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
     assert report["duplicate_alerts"] == 0  # one alert per identified person, not per frame
     assert report["alerts"] <= report["identified"] + report["false_alerts"] + report["late_alerts"]
     assert report["time_to_alert_s"]["median"] < 4.0
+
+    # --compare replays the recorded faces through the same tracker and cooldown: replaying the
+    # configured rule at the configured threshold gives exactly what the deployment alerted.
+    rows = report["compare"]
+    assert {r["threshold"] for r in rows} == {0.38, 0.40, 0.42, 0.44}
+    assert len(rows) == 5 * 4
+    (same,) = [r for r in rows if r["variant"] == "as configured" and r["threshold"] == 0.42]
+    for key in ("identified", "false_alerts", "duplicate_alerts", "late_alerts"):
+        assert same[key] == report[key], key
+    assert same["time_to_alert_median_s"] == report["time_to_alert_s"]["median"]

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from lfr.cli import EXIT_FAILED, EXIT_OK, UserError, _print_json, stderr
 
 DATASET_ENV = "LFR_EVAL_DATA"  # default dataset for `lfr calibrate`
@@ -151,23 +153,63 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_video(args: argparse.Namespace) -> int:
+    from rich.progress import Progress as RichProgress
+
     from lfr.config import load_config
-    from lfr.eval.video import TruthError, load_truth, render_video, run_video
+    from lfr.eval.video import (
+        TruthError,
+        compare,
+        load_truth,
+        render_compare,
+        render_video,
+        run_video,
+    )
 
     try:
         truth = load_truth(Path(args.truth))
     except TruthError as exc:
         raise UserError(str(exc)) from None
     config = load_config(Path(args.config))
+    thresholds = _compare_thresholds(args.compare, config.matching.threshold)
     from lfr.cli import _load_registry, _prepare_watchlist
 
     _prepare_watchlist(config, args.json)
-    report = run_video(config, truth, _load_registry())
+    with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
+        task = bar.add_task("playing the video through a deployment", total=truth.frames)
+        report, recording = run_video(
+            config,
+            truth,
+            _load_registry(),
+            record=thresholds is not None,
+            progress=lambda index: bar.update(task, completed=index + 1),
+        )
+    rows = (
+        compare(recording, truth, thresholds, config.quality.min_face_px)
+        if recording is not None and thresholds
+        else None
+    )
     if args.json:
-        _print_json(report)
+        _print_json(report if rows is None else {**msgspec.to_builtins(report), "compare": rows})
     else:
         stderr.print(render_video(report))
+        if rows is not None:
+            stderr.print(render_compare(rows))
     return EXIT_OK if report.frames else EXIT_FAILED
+
+
+def _compare_thresholds(value: str | None, configured: float) -> list[float] | None:
+    """``--compare`` without a list: the configured threshold and its neighbours."""
+    if value is None:
+        return None
+    if value == "":
+        return sorted({round(configured + d, 4) for d in (-0.04, -0.02, 0.0, 0.02)})
+    try:
+        thresholds = sorted({float(t) for t in value.split(",") if t.strip()})
+    except ValueError:
+        raise UserError(f"--compare {value!r}: expected thresholds separated by commas") from None
+    if not thresholds or not all(-1.0 <= t <= 1.0 for t in thresholds):
+        raise UserError(f"--compare {value!r}: thresholds are cosines, from -1 to 1")
+    return thresholds
 
 
 # -- calibrate ----------------------------------------------------------------------------------
@@ -299,6 +341,15 @@ def register(sub: Any) -> None:
         "--config", required=True, help="deployment config whose camera plays the video"
     )
     video.add_argument("--truth", required=True, help="ground-truth JSON of the video")
+    video.add_argument(
+        "--compare",
+        nargs="?",
+        const="",
+        metavar="T1,T2,...",
+        help="also replay the same detections with other decision rules (per frame, Frigate's "
+        "weighted score, score and embedding fusion, as configured) at these thresholds "
+        "(default: the configured one and its neighbours)",
+    )
     video.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     video.set_defaults(func=cmd_eval_video)
 

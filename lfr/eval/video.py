@@ -20,7 +20,7 @@ Truth file (JSON): ``{"video", "fps", "frames", "passers": [{"id", "person", "im
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import msgspec
 import numpy as np
 from rich.table import Table
 
-from lfr.messages import Alert
+from lfr.messages import Alert, Candidate, Face
+from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
 
 
 class TruthError(ValueError):
@@ -213,8 +214,37 @@ def score_video(
     )
 
 
-def run_video(config: Any, truth: Truth, registry: Any) -> VideoReport:
-    """Play the config's cameras once, offline, through a deployment; score its alerts."""
+class RecordedFrame(msgspec.Struct, frozen=True):
+    """A processed frame's faces as the matcher received them (crops dropped), for replays."""
+
+    camera: str
+    index: int
+    mono_time: float
+    faces: tuple[Face, ...]
+    ranked: list[list[Candidate]]  # per face, the best persons whatever their scores
+
+
+class Recording(msgspec.Struct):
+    frames: list[RecordedFrame]
+    rank: Callable[[np.ndarray], list[list[Candidate]]]  # the deployment's watchlist search
+    cooldown_s: float
+    tracking: TrackerSettings
+
+
+_NO_CROP = np.zeros((1, 1, 3), np.uint8)
+
+
+def run_video(
+    config: Any,
+    truth: Truth,
+    registry: Any,
+    *,
+    record: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[VideoReport, Recording | None]:
+    """Play the config's cameras once, offline, through a deployment; score its alerts. With
+    ``record``, also keep every frame's faces (in memory) so `replay_video` can try other track
+    settings and thresholds on the same detections. ``progress`` gets each frame's index."""
     import anyio
 
     from lfr.deployment import Deployment
@@ -223,11 +253,18 @@ def run_video(config: Any, truth: Truth, registry: Any) -> VideoReport:
     decided: dict[str, int] = {}
     raised: list[Alert] = []
     last_frame = [0]
+    frames: list[RecordedFrame] = []
 
     def on_frame(item: Any, results: Any, alerts: list[Alert]) -> None:
         last_frame[0] = max(last_frame[0], item.frame.index)
         for alert in alerts:
             decided[alert.id] = item.frame.index
+        if record:
+            faces = tuple(msgspec.structs.replace(f, crop=_NO_CROP) for f in item.faces)
+            frames.append(RecordedFrame(item.frame.camera, item.frame.index, item.frame.mono_time,
+                                        faces, []))
+        if progress is not None:
+            progress(item.frame.index)
 
     deployment = Deployment(
         config, registry, offline=True, once=True, on_alert=raised.append, on_frame=on_frame
@@ -254,7 +291,113 @@ def run_video(config: Any, truth: Truth, registry: Any) -> VideoReport:
         fusion=fusion,
         min_face_px=config.quality.min_face_px,
     )
-    return msgspec.structs.replace(report, seconds=round(time.perf_counter() - start, 1))
+    recording = None
+    if record and actor is not None:
+        rank = actor.matcher.rank
+        frames = [
+            msgspec.structs.replace(
+                f, ranked=rank(np.stack([x.embedding for x in f.faces])) if f.faces else []
+            )
+            for f in frames
+        ]
+        recording = Recording(frames, rank, actor.cooldown.seconds, actor.tracker.settings)
+    report = msgspec.structs.replace(report, seconds=round(time.perf_counter() - start, 1))
+    return report, recording
+
+
+def replay_video(
+    recording: Recording,
+    truth: Truth,
+    settings: TrackerSettings,
+    threshold: float,
+    min_face_px: float = 24.0,
+) -> VideoReport:
+    """The alerts the matcher would have raised on the recorded faces with these track settings
+    and this threshold (the same tracker, expiry and cooldown as `MatcherActor`), scored."""
+    tracker = PersonTracker(settings, threshold, recording.rank)
+    cooldown = Cooldown(recording.cooldown_s)
+    alerts: list[VideoAlert] = []
+
+    def admit(decisions: list[Decision], now: float, frame: int) -> None:
+        alerts.extend(
+            VideoAlert(person_id=d.person_id, score=d.score, frame_index=d.face.frame_index,
+                       box=d.face.detection.box, decided_frame=frame)
+            for d in decisions if cooldown.admit(d, now)
+        )
+
+    for f in recording.frames:
+        outcome = tracker.update(f.camera, f.faces, f.ranked, f.mono_time)
+        admit(outcome.decisions + tracker.expire(f.mono_time), f.mono_time, f.index)
+    if recording.frames:
+        last = recording.frames[-1]
+        admit(tracker.flush(), last.mono_time, last.index + 1)
+    return score_video(truth, alerts, frames=len(recording.frames), threshold=threshold,
+                       fusion=settings.fusion, min_face_px=min_face_px)
+
+
+class Variant(msgspec.Struct, frozen=True):
+    """One way of turning faces into alerts, for `lfr eval video --compare`."""
+
+    name: str
+    settings: TrackerSettings
+
+
+def variants(configured: TrackerSettings) -> list[Variant]:
+    """Per-frame decisions (lfr before tracking), Frigate's weighted track score (the anchor),
+    lfr's fused embedding without and with its confirmation and size gate (as configured)."""
+    bare = msgspec.structs.replace(configured, confirm=1, decision_px=0.0)
+    return [
+        Variant("frame: any face", msgspec.structs.replace(bare, fusion="frame", min_frames=1)),
+        Variant("frigate: weighted score", msgspec.structs.replace(bare, fusion="frigate")),
+        Variant("score: weighted mean", msgspec.structs.replace(bare, fusion="score")),
+        Variant("embedding: fused", msgspec.structs.replace(bare, fusion="embedding")),
+        Variant("as configured", configured),
+    ]
+
+
+class CompareRow(msgspec.Struct, frozen=True):
+    variant: str
+    fusion: str
+    threshold: float
+    identified: int
+    watchlisted: int
+    false_alerts: int
+    duplicate_alerts: int
+    late_alerts: int
+    time_to_alert_median_s: float | None
+
+
+def compare(
+    recording: Recording, truth: Truth, thresholds: Sequence[float], min_face_px: float = 24.0
+) -> list[CompareRow]:
+    rows = []
+    for variant in variants(recording.tracking):
+        for t in thresholds:
+            r = replay_video(recording, truth, variant.settings, t, min_face_px)
+            rows.append(CompareRow(variant=variant.name, fusion=variant.settings.fusion,
+                                   threshold=t, identified=r.identified,
+                                   watchlisted=r.watchlisted, false_alerts=r.false_alerts,
+                                   duplicate_alerts=r.duplicate_alerts, late_alerts=r.late_alerts,
+                                   time_to_alert_median_s=r.time_to_alert_s.median))
+    return rows
+
+
+def render_compare(rows: Sequence[CompareRow]) -> Table:
+    thresholds = sorted({r.threshold for r in rows})
+    table = Table(title="Same detections, other decisions: identified / false alerts "
+                  "(duplicates) · median time to alert", title_justify="left")
+    table.add_column("decision")
+    for t in thresholds:
+        table.add_column(f"threshold {t:.3f}", justify="right")
+    for name in dict.fromkeys(r.variant for r in rows):
+        cells = {r.threshold: r for r in rows if r.variant == name}
+        table.add_row(name, *(
+            f"{c.identified}/{c.watchlisted}, {c.false_alerts} FA"
+            + (f" ({c.duplicate_alerts} dup)" if c.duplicate_alerts else "")
+            + (f" · {c.time_to_alert_median_s:.1f} s" if c.time_to_alert_median_s is not None
+               else "")
+            for c in (cells[t] for t in thresholds)))
+    return table
 
 
 def render_video(r: VideoReport) -> Table:
