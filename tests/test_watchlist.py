@@ -112,7 +112,7 @@ def test_load_round_trip(demo: tuple[Path, BuildReport, list[EnrolOutcome]]) -> 
     info = watchlist.info()
     json.dumps(info)
     assert info["persons"] == 6 and info["rows"] == 15 and info["dim"] == 128
-    assert info["digest"] == report.digest and info["embedder"] == "sface"
+    assert info["digest"] == report.digest and info["embedder"] == "sface+flip"
     assert info["expired"] is False and watchlist.dim == 128
     assert watchlist.category("obama") == ""
     assert info["images"] == {

@@ -335,7 +335,11 @@ def register(sub: Any) -> None:
     ident.set_defaults(func=cmd_eval_identify)
 
     video = ev_sub.add_parser(
-        "video", help="person-level accuracy on a video with ground truth (tools/make_walkpast.py)"
+        "video",
+        help="person-level accuracy on a video with ground truth (tools/make_walkpast.py)",
+        description="Plays the config's cameras once through a real deployment (offline: every "
+        "frame processed) and scores its alerts against the truth: person-level TPIR, false "
+        "alerts per 1,000 passers-by, duplicates, late alerts, time to alert.",
     )
     video.add_argument(
         "--config", required=True, help="deployment config whose camera plays the video"
