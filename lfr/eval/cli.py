@@ -268,6 +268,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # -- parsers ------------------------------------------------------------------------------------
 
 
+def _add_output_options(parser: argparse.ArgumentParser, cache: bool = True) -> None:
+    if cache:
+        parser.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not read or write the embedding cache (~/.cache/lfr/eval)",
+        )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_fix_labels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fix-labels",
+        action="store_true",
+        help="apply lfr's list of LFW label errors first (merged names, relabelled and "
+        "excluded images; listed in the output)",
+    )
+
+
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="measure accuracy on a dataset or a video")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
@@ -277,12 +296,7 @@ def register(sub: Any) -> None:
         "--pairs", required=True, help="LFW pairs.txt or the fold-prefixed TSV (lfw-dev-pairs.tsv)"
     )
     verify.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
-    verify.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="do not read or write the embedding cache (~/.cache/lfr/eval)",
-    )
-    verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_output_options(verify)
     verify.set_defaults(func=cmd_eval_verify)
 
     ident = ev_sub.add_parser(
@@ -319,19 +333,9 @@ def register(sub: Any) -> None:
         metavar="N",
         help="mated searches per listed person at most (default 10)",
     )
-    ident.add_argument(
-        "--fix-labels",
-        action="store_true",
-        help="apply lfr's list of LFW label errors (merged names, relabelled and "
-        "excluded images; listed in the output)",
-    )
+    _add_fix_labels(ident)
     ident.add_argument("--plot", metavar="FILE.png", help="write the DET curve (needs matplotlib)")
-    ident.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="do not read or write the embedding cache (~/.cache/lfr/eval)",
-    )
-    ident.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_output_options(ident)
     ident.set_defaults(func=cmd_eval_identify)
 
     video = ev_sub.add_parser(
@@ -354,7 +358,7 @@ def register(sub: Any) -> None:
         "weighted score, score and embedding fusion, as configured) at these thresholds "
         "(default: the configured one and its neighbours)",
     )
-    video.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_output_options(video, cache=False)
     video.set_defaults(func=cmd_eval_video)
 
     cal = sub.add_parser(
@@ -396,15 +400,6 @@ def register(sub: Any) -> None:
         f"${DATASET_ENV}, else shared/data/lfw-dev beside the repository)",
     )
     cal.add_argument("--seed", type=int, default=1, help="draw seed (default 1)")
-    cal.add_argument(
-        "--fix-labels",
-        action="store_true",
-        help="apply lfr's list of LFW label errors first (listed in the output)",
-    )
-    cal.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="do not read or write the embedding cache (~/.cache/lfr/eval)",
-    )
-    cal.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_fix_labels(cal)
+    _add_output_options(cal)
     cal.set_defaults(func=cmd_calibrate)
