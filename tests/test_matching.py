@@ -7,13 +7,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bundles import vector_bundle
 
 from lfr.matching import Matcher
 from lfr.messages import Candidate
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import Watchlist, build_watchlist, load_bundle
-from lfr.watchlist.bundle import FORMAT_VERSION, ImageRecord, Manifest, PersonRecord, write_bundle
 from lfr.watchlist.index import AnnoyIndex, ExactIndex, IndexBackend
 
 DEMO = Path("/work/shared/data/demo")
@@ -93,33 +93,8 @@ def test_labels_must_cover_the_index() -> None:
 
 
 def test_for_watchlist_builds_the_index(tmp_path: Path) -> None:
-    persons = tuple(
-        PersonRecord(
-            id=pid,
-            name=pid.upper(),
-            images=(
-                ImageRecord(
-                    source=f"{pid}.jpg",
-                    sha256="0" * 64,
-                    outcome="enrolled",
-                    row=row,
-                    thumbnail=f"{row:05d}.jpg",
-                ),
-            ),
-        )
-        for row, pid in enumerate(["a", "b"])
-    )
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        created="2025-01-01T00:00:00.000+00:00",
-        detector="d",
-        embedder="e",
-        dim=2,
-        persons=persons,
-    )
-    thumbs = {"00000.jpg": b"a", "00001.jpg": b"b"}
-    write_bundle(tmp_path / "wl", manifest, at_angles([90, 5]), thumbs)
-    result = Matcher.for_watchlist(load_bundle(tmp_path / "wl"), 0.9).match(QUERY)[0]
+    watchlist = vector_bundle(tmp_path / "wl", ["a", "b"], at_angles([90, 5]))
+    result = Matcher.for_watchlist(watchlist, 0.9).match(QUERY)[0]
     assert result is not None and result.person_id == "b"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import numpy as np
 import pytest
+from bundles import vector_bundle
 
 from lfr.audit import AuditLog
 from lfr.matching import Matcher
@@ -13,8 +14,6 @@ from lfr.notify.outbox import Outbox
 from lfr.runtime.channels import open_channel
 from lfr.stages import MatcherActor
 from lfr.tracking import PersonTracker, TrackerSettings, iou
-from lfr.watchlist import load_bundle
-from lfr.watchlist.bundle import FORMAT_VERSION, ImageRecord, Manifest, PersonRecord, write_bundle
 from lfr.watchlist.index import ExactIndex
 
 DIM = 16
@@ -230,34 +229,7 @@ def test_settings_are_checked() -> None:
 
 
 def bundle(tmp_path):
-    persons = tuple(
-        PersonRecord(
-            id=pid,
-            name=pid.title(),
-            images=(
-                ImageRecord(
-                    source=f"{pid}.jpg",
-                    sha256="0" * 64,
-                    outcome="enrolled",
-                    row=row,
-                    thumbnail=f"{row:05d}.jpg",
-                ),
-            ),
-        )
-        for row, pid in enumerate(["listed", "other"])
-    )
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        created="2025-01-01T00:00:00.000+00:00",
-        detector="d",
-        embedder="e",
-        dim=DIM,
-        persons=persons,
-    )
-    write_bundle(
-        tmp_path / "wl", manifest, np.stack([LISTED, OTHER]), {"00000.jpg": b"a", "00001.jpg": b"b"}
-    )
-    return load_bundle(tmp_path / "wl")
+    return vector_bundle(tmp_path / "wl", ["listed", "other"], np.stack([LISTED, OTHER]))
 
 
 def frame_of(n: int, faces: list[Face], camera: str = "cam") -> FrameFaces:
