@@ -37,6 +37,7 @@ from rich.table import Table
 
 from lfr.eval.dataset import Progress
 from lfr.eval.identify import MISS, LabelFix, NonMatedHit, embed_dataset
+from lfr.eval.tables import metric_table
 from lfr.vision.analyzer import FaceAnalyzer
 
 MIN_EXCEEDANCES = 20  # fewer non-mated scores above the threshold than this: fit the tail
@@ -300,14 +301,10 @@ def _resample(rng: np.random.Generator, groups: list[np.ndarray]) -> np.ndarray:
 
 
 def render_calibration(c: Calibration) -> Table:
-    table = Table(
-        title=f"Threshold for {c.watchlist_size} listed people, {c.footfall:,} passing "
-        f"a day, {c.false_alerts_per_day:g} false alert(s) a day",
-        show_header=False,
-        title_justify="left",
+    table = metric_table(
+        f"Threshold for {c.watchlist_size} listed people, {c.footfall:,} passing "
+        f"a day, {c.false_alerts_per_day:g} false alert(s) a day"
     )
-    table.add_column("", style="bold")
-    table.add_column("", justify="right")
     table.add_row(
         "threshold",
         f"{c.threshold:.4f} (95% CI {c.threshold_ci[0]:.3f} to {c.threshold_ci[1]:.3f})",

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from lfr.eval.dataset import EmbeddingSet, Progress, embed_images
 from lfr.eval.metrics import rates_at, threshold_at_false_rate
+from lfr.eval.tables import metric_table
 from lfr.vision.analyzer import FaceAnalyzer
 
 FPIRS = (1e-2, 1e-3, 1e-4)
@@ -568,9 +569,7 @@ def render_identify(report: IdentifyReport) -> Table:
         f"Identification (1:N), {report.gallery_size} listed, {report.enrol_images} "
         f"enrolment image(s), seed(s) {seeds}" + (" (means)" if len(report.seeds) > 1 else "")
     )
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
+    table = metric_table(title)
     for key, tpir in report.tpir_at_fpir.items():
         allowed = report.false_alerts_allowed[key]
         t = report.threshold_at_fpir[key]

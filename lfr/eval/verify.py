@@ -12,6 +12,7 @@ from rich.table import Table
 from lfr.eval.dataset import EmbeddingSet, Progress, embed_images
 from lfr.eval.metrics import FAILED_SCORE, kfold_accuracy, tar_at_far
 from lfr.eval.pairs import Pair, parse_pairs
+from lfr.eval.tables import metric_table
 from lfr.vision.analyzer import FaceAnalyzer
 
 FAR = 1e-3
@@ -98,9 +99,7 @@ def run_verify(
 
 def render_verify(report: VerifyReport, max_failed: int = 5) -> Table:
     """A two-column rich table of the report, for the terminal."""
-    table = Table(title="Verification (1:1)", show_header=False)
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
+    table = metric_table("Verification (1:1)")
     table.add_row(
         "accuracy", f"{report.accuracy:.4f} ± {report.accuracy_std:.4f} ({report.folds} folds)"
     )

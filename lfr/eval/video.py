@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 from rich.table import Table
 
+from lfr.eval.tables import metric_table
 from lfr.messages import Alert, Candidate, Face
 from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
 
@@ -401,14 +402,10 @@ def render_compare(rows: Sequence[CompareRow]) -> Table:
 
 
 def render_video(r: VideoReport) -> Table:
-    table = Table(
-        title=f"Walk-past: {r.passers} passers, {r.watchlisted} on the watchlist "
-        f"(threshold {r.threshold:.3f}, fusion {r.fusion})",
-        show_header=False,
-        title_justify="left",
+    table = metric_table(
+        f"Walk-past: {r.passers} passers, {r.watchlisted} on the watchlist "
+        f"(threshold {r.threshold:.3f}, fusion {r.fusion})"
     )
-    table.add_column("", style="bold")
-    table.add_column("", justify="right")
     table.add_row("TPIR (person level)", f"{r.tpir:.3f} ({r.identified} of {r.watchlisted})")
     table.add_row(
         "false alerts",
