@@ -25,13 +25,14 @@ from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
-from lfr.plugins import BuildContext, ConfigError, Registry, SourceActor
+from lfr.plugins import BuildContext, ConfigError, Registry
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
+from lfr.sources.plugin import SourceActor
 from lfr.sources.stills import StillsSource
 from lfr.sources.video import CameraActor
 from lfr.stages import DetectorActor, FrameCallback, MatcherActor, MatcherStats
