@@ -71,7 +71,6 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
     from lfr.eval.dataset import default_cache_dir
     from lfr.eval.pairs import PairsError, parse_pairs
     from lfr.eval.verify import render_verify, run_verify
-    from lfr.vision.defaults import default_analyzer
 
     pairs_file, images = Path(args.pairs), Path(args.images)
     try:
@@ -81,12 +80,13 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
     if not images.is_dir():
         raise UserError(f"{images}: images folder not found")
     cache = None if args.no_cache else default_cache_dir()
+    analyzer = _analyzer(_config(args.config))
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("embedding pair images", total=None)
         report = run_verify(
             pairs_file,
             images,
-            default_analyzer(),
+            analyzer,
             cache=cache,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
@@ -296,6 +296,9 @@ def register(sub: Any) -> None:
         "--pairs", required=True, help="LFW pairs.txt or the fold-prefixed TSV (lfw-dev-pairs.tsv)"
     )
     verify.add_argument("--images", required=True, help="folder of <Name>/<Name>_NNNN.jpg")
+    verify.add_argument(
+        "--config", help="deployment config whose models are measured (default: lfr's defaults)"
+    )
     _add_output_options(verify)
     verify.set_defaults(func=cmd_eval_verify)
 
