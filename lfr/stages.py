@@ -42,6 +42,7 @@ class DetectorActor(Actor):
                  embed_limiter: anyio.CapacityLimiter) -> None:
         super().__init__(name, "detector")
         self.frames, self.out, self.analyzer = frames, out, analyzer
+        self.reads, self.writes = frames.channel.name, (out.channel.name,)
         self.detect_limiter, self.embed_limiter = detect_limiter, embed_limiter
         self.frame_count = self.face_count = self.rejected = 0
 
@@ -116,6 +117,7 @@ class MatcherActor(Actor):
                  tracking: TrackerSettings | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
+        self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
         self.matcher, self.watchlist = matcher, watchlist
         self.outbox, self.audit = outbox, audit
         self.notifier_names = list(notifier_names)

@@ -63,7 +63,7 @@ def base(name: str, kind: str, **kw: Any) -> dict[str, Any]:
 
 def camera(name: str, source_state: str, fps_in: float, **kw: object) -> CameraStats:
     return CameraStats(
-        **base(name, "camera", **kw),
+        **base(name, "camera", writes=(f"frames:{name}",), **kw),
         url=f"http://10.0.0.7/{name}",
         source_state=source_state,
         fps_in=fps_in,
@@ -80,7 +80,8 @@ def camera(name: str, source_state: str, fps_in: float, **kw: object) -> CameraS
 
 def detector(camera_name: str, rate: float, **kw: object) -> DetectorStats:
     return DetectorStats(
-        **base(f"detect:{camera_name}", "detector", rate_per_s=rate, **kw),
+        **base(f"detect:{camera_name}", "detector", rate_per_s=rate,
+               reads=f"frames:{camera_name}", writes=("faces",), **kw),
         frames=100,
         faces=50,
         rejected=3,
@@ -114,14 +115,19 @@ def snapshot(
             camera("hall", "live", 25.0),
             detector("hall", 4.5),
             MatcherStats(
-                **base("matcher", "matcher"),
+                **base("matcher", "matcher", reads="faces", writes=("alerts:jsonl",)),
                 frames=200,
                 faces=80,
                 matches=3,
                 alerts=3,
                 alerts_by_person={"obama": 3},
             ),
-            NotifierStats(**base("notify:jsonl", "notifier"), delivered=3, failed=0, pending=0),
+            NotifierStats(
+                **base("notify:jsonl", "notifier", reads="alerts:jsonl"),
+                delivered=3,
+                failed=0,
+                pending=0,
+            ),
         )
     if channels is None:
         channels = (
@@ -351,7 +357,7 @@ def test_pipeline_shows_depth_against_capacity_restarts_and_supervisor_events() 
         camera("hall", "live", 25.0),
         detector("hall", 0.0, state="restarting", restarts=2),
         MatcherStats(
-            **base("matcher", "matcher"),
+            **base("matcher", "matcher", reads="faces"),
             frames=1,
             faces=1,
             matches=0,

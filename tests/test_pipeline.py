@@ -193,6 +193,18 @@ def test_plugin_source_runs_as_a_camera_beside_lfrs_own(tmp_path, bundle):
     assert processed["detect:door"] == 12  # every frame of the plugin's clip
     assert processed["detect:own"] > 5
     assert summary.frames == processed["detect:door"] + processed["detect:own"]
+    # Every actor says which channels it reads and feeds (the dashboard draws queues from it):
+    # each camera, the plugin's too, feeds the frame channel its own detector reads.
+    snap = deployment.snapshot()
+    readers = {a.reads: a.name for a in snap.actors if a.reads}
+    wiring = {a.name: (a.reads, a.writes) for a in snap.actors}
+    channels = {c.name for c in snap.channels}
+    for camera in ("own", "door"):
+        (frames,) = wiring[camera][1]
+        assert frames in channels and readers[frames] == f"detect:{camera}"
+        assert readers[wiring[f"detect:{camera}"][1][0]] == "matcher"
+    alert_channels = wiring["matcher"][1]
+    assert alert_channels and all(readers[o].startswith("notify:") for o in alert_channels)
 
 
 def test_plugin_camera_settings_errors_name_their_place_in_cameras(tmp_path, bundle):

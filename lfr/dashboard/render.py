@@ -100,14 +100,14 @@ class StageRow(msgspec.Struct, frozen=True):
 
 def camera_rows(view: DashboardView) -> list[CameraRow]:
     snap = view.snapshot
-    by_name = {a.name: a for a in snap.actors}
     channels = {c.name: c for c in snap.channels}
     rows = []
     for stats in snap.actors:
         if stats.kind != "camera":
             continue
-        detector = by_name.get(f"detect:{stats.name}")
-        frames = channels.get(f"frames:{stats.name}")
+        # The camera's frame channel, and whoever reads it (its detector).
+        frames = channels.get(stats.writes[0]) if stats.writes else None
+        detector = next((a for a in snap.actors if frames and a.reads == frames.name), None)
         flow = view.flows.get(stats.name)
         state, reason = _camera_state(stats)
         p50, p95 = (
@@ -152,22 +152,11 @@ def short_reason(stats: CameraStats) -> str:
     return reason.removeprefix(f"{url}: ").replace(f" {url}:", ":")
 
 
-def _input_queue(actor: str) -> str | None:
-    """The queue an actor of the standard pipeline reads (see Deployment._wire)."""
-    if actor.startswith("detect:"):
-        return "frames:" + actor.removeprefix("detect:")
-    if actor == "matcher":
-        return "faces"
-    if actor.startswith("notify:"):
-        return "alerts:" + actor.removeprefix("notify:")
-    return None
-
-
 def stage_rows(snapshot: Snapshot) -> list[StageRow]:
     channels = {c.name: c for c in snapshot.channels}
     rows, used = [], set()
     for a in snapshot.actors:
-        queue = channels.get(_input_queue(a.name) or "")
+        queue = channels.get(a.reads or "")
         if queue is not None:
             used.add(queue.name)
         rows.append(StageRow(a.name, a.state, a.restarts, a.rate_per_s, queue))

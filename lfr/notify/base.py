@@ -65,6 +65,7 @@ class NotifierActor(Actor):
         super().__init__(f"notify:{notifier.name}", "notifier")
         self.notifier = notifier
         self._receiver = receiver
+        self.reads = receiver.channel.name
         self._outbox = outbox
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._max_attempts = max_attempts

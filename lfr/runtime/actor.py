@@ -32,6 +32,9 @@ class ActorStats(msgspec.Struct, frozen=True, kw_only=True):
     rate_per_s: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
+    # The wiring, by channel name, so screens need not guess it from actor names.
+    reads: str | None = None
+    writes: tuple[str, ...] = ()
 
 
 class Actor(ABC):
@@ -41,6 +44,8 @@ class Actor(ABC):
         self.state = ActorState.STARTING
         self.restarts = 0
         self.metrics = ActorMetrics()
+        self.reads: str | None = None  # the channel this actor consumes (set by subclasses)
+        self.writes: tuple[str, ...] = ()  # the channels it feeds
 
     @abstractmethod
     async def run(self) -> None:
@@ -66,4 +71,6 @@ class Actor(ABC):
             "rate_per_s": m.rate.rate(),
             "latency_p50_ms": m.latency.p50_ms(),
             "latency_p95_ms": m.latency.p95_ms(),
+            "reads": self.reads,
+            "writes": self.writes,
         }

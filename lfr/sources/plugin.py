@@ -28,6 +28,7 @@ class SourceActor(Actor):
         super().__init__(source.name, "camera")
         self.source = source
         self.out = out
+        self.writes = (out.channel.name,)
         self.url = url or f"plugin:{type(source).__name__}"
         self.source_state = SourceState.CONNECTING
         self.emitted = 0

@@ -41,6 +41,7 @@ class StillsSource(Actor):
         super().__init__(name, "camera")
         self.paths = list(paths)
         self.out = out
+        self.writes = (out.channel.name,)
         self.failures: list[str] = []
         self._next = 0
 

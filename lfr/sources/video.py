@@ -179,6 +179,7 @@ class CameraActor(Actor):
         super().__init__(settings.name, "camera")
         self.settings = settings
         self.out = out
+        self.writes = (out.channel.name,)
         self.source_state = SourceState.CONNECTING
         self.frames_decoded = 0
         self.frames_skipped = 0
