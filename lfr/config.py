@@ -68,6 +68,9 @@ class PipelineConfig(Section, frozen=True):
     inference_threads: Positive = 1  # onnxruntime intra-op threads per model session
     max_restarts: Annotated[int, Meta(ge=0)] = 5
     restart_window_s: PositiveFloat = 60.0
+    # Counts (frames, faces, alerts, cameras) go to the audit log this often, so a run that is
+    # killed still reports its faces up to the last checkpoint.
+    checkpoint_s: PositiveFloat = 60.0
 
 
 class PrivacyConfig(Section, frozen=True):

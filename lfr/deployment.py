@@ -276,7 +276,7 @@ class Deployment:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
-                for service in [self.retention.run, *services]:
+                for service in [self.retention.run, self._checkpoints, *services]:
                     tg.start_soon(service, self)
                 # The inner group ends when every actor has ended: sources finished or stopped,
                 # then each stage after its input closed, so queues are drained.
@@ -285,15 +285,27 @@ class Deployment:
                         self.supervisor.start_soon(pipeline, actor)
                 tg.cancel_scope.cancel()  # services and the signal watcher
             summary = self.summary()
-            audit.append("deployment_stop", {"frames": summary.frames, "faces": summary.faces,
-                                             "alerts": summary.alerts,
-                                             "seconds": round(summary.seconds, 3),
-                                             "cameras": camera_stop_fields(summary.cameras)})
+            audit.append("deployment_stop", self._counts(summary))
             return summary
         finally:
             self.outbox = self.audit = None
             outbox.close()
             audit.close()
+
+    def _counts(self, summary: RunSummary) -> dict[str, Any]:
+        """What deployment_stop and checkpoint records hold: counts only, never a face."""
+        return {"frames": summary.frames, "faces": summary.faces, "alerts": summary.alerts,
+                "seconds": round(summary.seconds, 3),
+                "cameras": camera_stop_fields(summary.cameras)}
+
+    async def _checkpoints(self, _: Deployment) -> None:
+        """Counts to the audit log every ``pipeline.checkpoint_s``: a killed run's report then
+        has its faces up to the last checkpoint instead of none."""
+        while True:
+            await anyio.sleep(self.config.pipeline.checkpoint_s)
+            if self.audit is not None:
+                counts = self._counts(self.summary())
+                await anyio.to_thread.run_sync(self.audit.append, "checkpoint", counts)
 
     @staticmethod
     def _audit_unrecorded_alerts(outbox: Outbox, audit: AuditLog) -> None:
@@ -366,8 +378,9 @@ class Deployment:
         for stats in snap.actors:
             if stats.kind == "camera":
                 cameras[stats.name] = msgspec.to_builtins(stats)
-        dropped = {c.name.split(":", 1)[1]: c.dropped for c in snap.channels
-                   if c.name.startswith("frames:")}
+        channels = {c.name: c for c in snap.channels}
+        dropped = {a.name: channels[a.writes[0]].dropped for a in snap.actors
+                   if a.kind == "camera" and a.writes and a.writes[0] in channels}
         for name, n in dropped.items():
             cameras.setdefault(name, {})["dropped_frames"] = n
         photo_errors = [e for s in self.sources if isinstance(s, StillsSource) for e in s.failures]

@@ -5,8 +5,9 @@ false alerts, false alerts per 1,000 faces, and each camera's uptime. Every figu
 record of the hash-chained log, so the report can be checked against it (its head hash is quoted).
 
 A data directory may hold several runs (a restart after a crash appends a new
-``deployment_start``). A run that ended without a ``deployment_stop`` record (killed) has no face
-count or camera figures: the report says so (``complete: false``) rather than guess.
+``deployment_start``). A run that ended without a ``deployment_stop`` record (killed) is reported
+with the counts of its last ``checkpoint`` record (every ``pipeline.checkpoint_s``): a lower
+bound, marked ``complete: false``; without a checkpoint its faces are unknown (None), not guessed.
 
 Camera uptime is the footage a camera delivered (decoded frames / the stream's frame rate) over
 the run's length, capped at 100%: a camera that was down or reconnecting delivered no footage.
@@ -44,7 +45,7 @@ class RunReport(msgspec.Struct, frozen=True):
     watchlist_digest: str | None
     watchlist_size: int | None
     threshold: float | None
-    faces: int | None  # None when the run has no stop record
+    faces: int | None  # killed runs: up to the last checkpoint; None without one
     alerts: int
 
 
@@ -77,7 +78,7 @@ class DeploymentReport(msgspec.Struct, frozen=True):
     watchlists: list[WatchlistUse]
     thresholds: list[float]
     faces: int
-    faces_complete: bool  # False when a run ended without a stop record (its faces are unknown)
+    faces_complete: bool  # False when a run ended without a stop record (faces: a lower bound)
     alerts: int
     confirmed: int
     false_alerts: int
@@ -121,7 +122,12 @@ class _Run:
         self.data = rec.data
         self.watchlist: dict[str, Any] | None = None
         self.stop: dict[str, Any] | None = None
+        self.checkpoint: dict[str, Any] | None = None  # the latest, for a run killed before stop
         self.alerts = 0
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.stop or self.checkpoint or {}
 
 
 def _runs(records: Iterable[AuditRecord], sink: dict[str, Any]) -> list[_Run]:
@@ -138,6 +144,8 @@ def _runs(records: Iterable[AuditRecord], sink: dict[str, Any]) -> list[_Run]:
         if rec.kind == "deployment_stop" and current is not None:
             current.stop = rec.data
             current = None
+        elif rec.kind == "checkpoint" and current is not None:
+            current.checkpoint = rec.data
         elif rec.kind == "watchlist_loaded" and current is not None:
             current.watchlist = rec.data
         elif rec.kind == "alert":
@@ -155,14 +163,15 @@ def _runs(records: Iterable[AuditRecord], sink: dict[str, Any]) -> list[_Run]:
 
 def _run_report(run: _Run) -> RunReport:
     wl = run.watchlist or {}
-    stop = run.stop or {}
+    stop = run.counts
     threshold = wl.get("threshold")
     faces = stop.get("faces")
     seconds = stop.get("seconds")
     return RunReport(
         start=run.start,
         end=run.end,
-        seconds=float(seconds) if seconds is not None else _seconds_between(run.start, run.end),
+        seconds=(float(seconds) if seconds is not None and run.stop is not None
+                 else _seconds_between(run.start, run.end)),
         complete=run.stop is not None,
         name=str(run.data.get("name", "")),
         location=str(run.data.get("location", "")),
@@ -178,7 +187,7 @@ def _run_report(run: _Run) -> RunReport:
 def _cameras(runs: list[_Run], reports: list[RunReport]) -> list[CameraUptime]:
     totals: dict[str, dict[str, float]] = {}
     for run, rep in zip(runs, reports, strict=True):
-        cameras = (run.stop or {}).get("cameras") or {}
+        cameras = run.counts.get("cameras") or {}
         for name, cam in cameras.items():
             t = totals.setdefault(
                 name, {"run": 0.0, "footage": 0.0, "decoded": 0, "dropped": 0, "reconnects": 0}
@@ -309,7 +318,8 @@ def render_report(report: DeploymentReport) -> Group:
         or "none loaded"
     )
     faces = f"{report.faces}" + (
-        "" if report.faces_complete else " (incomplete: a run has no stop record)"
+        "" if report.faces_complete
+        else " (at least: a run ended without a stop record; counted to its last checkpoint)"
     )
     per_1000 = report.false_alerts_per_1000_faces
     rows = [

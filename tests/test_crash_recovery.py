@@ -109,6 +109,9 @@ bundle = "{bundle}"
 [matching]
 cooldown_s = 1.0
 
+[pipeline]
+checkpoint_s = 0.5
+
 [[cameras]]
 name = "stage"
 url = "{CLIP}"
@@ -277,4 +280,6 @@ def test_kill_9_then_restart_delivers_every_alert_once(tmp_path: Path, bundle: P
     assert [r["complete"] for r in out["runs"]] == [False, True]
     assert out["alerts"] == len(audited) and out["audit"]["ok"] is True
     assert out["runs"][1]["faces"] > 0
+    # The killed run still has its faces, counted to its last checkpoint (a lower bound).
+    assert out["runs"][0]["faces"] > 0 and out["faces_complete"] is False
     assert out["cameras"][0]["name"] == "stage" and 0 < out["cameras"][0]["uptime_pct"] <= 100

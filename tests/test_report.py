@@ -142,7 +142,7 @@ def test_cli_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "120 people (150 images)",
         DIGEST[:30],
         "false alerts per 1,000 faces │ 2",
-        "incomplete",
+        "1000 (at least: a run ended without a stop",
     ):
         assert expected in text, expected
 
@@ -164,6 +164,26 @@ def test_no_faces_no_rate_and_a_complete_run(tmp_path: Path) -> None:
     report = report_for(tmp_path)
     assert report.faces == 0 and report.faces_complete
     assert report.false_alerts_per_1000_faces is None and report.alerts == 0
+
+
+def test_a_killed_run_counts_its_faces_to_its_last_checkpoint(tmp_path: Path) -> None:
+    camera = {"frames_decoded": 500, "source_fps": 25.0, "footage_s": 20.0, "reconnects": 0,
+              "frames_dropped": 0}
+    with AuditLog(tmp_path) as log:
+        start(log)
+        log.append("checkpoint", {"frames": 100, "faces": 40, "alerts": 0, "seconds": 10.0,
+                                  "cameras": {"north": camera}})
+        log.record_alert(alert("k1"))
+        decide(log, "k1", "false_alert")
+        log.append("checkpoint", {"frames": 300, "faces": 250, "alerts": 1, "seconds": 20.0,
+                                  "cameras": {"north": camera}})
+        # killed here: no deployment_stop
+    report = report_for(tmp_path)
+    (run,) = report.runs
+    assert (run.complete, run.faces, run.alerts) == (False, 250, 1)  # the latest checkpoint
+    assert report.faces == 250 and report.faces_complete is False
+    assert report.false_alerts_per_1000_faces == 4.0
+    assert report.cameras[0].name == "north" and report.cameras[0].footage_s == 20.0
 
 
 def test_destroyed_watchlists_are_listed(tmp_path: Path) -> None:
