@@ -17,6 +17,7 @@ from lfr.config import MatchingConfig, load_config
 from lfr.eval.calibrate import (
     TailModel,
     block_fpir,
+    measure,
     measured_target,
     set_threshold_text,
     write_threshold,
@@ -239,6 +240,29 @@ def test_tail_model_threshold_and_rate_agree() -> None:
     assert extrapolated and t5 > scores.max() - 0.05
     assert model.rate(t5) == pytest.approx(1e-5, rel=1e-6)
     assert model.rate(t5 + 0.05) < model.rate(t5) < model.rate(t)
+
+
+def test_calibration_scores_a_person_by_their_best_enrolled_photo() -> None:
+    """Two photos enrolled per listed person: a search scores each person by the better of
+    their photos. P0's three photos are e0, e1 and their mean; whichever one is left out to
+    search, its best enrolled match scores 0.707 (one photo alone would give 0 or 0.707)."""
+    eye = np.eye(16, dtype=np.float32)
+    half = (eye[0] + eye[1]) / np.sqrt(2)
+    rows = [eye[0], eye[1], half]  # P0
+    rows += [eye[i] for i in (2, 2, 2, 3, 3, 3, 4, 4, 4)]  # P1..P3: three equal photos each
+    rows += [0.6 * eye[0] + 0.8 * eye[8], eye[9], eye[10], eye[11]]  # P4..P7: one photo each
+    vectors = np.stack(rows).astype(np.float32)
+    people = {"P0": [0, 1, 2], "P1": [3, 4, 5], "P2": [6, 7, 8], "P3": [9, 10, 11]}
+    people |= {f"P{4 + i}": [12 + i] for i in range(4)}
+    ok = np.ones(len(vectors), bool)
+    for seed in range(5):
+        samples = measure(vectors, ok, people, 4, seed=seed, draws=1, enrol_images=2)
+        assert samples.gallery_size == 4
+        assert sorted(np.round(samples.mated, 3)) == [0.707, 1.0, 1.0, 1.0]
+        # Strangers: P4 looks like P0's first photo whenever it is enrolled (0.6), or like
+        # the mean photo (0.424); nobody else resembles anyone.
+        assert sorted(np.round(samples.non_mated, 3))[:3] == [0.0, 0.0, 0.0]
+        assert round(float(samples.non_mated.max()), 3) in (0.6, 0.424)
 
 
 CONFIG = """# my deployment

@@ -58,6 +58,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True):
     false_alerts_per_day: float
     watchlist_size: int
     measured_gallery_size: int  # gallery size of the measurement (scaled up to the watchlist)
+    enrol_images: int = 1  # photos enrolled per listed person in the measurement
     scaled: bool  # the watchlist is larger than the measured galleries
     tail_fit: bool  # the threshold lies beyond the measured scores (exponential tail)
     non_mated_searches: int
@@ -88,8 +89,12 @@ def measure(
     seed: int,
     draws: int = DRAWS,
     max_probes: int = 10,
+    enrol_images: int = 1,
 ) -> _Samples:
-    """Pooled mated and non-mated scores over ``draws`` galleries of the measured size."""
+    """Pooled mated and non-mated scores over ``draws`` galleries of the measured size, with
+    ``enrol_images`` photos enrolled per listed person (fewer where they have fewer): a search
+    scores a person by their best photo, so more photos per person means more chance likenesses
+    as well as more hits."""
     names = sorted(n for n, rows in people.items() if any(ok[i] for i in rows))
     m = min(watchlist_size, len(names) // 2)
     if m < 1:
@@ -104,25 +109,28 @@ def measure(
     mated: list[np.ndarray] = []
     mated_group: list[np.ndarray] = []
     top: list[tuple[float, int, int]] = []
-    # People with two or more photos are listed first, so every draw has mated searches.
-    multi = [n for n in names if sum(ok[i] for i in people[n]) >= 1 and len(people[n]) >= 2]
-    single = [n for n in names if len(people[n]) < 2]
+    # People with photos to spare are listed first, so every draw has mated searches.
+    multi = [n for n in names if len(people[n]) > enrol_images]
+    single = [n for n in names if len(people[n]) <= enrol_images]
     for _ in range(draws):
         order = [multi[i] for i in rng.permutation(len(multi))]
         order += [single[i] for i in rng.permutation(len(single))]
         listed = sorted(order[:m])
         chosen = set(listed)
-        enrol = [int(rng.choice([i for i in people[n] if ok[i]])) for n in listed]
+        enrolled = [_draw(rng, [i for i in people[n] if ok[i]], enrol_images) for n in listed]
+        enrol = [i for rows in enrolled for i in rows]  # gallery rows, person by person
+        starts = np.cumsum([0] + [len(rows) for rows in enrolled[:-1]])
         gallery = vectors[enrol]
         probes: list[int] = []
         owners: list[int] = []
         for g, name in enumerate(listed):
-            rest = [i for i in people[name] if i != enrol[g]]
+            rest = [i for i in people[name] if i not in enrolled[g]]
             rest = _cap(rng, rest, max_probes)
             probes += rest
             owners += [g] * len(rest)
         if probes:
-            scores = vectors[probes] @ gallery.T
+            # Each search's score for each listed person: their best enrolled photo.
+            scores = np.maximum.reduceat(vectors[probes] @ gallery.T, starts, axis=1)
             owner = np.asarray(owners)
             own = scores[np.arange(len(probes)), owner]
             first = (scores.argmax(axis=1) == owner) & ok[probes]
@@ -150,6 +158,11 @@ def measure(
         mated_group=np.concatenate(mated_group) if mated_group else empty,
         gallery_size=m,
     )
+
+
+def _draw(rng: np.random.Generator, rows: list[int], k: int) -> list[int]:
+    """``k`` of ``rows`` at random (all of them when there are no more)."""
+    return rows if len(rows) <= k else sorted(int(i) for i in rng.choice(rows, k, replace=False))
 
 
 def _cap(rng: np.random.Generator, rows: list[int], cap: int) -> list[int]:
@@ -222,6 +235,7 @@ def calibrate(
     watchlist_size: int,
     seed: int = 1,
     draws: int = DRAWS,
+    enrol_images: int = 1,
     fix_labels: bool = False,
     cache: Path | None = None,
     progress: Progress | None = None,
@@ -230,7 +244,8 @@ def calibrate(
     people, applied, emb = embed_dataset(dataset, analyzer, fix_labels, cache, progress)
     index = emb.index()
     rows = {n: [index[p] for p in paths] for n, paths in people.items()}
-    samples = measure(emb.vectors, emb.ok, rows, watchlist_size, seed=seed, draws=draws)
+    samples = measure(emb.vectors, emb.ok, rows, watchlist_size, seed=seed, draws=draws,
+                      enrol_images=enrol_images)
     target = false_alerts_per_day / footfall
     m = samples.gallery_size
     q = measured_target(target, m, watchlist_size)
@@ -271,6 +286,7 @@ def calibrate(
         false_alerts_per_day=false_alerts_per_day,
         watchlist_size=watchlist_size,
         measured_gallery_size=m,
+        enrol_images=enrol_images,
         scaled=watchlist_size > m,
         tail_fit=extrapolated,
         non_mated_searches=int(samples.non_mated.size),
@@ -318,7 +334,7 @@ def render_calibration(c: Calibration) -> Table:
         f"to {c.false_alerts_per_day_ci[1]:.2f})",
     )
     table.add_row("target FPIR", f"{c.target_fpir:.2e}")
-    how = f"{c.draws} galleries of {c.measured_gallery_size}"
+    how = f"{c.draws} galleries of {c.measured_gallery_size}, {c.enrol_images} photo(s) each"
     if c.scaled:
         how += f", scaled to {c.watchlist_size}"
     if c.tail_fit:

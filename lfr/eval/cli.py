@@ -221,7 +221,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from lfr.eval.calibrate import calibrate, render_calibration, write_threshold
     from lfr.eval.identify import DatasetError, list_people
 
-    for flag, value in (("--footfall", args.footfall), ("--watchlist-size", args.watchlist_size)):
+    for flag, value in (("--footfall", args.footfall), ("--watchlist-size", args.watchlist_size),
+                        ("--enrol-images", args.enrol_images)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
     if not 0 < args.false_alerts_per_day <= args.footfall:
@@ -247,6 +248,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             false_alerts_per_day=args.false_alerts_per_day,
             watchlist_size=args.watchlist_size,
             seed=args.seed,
+            enrol_images=args.enrol_images,
             fix_labels=args.fix_labels,
             cache=_cache(args),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -401,6 +403,13 @@ def register(sub: Any) -> None:
         "--dataset",
         help=f"<person>/<image> folder to measure on (default: "
         f"${DATASET_ENV}, else shared/data/lfw-dev beside the repository)",
+    )
+    cal.add_argument(
+        "--enrol-images",
+        type=int,
+        default=1,
+        metavar="K",
+        help="photos per person on the watchlist (default 1): more photos, more chance likenesses",
     )
     cal.add_argument("--seed", type=int, default=1, help="draw seed (default 1)")
     _add_fix_labels(cal)
