@@ -35,7 +35,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 
 class WatchlistConfig(Section, frozen=True):
     bundle: str  # path to a bundle built by `lfr watchlist build`
-    source: str | None = None  # photos to build the bundle from at start if it does not exist
+    source: str | None = None  # photos to (re)build the bundle from: missing, or another embedder
 
 
 class MatchingConfig(Section, frozen=True):
