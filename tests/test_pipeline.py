@@ -8,6 +8,7 @@ import anyio
 import msgspec
 import numpy as np
 import pytest
+from clips import make_clip
 from paths import CLIP, PEOPLE
 
 from lfr.builtin import YuNetSettings
@@ -31,21 +32,6 @@ def make_config(tmp_path, bundle, cameras, **extra):
     return parse_config({
         "name": "t", "data_dir": str(tmp_path / "data"), "watchlist": {"bundle": str(bundle)},
         "cameras": cameras, "notifiers": [{"kind": "jsonl"}], **extra}, "test")
-
-
-def write_test_clip(path, frames=12):
-    """A short synthetic clip (PyAV), so the plugin source has a known frame count."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        for i in range(frames):
-            image = np.full((120, 160, 3), 20 * i % 255, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def run(deployment):
@@ -182,7 +168,7 @@ class ClipSourcePlugin:
 
 def test_plugin_source_runs_as_a_camera_beside_lfrs_own(tmp_path, bundle):
     clip = tmp_path / "clip.mp4"
-    write_test_clip(clip)
+    make_clip(clip, n=12, fps=12, size=(160, 120))
     cameras = [{"name": "own", "url": str(CLIP), "fps_cap": 1},
                {"name": "door", "kind": "clip", "path": str(clip)}]
     registry = load_plugins(extra=[ClipSourcePlugin()])

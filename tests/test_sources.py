@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 from aiohttp import web
+from clips import bar_width, make_clip
 
 from lfr.messages import Frame
 from lfr.runtime import Overflow, Supervisor, open_channel
@@ -32,26 +33,6 @@ from lfr.sources import (
 
 DEMO_CLIP = Path("/work/shared/data/demo/video/short_hamilton_clip.mp4")
 N_FRAMES, FPS = 50, 25  # the synthetic clips: 2 s of 320x240
-
-
-def bar_width(index: int) -> int:
-    return (index * 6) % 320
-
-
-def make_clip(path: Path, fmt: str | None = None, codec: str = "mpeg4", n: int = N_FRAMES) -> Path:
-    """Frame i: black with a red bar (BGR 0,0,200) `bar_width(i)` pixels wide at the left."""
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=FPS)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for i in range(n):
-            image = np.zeros((240, 320, 3), np.uint8)
-            image[:, : bar_width(i), 2] = 200
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
