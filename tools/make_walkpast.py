@@ -312,7 +312,7 @@ def _visible(
 
 
 def _lane(
-    rng: np.random.Generator, people: list[Passer], start: float, duration: float, width: int
+    rng: np.random.Generator, people: list[Passer], start: float, width: int
 ) -> tuple[float, float]:
     """Where a new passer walks: of a few random paths, the one farthest from the people in view
     at the same time (pedestrians keep their distance; nobody walks through anyone)."""
@@ -394,7 +394,7 @@ def make_walkpast(
             skipped.append(photo)
             continue
         duration_s = float(rng.uniform(*duration))
-        x0, x1 = _lane(rng, people, t, duration_s, width)
+        x0, x1 = _lane(rng, people, t, width)
         people.append(
             Passer(
                 id=f"p{i + 1:04d}",

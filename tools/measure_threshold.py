@@ -28,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from lfr.eval.dataset import EmbeddingSet, default_cache_dir, embed_images
+from lfr.eval.identify import pick
 from lfr.eval.metrics import FAILED_SCORE, rates_at, tpir_at_fpir
 from lfr.vision.defaults import default_analyzer
 from lfr.vision.quality import QualityGate
@@ -65,10 +66,6 @@ class SizeResult(msgspec.Struct, frozen=True):
     top_non_mated: tuple[TopNonMated, ...]  # of the first repeat: often LFW label errors
 
 
-def _cap(rng: np.random.Generator, items: list[int], cap: int) -> list[int]:
-    return items if len(items) <= cap else sorted(rng.choice(items, cap, replace=False).tolist())
-
-
 def measure_size(
     emb: EmbeddingSet,
     people: dict[str, list[int]],
@@ -93,9 +90,9 @@ def measure_size(
         mated = [
             (i, g)
             for g, p in enumerate(listed)
-            for i in _cap(rng, [i for i in people[p] if i != enrol[g]], cap)
+            for i in pick(rng, [i for i in people[p] if i != enrol[g]], cap)
         ]
-        non_mated = [i for p in others for i in _cap(rng, people[p], cap)]
+        non_mated = [i for p in others for i in pick(rng, people[p], cap)]
         gallery = vectors[enrol]
         m_idx = np.array([i for i, _ in mated], np.int64)
         m_own = np.array([g for _, g in mated], np.int64)

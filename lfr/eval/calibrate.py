@@ -36,7 +36,7 @@ import numpy as np
 from rich.table import Table
 
 from lfr.eval.dataset import Progress
-from lfr.eval.identify import MISS, LabelFix, NonMatedHit, embed_dataset
+from lfr.eval.identify import MISS, LabelFix, NonMatedHit, embed_dataset, person_max, pick
 from lfr.eval.tables import metric_table
 from lfr.vision.analyzer import FaceAnalyzer
 
@@ -117,7 +117,7 @@ def measure(
         order += [single[i] for i in rng.permutation(len(single))]
         listed = sorted(order[:m])
         chosen = set(listed)
-        enrolled = [_draw(rng, [i for i in people[n] if ok[i]], enrol_images) for n in listed]
+        enrolled = [pick(rng, [i for i in people[n] if ok[i]], enrol_images) for n in listed]
         enrol = [i for rows in enrolled for i in rows]  # gallery rows, person by person
         starts = np.cumsum([0] + [len(rows) for rows in enrolled[:-1]])
         gallery = vectors[enrol]
@@ -125,12 +125,12 @@ def measure(
         owners: list[int] = []
         for g, name in enumerate(listed):
             rest = [i for i in people[name] if i not in enrolled[g]]
-            rest = _cap(rng, rest, max_probes)
+            rest = pick(rng, rest, max_probes)
             probes += rest
             owners += [g] * len(rest)
         if probes:
             # Each search's score for each listed person: their best enrolled photo.
-            scores = np.maximum.reduceat(vectors[probes] @ gallery.T, starts, axis=1)
+            scores = person_max(vectors[probes] @ gallery.T, starts)
             owner = np.asarray(owners)
             own = scores[np.arange(len(probes)), owner]
             first = (scores.argmax(axis=1) == owner) & ok[probes]
@@ -140,7 +140,7 @@ def measure(
             i
             for n in sorted(people)
             if n not in chosen
-            for i in _cap(rng, list(people[n]), max_probes)
+            for i in pick(rng, list(people[n]), max_probes)
         ]
         scores = vectors[searchers] @ gallery.T
         best = np.where(ok[searchers], scores.max(axis=1), MISS)
@@ -158,17 +158,6 @@ def measure(
         mated_group=np.concatenate(mated_group) if mated_group else empty,
         gallery_size=m,
     )
-
-
-def _draw(rng: np.random.Generator, rows: list[int], k: int) -> list[int]:
-    """``k`` of ``rows`` at random (all of them when there are no more)."""
-    return rows if len(rows) <= k else sorted(int(i) for i in rng.choice(rows, k, replace=False))
-
-
-def _cap(rng: np.random.Generator, rows: list[int], cap: int) -> list[int]:
-    if len(rows) <= cap:
-        return rows
-    return sorted(int(i) for i in rng.choice(rows, cap, replace=False))
 
 
 def block_fpir(fpir_measured: float, measured: int, watchlist: int) -> float:
@@ -249,12 +238,13 @@ def calibrate(
     target = false_alerts_per_day / footfall
     m = samples.gallery_size
     q = measured_target(target, m, watchlist_size)
-    threshold, extrapolated = TailModel.fit(samples.non_mated).threshold(q)
+    model = TailModel.fit(samples.non_mated)
+    threshold, extrapolated = model.threshold(q)
 
     def estimate(nm: np.ndarray, mated: np.ndarray, t_fixed: float) -> tuple[float, float, float]:
-        model = TailModel.fit(nm)
-        t, _ = model.threshold(q)
-        fa = footfall * block_fpir(model.rate(t_fixed), m, watchlist_size)
+        drawn = TailModel.fit(nm)
+        t, _ = drawn.threshold(q)
+        fa = footfall * block_fpir(drawn.rate(t_fixed), m, watchlist_size)
         return t, float(np.mean(mated > t)) if mated.size else math.nan, fa
 
     rng = np.random.default_rng([seed, 1])
@@ -266,7 +256,6 @@ def calibrate(
         mated = samples.mated[_resample(rng, m_groups)] if m_groups else samples.mated
         boot.append(estimate(nm, mated, threshold))
     b = np.array(boot)
-    model = TailModel.fit(samples.non_mated)
     expected_fa = footfall * block_fpir(model.rate(threshold), m, watchlist_size)
     tpir = float(np.mean(samples.mated > threshold)) if samples.mated.size else math.nan
 

@@ -68,7 +68,6 @@ def default_dataset() -> Path:
 def cmd_eval_verify(args: argparse.Namespace) -> int:
     from rich.progress import Progress as RichProgress
 
-    from lfr.eval.dataset import default_cache_dir
     from lfr.eval.pairs import PairsError, parse_pairs
     from lfr.eval.verify import render_verify, run_verify
 
@@ -79,7 +78,6 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if not images.is_dir():
         raise UserError(f"{images}: images folder not found")
-    cache = None if args.no_cache else default_cache_dir()
     analyzer = _analyzer(_config(args.config))
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("embedding pair images", total=None)
@@ -87,7 +85,7 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
             pairs_file,
             images,
             analyzer,
-            cache=cache,
+            cache=_cache(args),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if args.json:

@@ -285,7 +285,8 @@ class SeedScores(msgspec.Struct, frozen=True):
     non_mated: np.ndarray
 
 
-def _pick(rng: np.random.Generator, items: Sequence[int], k: int) -> list[int]:
+def pick(rng: np.random.Generator, items: Sequence[int], k: int) -> list[int]:
+    """``k`` of ``items`` at random, sorted (all of them when there are no more)."""
     if len(items) <= k:
         return list(items)
     return sorted(int(i) for i in rng.choice(np.asarray(items), k, replace=False))
@@ -331,10 +332,10 @@ def run_seed(
     mated: list[int] = []
     mated_owner: list[int] = []
     for g, name in enumerate(listed):
-        enrol = _pick(rng, found[name], k)
+        enrol = pick(rng, found[name], k)
         starts.append(len(gallery))
         gallery += enrol
-        probes = _pick(rng, [i for i in rows[name] if i not in enrol], max_probes)
+        probes = pick(rng, [i for i in rows[name] if i not in enrol], max_probes)
         mated += probes
         mated_owner += [g] * len(probes)
     chosen = set(listed)
@@ -420,7 +421,7 @@ def _growth(
     extra_starts: list[int] = []
     for name in distractors:
         extra_starts.append(gal.shape[0] + len(extra))
-        extra += _pick(rng, found[name], k)
+        extra += pick(rng, found[name], k)
     all_gal = np.concatenate([gal, vectors[extra]]) if extra else gal
     all_starts = np.concatenate([starts, np.asarray(extra_starts, np.int64)])
     scores = person_max(vectors[searchers] @ all_gal.T, all_starts)
