@@ -70,14 +70,14 @@ def _progress(description: str, total: int | None, enabled: bool = True
 # -- watchlist ----------------------------------------------------------------------------------
 
 
-def _config_analyzer(config: Any | None) -> Any:
+def _config_analyzer(config: Any | None, registry: Any | None = None) -> Any:
     """The detector and embedder a deployment with this config uses (None: lfr's defaults)."""
     from lfr.config import parse_config
     from lfr.deployment import build_analyzer
 
     if config is None:
         config = parse_config({"name": "watchlist"}, "<defaults>")
-    return build_analyzer(config, _load_registry())
+    return build_analyzer(config, registry or _load_registry())
 
 
 def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progress: bool,
@@ -151,14 +151,16 @@ def _load_registry() -> Any:
 
 
 def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[Path] = (),
-                    as_json: bool, services: Sequence[Any] = ()) -> tuple[list[Any], Any]:
+                    as_json: bool, services: Sequence[Any] = (), registry: Any | None = None,
+                    analyzer: Any | None = None) -> tuple[list[Any], Any]:
+    """Run it; ``registry`` and ``analyzer`` when the command has loaded them already."""
     import anyio
 
     from lfr.deployment import Deployment
 
     alerts: list[Any] = []
-    deployment = Deployment(config, _load_registry(), offline=offline, once=once, photos=photos,
-                            on_alert=alerts.append)
+    deployment = Deployment(config, registry or _load_registry(), offline=offline, once=once,
+                            photos=photos, on_alert=alerts.append, analyzer=analyzer)
     summary = anyio.run(lambda: deployment.run(services=services))
     return alerts, summary
 
@@ -185,29 +187,32 @@ def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:
         stderr.print(f"[yellow]{escape(error)}[/]")
 
 
-def _prepare_watchlist(config: Any, as_json: bool) -> None:
+def _prepare_watchlist(config: Any, as_json: bool, registry: Any) -> Any | None:
     """Build the configured bundle from its ``source`` folder if it does not exist yet, or was
-    made by another embedder than the config's (its scores would not fit the threshold)."""
+    made by another embedder than the config's (its scores would not fit the threshold).
+    Returns the analyzer it loaded to know (None when there is no source), for the deployment
+    to use rather than load the models again."""
     from lfr.watchlist import WatchlistError, bundle_info
 
     wl = config.watchlist
     if wl is None or wl.source is None:
-        return
+        return None
     bundle = config.resolve_path(wl.bundle)
-    analyzer = _config_analyzer(config)
+    analyzer = _config_analyzer(config, registry)
     if (bundle / "manifest.json").is_file():
         try:
             built_with = bundle_info(bundle).get("embedder")
         except WatchlistError:
-            return  # the deployment reports what is wrong with it
+            return analyzer  # the deployment reports what is wrong with it
         running = analyzer.embedder.name
         if built_with == running:
-            return
+            return analyzer
         stderr.print(f"rebuilding watchlist {bundle}: it was built with embedder "
                      f"{built_with!r}, the config embeds with {running!r}")
     else:
         stderr.print(f"building watchlist {bundle} from {config.resolve_path(wl.source)}")
     _build_watchlist(config.resolve_path(wl.source), bundle, None, not as_json, analyzer)
+    return analyzer
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -216,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     if args.operator:
         config = msgspec.structs.replace(config, operator=args.operator)
-    _prepare_watchlist(config, args.json)
+    registry = _load_registry()
+    analyzer = _prepare_watchlist(config, args.json, registry)
     services: list[Any] = []
     if args.web or config.web.enabled:
         from lfr.web import WebService
@@ -228,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         services.append(DashboardService(operator=args.operator).run)
     alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json,
-                                      services=services)
+                                      services=services, registry=registry, analyzer=analyzer)
     _report(alerts, summary, args.json)
     return EXIT_FAILED if summary.failed_actors and not summary.frames else EXIT_OK
 
@@ -258,7 +264,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="lfr-demo-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         bundle = out / "watchlist"
-        report = _build_watchlist(data / "people", bundle, None, not args.json)
+        registry = _load_registry()
+        analyzer = _config_analyzer(None, registry)  # the demo runs on the default models
+        report = _build_watchlist(data / "people", bundle, None, not args.json, analyzer)
         if not args.json:
             stderr.print(_outcome_table(report))
         config = parse_config({
@@ -269,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "notifiers": [{"kind": "jsonl"}] + ([] if args.json else [{"kind": "console"}]),
         }, "demo")
         alerts, summary = _run_deployment(config, offline=True, once=True, photos=photos,
-                                          as_json=args.json)
+                                          as_json=args.json, registry=registry, analyzer=analyzer)
         _report(alerts, summary, args.json)
     return EXIT_OK
 

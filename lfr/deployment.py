@@ -20,7 +20,7 @@ import anyio
 import msgspec
 
 from lfr.audit import AuditLog, audit_records
-from lfr.config import Config, resolve_backends
+from lfr.config import Backends, Config, resolve_backends
 from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
@@ -44,13 +44,13 @@ from lfr.watchlist import Watchlist, load_bundle
 log = logging.getLogger("lfr.deployment")
 
 
-def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None = None
-                   ) -> FaceAnalyzer:
+def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None = None,
+                   backends: Backends | None = None) -> FaceAnalyzer:
     """The config's detector and embedder, as every part of lfr builds them: a deployment, a
     watchlist built for it (`lfr watchlist build --config`) and evaluation alike, so a bundle's
     embeddings and a camera's are made by the same function. ``gate`` defaults to the config's
-    ``[quality]``."""
-    backends = resolve_backends(config, registry)
+    ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
+    backends = backends or resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
                            threads=config.pipeline.inference_threads)
     if gate is None:
@@ -131,9 +131,11 @@ class Deployment:
     def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
                  once: bool = False, photos: Sequence[Path] = (),
                  on_alert: AlertListener | None = None, on_frame: FrameListener | None = None,
-                 recent_alerts: int = 200) -> None:
+                 recent_alerts: int = 200, analyzer: FaceAnalyzer | None = None) -> None:
         self.config, self.registry = config, registry
         self.offline, self.once, self.photos = offline, once, list(photos)
+        # Built from this config already (e.g. to enrol its watchlist): not loaded again.
+        self._analyzer = analyzer
         self.alert_listeners: list[AlertListener] = [on_alert] if on_alert else []
         self.frame_listeners: list[FrameListener] = [on_frame] if on_frame else []
         # Alerts of this run, newest last, for the operator's screens (matches only).
@@ -161,7 +163,7 @@ class Deployment:
         cfg = self.config
         backends = resolve_backends(cfg, self.registry)
         context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
-        analyzer = build_analyzer(cfg, self.registry)
+        analyzer = self._analyzer or build_analyzer(cfg, self.registry, backends=backends)
         if cfg.watchlist is None:
             raise ConfigError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
                              "configured")

@@ -171,13 +171,15 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
     thresholds = _compare_thresholds(args.compare, config.matching.threshold)
     from lfr.cli import _load_registry, _prepare_watchlist
 
-    _prepare_watchlist(config, args.json)
+    registry = _load_registry()
+    analyzer = _prepare_watchlist(config, args.json, registry)
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("playing the video through a deployment", total=truth.frames)
         report, recording = run_video(
             config,
             truth,
-            _load_registry(),
+            registry,
+            analyzer=analyzer,
             record=thresholds is not None,
             progress=lambda index: bar.update(task, completed=index + 1),
         )

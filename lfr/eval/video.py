@@ -240,12 +240,14 @@ def run_video(
     truth: Truth,
     registry: Any,
     *,
+    analyzer: Any | None = None,
     record: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[VideoReport, Recording | None]:
     """Play the config's cameras once, offline, through a deployment; score its alerts. With
     ``record``, also keep every frame's faces (in memory) so `replay_video` can try other track
-    settings and thresholds on the same detections. ``progress`` gets each frame's index."""
+    settings and thresholds on the same detections. ``progress`` gets each frame's index;
+    ``analyzer``: the config's, when the caller has built it already."""
     import anyio
 
     from lfr.deployment import Deployment
@@ -268,7 +270,8 @@ def run_video(
             progress(item.frame.index)
 
     deployment = Deployment(
-        config, registry, offline=True, once=True, on_alert=raised.append, on_frame=on_frame
+        config, registry, offline=True, once=True, on_alert=raised.append, on_frame=on_frame,
+        analyzer=analyzer,
     )
     summary = anyio.run(deployment.run, False)
     alerts = [
