@@ -286,11 +286,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from lfr.plugins import BACKEND_KINDS
+
     registry = _load_registry()
     plugins = [{"name": p.name, "distribution": p.distribution, "version": p.version,
                 "builtin": p.builtin, "hooks": p.hooks,
-                "provides": {k: p.provides.get(k, []) for k in
-                             ("detector", "embedder", "index", "notifier", "source")},
+                "provides": {k: p.provides.get(k, []) for k in BACKEND_KINDS},
                 "error": p.error} for p in registry.plugins]
     if args.json:
         _print_json({"plugins": plugins})

@@ -175,7 +175,7 @@ class Registry:
             if self._is_builtin(spec.plugin):
                 raise
             raise PluginError(f"{where} failed to build: {type(exc).__name__}: {exc}") from exc
-        missing = [m for m in PROTOCOL_MEMBERS[kind] if not hasattr(backend, m)]
+        missing = missing_members(backend, kind)
         if missing:
             raise PluginError(f"{where}: its factory returned a {type(backend).__name__}, which "
                               f"lacks {', '.join(missing)} (see lfr.api.{_PROTOCOL_NAME[kind]})")
@@ -183,6 +183,11 @@ class Registry:
 
     def _is_builtin(self, plugin: str) -> bool:
         return any(p.builtin for p in self.plugins if p.name == plugin)
+
+
+def missing_members(obj: object, kind: BackendKind) -> list[str]:
+    """The members of ``kind``'s protocol that ``obj`` lacks (what lfr checks when it builds)."""
+    return [m for m in PROTOCOL_MEMBERS[kind] if not hasattr(obj, m)]
 
 
 _PROTOCOL_NAME: dict[BackendKind, str] = {"detector": "Detector", "embedder": "Embedder",

@@ -121,7 +121,6 @@ class MatcherActor(Actor):
         self.matcher, self.watchlist = matcher, watchlist
         self.outbox, self.audit = outbox, audit
         self.notifier_names = list(notifier_names)
-        self.cooldown_s = cooldown_s
         self.on_alert, self.on_frame = on_alert, on_frame
         self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, matcher.rank)
         self.cooldown = Cooldown(cooldown_s)

@@ -21,10 +21,11 @@ import numpy as np
 from lfr.messages import Alert, Detection, Frame
 from lfr.notify.base import Notifier, NotifierActor
 from lfr.notify.outbox import Outbox
-from lfr.plugins import PROTOCOL_MEMBERS, BackendKind, Source
+from lfr.plugins import BackendKind, Source, missing_members
 from lfr.runtime.channels import Receiver, Sender, open_channel
 from lfr.sources.plugin import SourceActor
 from lfr.testing.samples import clustered_embeddings, sample_alerts
+from lfr.tracking import iou
 from lfr.vision.analyzer import Detector, Embedder
 from lfr.watchlist.index import IndexBackend
 
@@ -40,7 +41,7 @@ def _require(condition: bool, message: str) -> None:
 
 def check_members(obj: object, kind: BackendKind) -> None:
     """``obj`` has every member of its kind's protocol (as lfr checks when it builds one)."""
-    missing = [m for m in PROTOCOL_MEMBERS[kind] if not hasattr(obj, m)]
+    missing = missing_members(obj, kind)
     _require(not missing, f"{type(obj).__name__} is not a {kind}: it lacks {', '.join(missing)}")
     name = getattr(obj, "name", None)
     _require(
@@ -416,15 +417,6 @@ def _check_landmark_order(det: Detection, where: str) -> None:
     )
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
-
-
 def _check_mirrored(
     detector: Detector,
     frame: np.ndarray,
@@ -447,9 +439,9 @@ def _check_mirrored(
             continue
         x, y, w, h = det.box
         flipped = (width - x - w, y, w, h)
-        match = max(mirrored, key=lambda m: _iou(m.box, flipped), default=None)
+        match = max(mirrored, key=lambda m: iou(m.box, flipped), default=None)
         _require(
-            match is not None and _iou(match.box, flipped) > 0.3,
+            match is not None and iou(match.box, flipped) > 0.3,
             f"{where}: the face at {det.box} was not found at {flipped} in the mirrored frame: "
             "boxes must be in the frame's pixel coordinates",
         )
@@ -527,9 +519,9 @@ def check_detector(
             if det.score < 0.8 * max(scores):
                 continue  # faces near the threshold may come and go with the frame size
             shifted = (det.box[0] + dx, det.box[1] + dy, det.box[2], det.box[3])
-            match = max(moved, key=lambda m: _iou(m.box, shifted), default=None)
+            match = max(moved, key=lambda m: iou(m.box, shifted), default=None)
             _require(
-                match is not None and _iou(match.box, shifted) > 0.3,
+                match is not None and iou(match.box, shifted) > 0.3,
                 f"{where}: the face at {det.box} was not found again, moved by ({dx}, {dy}), "
                 "in the frame padded by that much: boxes must be in the frame's pixel "
                 "coordinates (scale back if you resize)",
@@ -598,9 +590,9 @@ def aligned_faces(
     from lfr.vision.align import align_face
 
     if detector is None:
-        from lfr.vision.defaults import default_analyzer
+        from lfr.vision.defaults import default_detector
 
-        detector = default_analyzer().detector
+        detector = default_detector()  # the embedder is not needed: no model loaded for it
     return [align_face(frame, det.landmarks) for frame in frames for det in detector.detect(frame)]
 
 
@@ -696,7 +688,8 @@ async def check_source(
     check_members(source, "source")
     name = source.name
     send: Sender[Frame]
-    send, recv = open_channel(f"frames:{name}", 4)
+    capacity = 4
+    send, recv = open_channel(f"frames:{name}", capacity)
     actor = SourceActor(source, send)
     got: list[Frame] = []
 
@@ -737,7 +730,7 @@ async def check_source(
     _require(all(b >= a for a, b in itertools.pairwise(times)), f"{name}: mono_time went backwards")
     if stop_after is not None:
         _require(
-            len(got) <= stop_after + 4 + 1,
+            len(got) <= stop_after + capacity + 1,  # what was queued, and one in flight
             f"{name}: {len(got)} frames arrived after stop() at frame {stop_after}",
         )
     height, width = got[0].image.shape[:2]

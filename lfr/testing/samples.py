@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -278,7 +278,3 @@ class FakeCamera:
 
     def stop(self) -> None:
         self._stopped = True
-
-
-def images_of(frames: Sequence[SampleFrame]) -> list[np.ndarray]:
-    return [f.image for f in frames]

@@ -9,9 +9,13 @@ from lfr.vision.models import BUNDLED_DETECTOR, BUNDLED_EMBEDDER, resolve_model
 from lfr.vision.quality import QualityGate
 
 
+def default_detector(score_threshold: float = 0.7, max_side: int = 1920) -> YuNetDetector:
+    return YuNetDetector(resolve_model(None, BUNDLED_DETECTOR),
+                         score_threshold=score_threshold, max_side=max_side)
+
+
 def default_analyzer(score_threshold: float = 0.7, max_side: int = 1920,
                      gate: QualityGate | None = None, flip: bool = True) -> FaceAnalyzer:
-    detector = YuNetDetector(resolve_model(None, BUNDLED_DETECTOR),
-                             score_threshold=score_threshold, max_side=max_side)
+    detector = default_detector(score_threshold, max_side)
     embedder = OnnxEmbedder(resolve_model(None, BUNDLED_EMBEDDER), flip=flip)
     return FaceAnalyzer(detector, embedder, gate)

@@ -23,7 +23,7 @@ from lfr.eval.dataset import choose_face, default_cache_dir
 from lfr.eval.pairs import parse_pairs
 from lfr.eval.verify import VerifyReport, run_verify
 from lfr.vision.analyzer import FaceAnalyzer
-from lfr.vision.defaults import default_analyzer
+from lfr.vision.defaults import default_analyzer, default_detector
 from lfr.vision.quality import QualityGate
 
 
@@ -52,7 +52,7 @@ def analyzers(which: list[str]) -> dict[str, FaceAnalyzer]:
         elif name == "dlib-hog+dlib-resnet":
             made[name] = FaceAnalyzer(DlibDetector(), DlibEmbedder(), gate)
         elif name == "yunet+dlib-resnet":
-            made[name] = FaceAnalyzer(default_analyzer().detector, DlibEmbedder(), gate)
+            made[name] = FaceAnalyzer(default_detector(), DlibEmbedder(), gate)
         elif name == "dlib-hog+sface":
             made[name] = FaceAnalyzer(DlibDetector(), default_analyzer().embedder, gate)
         else:
