@@ -314,8 +314,9 @@ class Deployment:
         """An alert reaches the outbox before the audit log: a crash between the two (kill -9)
         leaves one the log lacks. Record it now, so every alert ever raised is audited."""
         audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == "alert"}
-        for alert in reversed(outbox.alerts()):  # oldest first
-            if alert.id not in audited:
+        for alert_id in outbox.alert_ids():  # oldest first; only the missing ones are decoded
+            alert = outbox.get_alert(alert_id) if alert_id not in audited else None
+            if alert is not None:
                 log.warning("alert %s was not in the audit log (crash?): recording it", alert.id)
                 audit.record_alert(alert)
 

@@ -78,6 +78,7 @@ def test_alerts_newest_first_and_lookup(tmp_path: Path) -> None:
         box.add_alert(make_alert(i), [])
     assert [a.id for a in box.alerts()] == [f"alert{i:04d}" for i in (4, 3, 2, 1, 0)]
     assert [a.id for a in box.alerts(limit=2)] == ["alert0004", "alert0003"]
+    assert box.alert_ids() == [f"alert{i:04d}" for i in range(5)]  # oldest first
     assert box.get_alert("nope") is None
     box.close()
 
@@ -161,3 +162,21 @@ def test_committed_alert_survives_process_kill(tmp_path: Path) -> None:
     assert proc.returncode == -9, proc.stderr.decode()
     with Outbox(tmp_path) as box:
         assert box.pending("n") == [make_alert(7)]
+
+
+def test_alerts_the_audit_log_lacks_are_recorded_at_start(tmp_path: Path) -> None:
+    """A kill between the outbox and the audit log leaves an alert unaudited: the next start
+    records exactly those, oldest first, once."""
+    from lfr.audit import AuditLog, audit_records
+    from lfr.deployment import Deployment
+
+    box = Outbox(tmp_path)
+    for i in range(4):
+        box.add_alert(make_alert(i), [])
+    with AuditLog(tmp_path) as log:
+        log.record_alert(make_alert(1))
+        Deployment._audit_unrecorded_alerts(box, log)
+        Deployment._audit_unrecorded_alerts(box, log)  # a second start adds nothing
+    box.close()
+    audited = [r.data["id"] for r in audit_records(tmp_path) if r.kind == "alert"]
+    assert audited == ["alert0001", "alert0000", "alert0002", "alert0003"]

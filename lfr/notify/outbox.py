@@ -162,6 +162,10 @@ class Outbox:
         )
         return [_decoder.decode(payload) for (payload,) in rows]
 
+    def alert_ids(self) -> list[str]:
+        """Every stored alert's id, oldest first (no payload decoded)."""
+        return [alert_id for (alert_id,) in self._read("SELECT id FROM alerts ORDER BY rowid")]
+
     def get_alert(self, alert_id: str) -> Alert | None:
         rows = self._read("SELECT payload FROM alerts WHERE id = ?", (alert_id,))
         return _decoder.decode(rows[0][0]) if rows else None
