@@ -23,7 +23,6 @@ import pluggy
 
 from lfr import hookspecs
 from lfr.messages import Frame
-from lfr.sources.base import SourceSettings
 
 log = logging.getLogger("lfr.plugins")
 
@@ -147,17 +146,6 @@ class Registry:
         except msgspec.ValidationError as exc:
             raise ConfigError(_with_path(str(exc), where)) from None
         return settings
-
-    def parse_camera(self, raw: dict[str, Any], where: str) -> SourceSettings | BackendSettings:
-        """A ``[[cameras]]`` entry: lfr's own PyAV camera without ``kind``, else a source plugin's
-        (``CameraActor`` for the first, ``SourceActor(registry.create("source", ...))`` for the
-        second)."""
-        if "kind" not in raw:
-            try:
-                return msgspec.convert(raw, type=SourceSettings)
-            except msgspec.ValidationError as exc:
-                raise ConfigError(_with_path(str(exc), where)) from None
-        return self.parse_settings("source", raw, where)
 
     def spec_for(self, kind: BackendKind, settings: BackendSettings) -> BackendSpec:
         return self.specs[kind][type(settings).__struct_config__.tag]  # type: ignore[index]

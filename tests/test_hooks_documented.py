@@ -28,6 +28,7 @@ from lfr.api import (
     SourceBackendSettings,
     hookimpl,
 )
+from lfr.config import parse_config, resolve_backends
 from lfr.plugins import load_plugins
 from lfr.testing import (
     FakeCamera,
@@ -309,12 +310,16 @@ async def test_hook_lfr_register_sources(tmp_path):
     video = write_test_video(tmp_path / "clip.mp4", frames=12)
     registry = load_plugins(extra=[SourcePlugin()])
     assert registry.plugins[-1].provides == {"source": ["clip"]}
-    settings = registry.parse_camera(
-        {"kind": "clip", "name": "door", "path": str(video)}, "$.cameras[0]"
+    config = parse_config(
+        {"name": "x", "cameras": [{"kind": "clip", "name": "door", "path": str(video)}]}
     )
+    (settings,) = resolve_backends(config, registry).sources
     source = registry.create("source", settings, BuildContext(data_dir=tmp_path))
     assert isinstance(source, Source) and source.name == "door"
     report = await check_source(source)
     assert report.frames == 12
     with pytest.raises(ConfigError, match=r"\$\.cameras\[0\]: Object missing required field"):
-        registry.parse_camera({"kind": "clip", "path": str(video)}, "$.cameras[0]")
+        resolve_backends(
+            parse_config({"name": "x", "cameras": [{"kind": "clip", "path": str(video)}]}),
+            registry,
+        )

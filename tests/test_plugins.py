@@ -230,6 +230,7 @@ def test_building_checks_the_protocol_and_names_the_plugin(tmp_path):
 
 
 def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
+    from lfr.config import parse_config, resolve_backends
     from lfr.sources.base import SourceSettings
 
     class DoorSettings(SourceBackendSettings, frozen=True, tag="door"):
@@ -241,15 +242,22 @@ def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
             register("door", lambda s, c: None, settings=DoorSettings)
 
     registry = load_plugins(extra=[DoorPlugin()])
-    camera = registry.parse_camera({"name": "a", "url": "a.mp4"}, "x.toml: $.cameras[0]")
-    assert isinstance(camera, SourceSettings)
-    door = registry.parse_camera({"kind": "door", "name": "d", "host": "h"}, "$.cameras[1]")
+
+    def config(door: dict, own: dict | None = None):
+        own = own or {"name": "a", "url": "a.mp4"}
+        return parse_config({"name": "x", "cameras": [own, {"kind": "door", **door}]}, "x.toml")
+
+    good = config({"name": "d", "host": "h"})
+    (camera,) = good.cameras
+    assert isinstance(camera, SourceSettings) and camera.name == "a"
+    (door,) = resolve_backends(good, registry).sources
     assert isinstance(door, DoorSettings) and door.name == "d"
-    with pytest.raises(ConfigError, match=r"^\$\.cameras\[1\]\.host: Expected `str`, got `int`"):
-        registry.parse_camera({"kind": "door", "name": "d", "host": 3}, "$.cameras[1]")
+    # (a config parsed from a dict is "<config>"; load_config names the file)
+    host = r"^<config>: \$\.cameras\[1\]\.host: Expected `str`, got `int`"
+    with pytest.raises(ConfigError, match=host):
+        resolve_backends(config({"name": "d", "host": 3}), registry)
     with pytest.raises(ConfigError, match=r"x\.toml: \$\.cameras\[0\]\.fps_cap: Expected"):
-        registry.parse_camera({"name": "a", "url": "a.mp4", "fps_cap": "x"},
-                              "x.toml: $.cameras[0]")
+        config({"name": "d", "host": "h"}, {"name": "a", "url": "a.mp4", "fps_cap": "x"})
 
 
 # -- the command line: lfr plugins and lfr run with broken plugins ----------------------------
