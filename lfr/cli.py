@@ -72,11 +72,11 @@ def _progress(description: str, total: int | None, enabled: bool = True
 
 def _config_analyzer(config: Any | None, registry: Any | None = None) -> Any:
     """The detector and embedder a deployment with this config uses (None: lfr's defaults)."""
-    from lfr.config import parse_config
+    from lfr.config import default_config
     from lfr.deployment import build_analyzer
 
     if config is None:
-        config = parse_config({"name": "watchlist"}, "<defaults>")
+        config = default_config("watchlist")
     return build_analyzer(config, registry or _load_registry())
 
 

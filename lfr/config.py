@@ -187,6 +187,11 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     return config
 
 
+def default_config(name: str = "lfr") -> Config:
+    """lfr's defaults, for commands that run without a config file."""
+    return parse_config({"name": name}, "<defaults>")
+
+
 def _has_kind(entry: object) -> bool:
     return isinstance(entry, dict) and "kind" in entry
 

@@ -19,11 +19,11 @@ DATASET_ENV = "LFR_EVAL_DATA"  # default dataset for `lfr calibrate`
 
 
 def _config(path: str | None) -> Any:
-    from lfr.config import load_config, parse_config
+    from lfr.config import default_config, load_config
 
     if path:
         return load_config(Path(path))
-    return parse_config({"name": "eval"}, "<defaults>")
+    return default_config("eval")
 
 
 def _analyzer(config: Any) -> Any:
