@@ -101,13 +101,14 @@ class StageRow(msgspec.Struct, frozen=True):
 def camera_rows(view: DashboardView) -> list[CameraRow]:
     snap = view.snapshot
     channels = {c.name: c for c in snap.channels}
+    reader = {a.reads: a for a in snap.actors if a.reads}
     rows = []
     for stats in snap.actors:
         if stats.kind != "camera":
             continue
         # The camera's frame channel, and whoever reads it (its detector).
         frames = channels.get(stats.writes[0]) if stats.writes else None
-        detector = next((a for a in snap.actors if frames and a.reads == frames.name), None)
+        detector = reader.get(frames.name) if frames else None
         flow = view.flows.get(stats.name)
         state, reason = _camera_state(stats)
         p50, p95 = (

@@ -111,8 +111,9 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.gallery_size is not None and args.gallery_size < 1:
         raise UserError(f"--gallery-size {args.gallery_size}: must be >= 1")
-    if args.enrol_images < 1:
-        raise UserError(f"--enrol-images {args.enrol_images}: must be >= 1")
+    for flag, value in (("--enrol-images", args.enrol_images), ("--max-probes", args.max_probes)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
