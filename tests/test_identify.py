@@ -375,6 +375,9 @@ def test_identify_command_errors(tmp_path, capsys) -> None:
     assert "nope: dataset folder not found" in capsys.readouterr().err
     assert main(["eval", "identify", "--dataset", str(tmp_path), "--seeds", "1,x"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    for flag in ("--max-probes", "--enrol-images", "--gallery-size"):
+        assert main(["eval", "identify", "--dataset", str(tmp_path), flag, "0"]) == 2
+        assert f"{flag} 0: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
