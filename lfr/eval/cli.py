@@ -104,16 +104,16 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     from lfr.eval.identify import DatasetError, list_people, plot_det, render_identify, run_identify
 
     seeds = _seeds(args)
-    dataset = Path(args.dataset)
-    try:
-        list_people(dataset)  # fail fast, before loading models
-    except DatasetError as exc:
-        raise UserError(str(exc)) from None
     if args.gallery_size is not None and args.gallery_size < 1:
         raise UserError(f"--gallery-size {args.gallery_size}: must be >= 1")
     for flag, value in (("--enrol-images", args.enrol_images), ("--max-probes", args.max_probes)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
+    dataset = Path(args.dataset)
+    try:
+        list_people(dataset)  # fail fast, before loading models
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
     if args.plot:
         try:
             import matplotlib  # noqa: F401
