@@ -25,6 +25,9 @@ from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
+from lfr.pipeline.camera import SourceActor
+from lfr.pipeline.detector import DetectorActor
+from lfr.pipeline.matcher import FrameCallback, MatcherActor, MatcherStats
 from lfr.plugins import BuildContext, ConfigError, Registry
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
@@ -32,10 +35,8 @@ from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
-from lfr.sources.plugin import SourceActor
 from lfr.sources.stills import StillsSource
 from lfr.sources.video import CameraActor
-from lfr.stages import DetectorActor, FrameCallback, MatcherActor, MatcherStats
 from lfr.tracking import TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate

@@ -31,12 +31,13 @@ from lfr.deployment import Counters, Deployment, Snapshot
 from lfr.messages import Adjudication, Alert, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.console import ConsoleNotifier, terminal_owned
+from lfr.pipeline.detector import DetectorStats
+from lfr.pipeline.matcher import MatcherStats
 from lfr.plugins import load_plugins
 from lfr.runtime.actor import ActorStats
 from lfr.runtime.channels import ChannelStats
 from lfr.runtime.supervisor import SupervisorEvent
 from lfr.sources.base import CameraStats
-from lfr.stages import DetectorStats, MatcherStats
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
 

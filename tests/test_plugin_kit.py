@@ -14,8 +14,8 @@ import pytest
 
 from lfr.messages import Detection
 from lfr.notify.jsonl import JsonlNotifier
+from lfr.pipeline.camera import SourceActor
 from lfr.runtime.channels import open_channel
-from lfr.sources.plugin import SourceActor
 from lfr.testing import (
     ContractError,
     FakeCamera,

@@ -11,8 +11,8 @@ from lfr.audit import AuditLog
 from lfr.matching import Matcher
 from lfr.messages import Candidate, Detection, Face, Frame, FrameFaces
 from lfr.notify.outbox import Outbox
+from lfr.pipeline.matcher import MatcherActor
 from lfr.runtime.channels import open_channel
-from lfr.stages import MatcherActor
 from lfr.tracking import PersonTracker, TrackerSettings, iou
 from lfr.watchlist.index import ExactIndex
 

@@ -21,9 +21,9 @@ import numpy as np
 from lfr.messages import Alert, Detection, Frame
 from lfr.notify.base import Notifier, NotifierActor
 from lfr.notify.outbox import Outbox
+from lfr.pipeline.camera import SourceActor
 from lfr.plugins import BackendKind, Source, missing_members
 from lfr.runtime.channels import Receiver, Sender, open_channel
-from lfr.sources.plugin import SourceActor
 from lfr.testing.samples import clustered_embeddings, sample_alerts
 from lfr.tracking import iou
 from lfr.vision.analyzer import Detector, Embedder
