@@ -95,13 +95,12 @@ def end_to_end(clip: Path) -> dict[str, object]:
             "name": "bench", "data_dir": str(Path(tmp) / "data"),
             "watchlist": {"bundle": str(Path(tmp) / "wl")},
             "cameras": [{"name": "clip", "url": str(clip)}], "notifiers": [{"kind": "jsonl"}]})
-        latencies: list[float] = []
-        deployment = Deployment(config, load_plugins(), offline=True, once=True,
-                                on_frame=lambda ff, results, alerts: latencies.append(
-                                    time.monotonic() - ff.frame.mono_time))
-        start = time.perf_counter()
-        summary = anyio.run(deployment.run, False)
-        seconds = time.perf_counter() - start
+        deployment = Deployment(config, load_plugins(), offline=True, once=True)
+        with deployment.frames.record() as frames:  # every frame: nothing dropped
+            start = time.perf_counter()
+            summary = anyio.run(deployment.run, False)
+            seconds = time.perf_counter() - start
+            latencies = [r.decided_mono - r.faces.frame.mono_time for r in frames.items]
     return {"frames": summary.frames, "faces": summary.faces, "seconds": round(seconds, 2),
             "frames_per_s": round(summary.frames / seconds, 1),
             "faces_per_s": round(summary.faces / seconds, 1),

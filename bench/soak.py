@@ -39,8 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lfr.config import parse_config  # noqa: E402
-from lfr.deployment import Deployment  # noqa: E402
-from lfr.messages import FrameFaces  # noqa: E402
+from lfr.deployment import Deployment, DeploymentView  # noqa: E402
 from lfr.plugins import load_plugins  # noqa: E402
 from lfr.vision.defaults import default_analyzer  # noqa: E402
 from lfr.watchlist import build_watchlist  # noqa: E402
@@ -105,24 +104,27 @@ def soak(
     blocks: list[int] = []
     t0 = time.monotonic()
 
-    def on_frame(item: FrameFaces, results: object, alerts: object) -> None:
-        now = time.monotonic()
-        latencies[item.frame.camera].append((now - t0, now - item.frame.mono_time))
+    async def take_latencies(view: DeploymentView) -> None:
+        with view.subscribe_frames(capacity=1024) as frames:
+            async for report in frames:
+                frame = report.faces.frame
+                latencies[frame.camera].append(
+                    (report.decided_mono - t0, report.decided_mono - frame.mono_time))
 
-    async def sample_memory(deployment: Deployment) -> None:
+    async def sample_memory(view: DeploymentView) -> None:
         while True:
             memory.append((time.monotonic() - t0, rss_mb()))
             blocks.append(sys.getallocatedblocks())  # Python objects: a leak of them shows here
             await anyio.sleep(1.0)
 
-    async def stop_after(deployment: Deployment) -> None:
+    async def stop_after(view: DeploymentView) -> None:
         await anyio.sleep(seconds)
-        deployment.stop()
+        view.stop()
 
-    deployment = Deployment(config, load_plugins(), on_frame=on_frame)
+    deployment = Deployment(config, load_plugins())
 
     async def main() -> Any:
-        return await deployment.run(services=[sample_memory, stop_after])
+        return await deployment.run(services=[take_latencies, sample_memory, stop_after])
 
     summary = anyio.run(main)
     elapsed = time.monotonic() - t0

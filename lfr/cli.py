@@ -158,11 +158,11 @@ def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[
 
     from lfr.deployment import Deployment
 
-    alerts: list[Any] = []
     deployment = Deployment(config, registry or _load_registry(), offline=offline, once=once,
-                            photos=photos, on_alert=alerts.append, analyzer=analyzer)
-    summary = anyio.run(lambda: deployment.run(services=services))
-    return alerts, summary
+                            photos=photos, analyzer=analyzer)
+    with deployment.alerts.record() as raised:  # every alert of this run, in order
+        summary = anyio.run(lambda: deployment.run(services=services))
+        return raised.items, summary
 
 
 def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:

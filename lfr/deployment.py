@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,19 @@ import msgspec
 
 from lfr.audit import AuditLog, audit_records
 from lfr.config import Backends, Config, resolve_backends
+from lfr.decisions import DecisionLog
 from lfr.matching import Matcher, MatchResult
-from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
+from lfr.messages import Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
-from lfr.pipeline.matcher import FrameCallback, MatcherActor, MatcherStats
+from lfr.pipeline.matcher import MatcherActor, MatcherStats
 from lfr.plugins import BuildContext, ConfigError, Registry
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
+from lfr.runtime.broadcast import Broadcast, Subscription
 from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
@@ -104,9 +105,15 @@ class Snapshot(msgspec.Struct, frozen=True):
     operator: str
 
 
-AlertListener = Callable[[Alert], None]
-FrameListener = FrameCallback  # (frame and faces, match result per face, alerts raised)
-Service = Callable[["Deployment"], Coroutine[Any, Any, None]]
+class FrameReport(msgspec.Struct, frozen=True):
+    """One frame that went through detection and matching, for viewers: its faces, per face the
+    person its track decided on (None: not on the watchlist) and the alerts it raised. Lives in
+    memory only, in the subscribers' bounded buffers."""
+
+    faces: FrameFaces
+    persons: list[MatchResult | None]
+    alerts: list[Alert]
+    decided_mono: float  # when the matcher was done with it (monotonic): latency = this - capture
 
 
 class RunSummary(msgspec.Struct, frozen=True):
@@ -125,25 +132,99 @@ class RunSummary(msgspec.Struct, frozen=True):
     cameras: dict[str, dict[str, Any]]
 
 
+# Buffers of the viewers' broadcast channels: a viewer that falls behind loses its oldest items,
+# never delays the matcher. Alerts keep a history so a new viewer sees the recent ones.
+VIEW_BUFFER = 64
+RECENT_ALERTS = 200
+
+
+class DeploymentView:
+    """What the dashboard, the web viewer and other services get of a running deployment: its
+    statistics snapshots, its recent alerts and decisions, subscriptions to its frames and alerts
+    (bounded, drop-oldest: a slow viewer never delays an alert), and the two things an operator
+    may do (decide on an alert, stop the deployment). Nothing here reaches into an actor."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self._deployment = deployment
+        config = deployment.config
+        self.name, self.location = config.name, config.location
+        self.threshold = config.matching.threshold
+        self.blur_non_matches = config.privacy.blur_non_matches
+        # Cameras only: stills (the demo's photos) are not feeds anyone watches.
+        self.cameras: tuple[str, ...] = tuple(c.name for c in config.cameras)
+
+    def operator_name(self, override: str | None = None) -> str:
+        return self._deployment.config.operator_name(override)
+
+    def snapshot(self) -> Snapshot:
+        return self._deployment.snapshot()
+
+    def recent_alerts(self) -> tuple[Alert, ...]:
+        """This run's latest alerts, oldest first."""
+        return self._deployment.alerts.recent()
+
+    def decisions(self) -> Mapping[str, Adjudication]:
+        """Alert id -> its newest decision in this run (a copy)."""
+        decisions = self._deployment.decision_log
+        return decisions.latest() if decisions is not None else {}
+
+    def decision(self, alert_id: str) -> Adjudication | None:
+        decisions = self._deployment.decision_log
+        return decisions.get(alert_id) if decisions is not None else None
+
+    def person_name(self, person_id: str) -> str:
+        watchlist = self._deployment.watchlist
+        return watchlist.name(person_id) if watchlist is not None else person_id
+
+    def get_alert(self, alert_id: str) -> Alert | None:
+        """The stored alert (images as retention left them); blocking: call it in a thread."""
+        outbox = self._deployment.outbox
+        return outbox.get_alert(alert_id) if outbox is not None else None
+
+    def subscribe_frames(self, capacity: int = VIEW_BUFFER) -> Subscription[FrameReport]:
+        return self._deployment.frames.subscribe(capacity)
+
+    def subscribe_alerts(self, capacity: int = VIEW_BUFFER) -> Subscription[Alert]:
+        return self._deployment.alerts.subscribe(capacity)
+
+    def adjudicate(self, alert_id: str, decision: Decision, operator: str | None = None,
+                   note: str = "") -> Adjudication:
+        """Record an officer's decision (outbox, audit log with who decided, counters).
+        RuntimeError when the deployment is not running, KeyError for an unknown alert."""
+        decisions = self._deployment.decision_log
+        if decisions is None:
+            raise RuntimeError("the deployment is not running")
+        return decisions.record(alert_id, decision, operator, note)
+
+    def stop(self) -> None:
+        self._deployment.stop()
+
+
+Service = Callable[[DeploymentView], Coroutine[Any, Any, None]]
+
+
 class Deployment:
-    """One node's pipeline. ``offline=True`` makes frame queues block (no frame is dropped), for
-    the demo and evaluation, so results do not depend on machine load."""
+    """One node's pipeline: built from a config, run supervised, stopped in order.
+
+    ``offline=True`` makes frame queues block (no frame is dropped), for the demo and
+    evaluation, so results do not depend on machine load. Observers use ``view`` (or subscribe
+    to ``alerts`` and ``frames`` before ``run``); the outbox and audit log are open only while
+    ``run`` runs.
+    """
 
     def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
                  once: bool = False, photos: Sequence[Path] = (),
-                 on_alert: AlertListener | None = None, on_frame: FrameListener | None = None,
-                 recent_alerts: int = 200, analyzer: FaceAnalyzer | None = None) -> None:
+                 analyzer: FaceAnalyzer | None = None) -> None:
         self.config, self.registry = config, registry
         self.offline, self.once, self.photos = offline, once, list(photos)
         # Built from this config already (e.g. to enrol its watchlist): not loaded again.
         self._analyzer = analyzer
-        self.alert_listeners: list[AlertListener] = [on_alert] if on_alert else []
-        self.frame_listeners: list[FrameListener] = [on_frame] if on_frame else []
-        # Alerts of this run, newest last, for the operator's screens (matches only).
-        self.recent_alerts: deque[Alert] = deque(maxlen=recent_alerts)
-        self.decisions: dict[str, Adjudication] = {}
+        # What viewers see: published by the matcher, never waited on by it.
+        self.alerts: Broadcast[Alert] = Broadcast("alerts", history=RECENT_ALERTS)
+        self.frames: Broadcast[FrameReport] = Broadcast("frames")
+        self.view = DeploymentView(self)
         self.outbox: Outbox | None = None
-        self.audit: AuditLog | None = None
+        self.decision_log: DecisionLog | None = None
         self.data_dir = config.resolved_data_dir()
         self.supervisor = Supervisor(RestartPolicy(
             max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s))
@@ -221,7 +302,7 @@ class Deployment:
             self.actors.append(NotifierActor(notifier, recv, outbox))
         self.matcher_actor = MatcherActor(
             faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
-            [n.name for n in notifiers], cfg.matching.cooldown_s, self._alert_raised,
+            [n.name for n in notifiers], cfg.matching.cooldown_s, self.alerts.publish,
             self._frame_done, tracking=TrackerSettings.from_matching(cfg.matching))
         self.actors.append(self.matcher_actor)
 
@@ -231,15 +312,9 @@ class Deployment:
             return camera
         return msgspec.structs.replace(camera, url=str(self.config.resolve_path(camera.url)))
 
-    def _alert_raised(self, alert: Alert) -> None:
-        self.recent_alerts.append(alert)
-        for listener in self.alert_listeners:
-            listener(alert)
-
     def _frame_done(self, item: FrameFaces, results: list[MatchResult | None],
                     alerts: list[Alert]) -> None:
-        for listener in self.frame_listeners:
-            listener(item, results, alerts)
+        self.frames.publish(FrameReport(item, results, alerts, time.monotonic()))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -254,46 +329,54 @@ class Deployment:
     async def run(self, handle_signals: bool = True, services: Sequence[Service] = ()
                   ) -> RunSummary:
         """Run until the sources end or stop() is called. ``services`` (a dashboard, a web
-        server) run beside the pipeline and are cancelled once it has drained."""
-        cfg = self.config
+        server) get the deployment's view, run beside the pipeline and are cancelled once it has
+        drained."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        audit = self.audit = AuditLog(self.data_dir)
-        outbox = self.outbox = Outbox(self.data_dir)
-        try:
-            analyzer, matcher, notifiers = self._build()
-            assert self.watchlist is not None
-            from lfr.config import redacted
+        with AuditLog(self.data_dir) as audit, Outbox(self.data_dir) as outbox:
+            try:
+                self.outbox = outbox
+                self.decision_log = DecisionLog(outbox, audit, self.config.operator_name)
+                return await self._run(audit, outbox, handle_signals, services)
+            finally:
+                self.outbox = self.decision_log = None
+                self.alerts.close()
+                self.frames.close()
 
-            audit.append("deployment_start", {"name": cfg.name, "location": cfg.location,
-                                              "operator": cfg.operator_name()})
-            audit.append("config", redacted(cfg))
-            audit.append("watchlist_loaded", {"digest": self.watchlist.digest(),
-                                              "persons": len(self.watchlist.persons),
-                                              "images": len(self.watchlist.labels),
-                                              "threshold": cfg.matching.threshold})
-            audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
-            self._audit_unrecorded_alerts(outbox, audit)
-            self._wire(analyzer, matcher, notifiers, outbox, audit)
-            self.retention.purge(outbox)  # images past their retention, left by earlier runs
-            self.started = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                if handle_signals:
-                    tg.start_soon(self._watch_signals, tg.cancel_scope)
-                for service in [self.retention.run, self._checkpoints, *services]:
-                    tg.start_soon(service, self)
-                # The inner group ends when every actor has ended: sources finished or stopped,
-                # then each stage after its input closed, so queues are drained.
-                async with anyio.create_task_group() as pipeline:
-                    for actor in self.actors:
-                        self.supervisor.start_soon(pipeline, actor)
-                tg.cancel_scope.cancel()  # services and the signal watcher
-            summary = self.summary()
-            audit.append("deployment_stop", self._counts(summary))
-            return summary
-        finally:
-            self.outbox = self.audit = None
-            outbox.close()
-            audit.close()
+    async def _run(self, audit: AuditLog, outbox: Outbox, handle_signals: bool,
+                   services: Sequence[Service]) -> RunSummary:
+        cfg = self.config
+        analyzer, matcher, notifiers = self._build()
+        assert self.watchlist is not None
+        from lfr.config import redacted
+
+        audit.append("deployment_start", {"name": cfg.name, "location": cfg.location,
+                                          "operator": cfg.operator_name()})
+        audit.append("config", redacted(cfg))
+        audit.append("watchlist_loaded", {"digest": self.watchlist.digest(),
+                                          "persons": len(self.watchlist.persons),
+                                          "images": len(self.watchlist.labels),
+                                          "threshold": cfg.matching.threshold})
+        audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
+        self._audit_unrecorded_alerts(outbox, audit)
+        self._wire(analyzer, matcher, notifiers, outbox, audit)
+        self.retention.purge(outbox)  # images past their retention, left by earlier runs
+        self.started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+            tg.start_soon(self.retention.run, outbox)
+            tg.start_soon(self._checkpoints, audit)
+            for service in services:
+                tg.start_soon(service, self.view)
+            # The inner group ends when every actor has ended: sources finished or stopped,
+            # then each stage after its input closed, so queues are drained.
+            async with anyio.create_task_group() as pipeline:
+                for actor in self.actors:
+                    self.supervisor.start_soon(pipeline, actor)
+            tg.cancel_scope.cancel()  # services and the signal watcher
+        summary = self.summary()
+        audit.append("deployment_stop", self._counts(summary))
+        return summary
 
     def _counts(self, summary: RunSummary) -> dict[str, Any]:
         """What deployment_stop and checkpoint records hold: counts only, never a face."""
@@ -301,14 +384,13 @@ class Deployment:
                 "seconds": round(summary.seconds, 3),
                 "cameras": camera_stop_fields(summary.cameras)}
 
-    async def _checkpoints(self, _: Deployment) -> None:
+    async def _checkpoints(self, audit: AuditLog) -> None:
         """Counts to the audit log every ``pipeline.checkpoint_s``: a killed run's report then
         has its faces up to the last checkpoint instead of none."""
         while True:
             await anyio.sleep(self.config.pipeline.checkpoint_s)
-            if self.audit is not None:
-                counts = self._counts(self.summary())
-                await anyio.to_thread.run_sync(self.audit.append, "checkpoint", counts)
+            counts = self._counts(self.summary())
+            await anyio.to_thread.run_sync(audit.append, "checkpoint", counts)
 
     @staticmethod
     def _audit_unrecorded_alerts(outbox: Outbox, audit: AuditLog) -> None:
@@ -332,46 +414,32 @@ class Deployment:
                             signal.Signals(signum).name)
                 self.stop()
 
-    def adjudicate(self, alert_id: str, decision: Decision, operator: str | None = None,
-                   note: str = "") -> Adjudication:
-        """Record an officer's decision: outbox, audit log (with who decided), counters.
-
-        The dashboard's keys and the web page's buttons both come here.
-        """
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
-        if self.outbox is None or self.audit is None:
-            raise RuntimeError("the deployment is not running")
-        if self.outbox.get_alert(alert_id) is None:
-            raise KeyError(f"no alert {alert_id!r} in this deployment")
-        adjudication = Adjudication(alert_id=alert_id, decision=decision,
-                                    operator=self.config.operator_name(operator), note=note)
-        self.outbox.add_adjudication(adjudication)
-        self.audit.record_adjudication(adjudication)
-        self.decisions[alert_id] = adjudication
-        return adjudication
-
-    def counters(self) -> Counters:
-        matcher = self.matcher_actor
-        decided = [d.decision for d in self.decisions.values()]
-        alerts = sum(matcher.alerts_by_person.values()) if matcher else 0
-        return Counters(faces=matcher.face_count if matcher else 0, alerts=alerts,
-                        confirmed=decided.count("confirmed"),
-                        false_alerts=decided.count("false_alert"),
-                        no_action=decided.count("no_action"), pending=alerts - len(decided))
+    def counters(self, matcher: MatcherStats | None) -> Counters:
+        """The deployment's own numbers, from the matcher's and the decisions' snapshots."""
+        faces = matcher.faces if matcher else 0
+        alerts = matcher.alerts if matcher else 0
+        decided = self.decision_log.statistics() if self.decision_log else None
+        if decided is None:
+            return Counters(faces=faces, alerts=alerts, confirmed=0, false_alerts=0,
+                            no_action=0, pending=alerts)
+        return Counters(faces=faces, alerts=alerts, confirmed=decided.confirmed,
+                        false_alerts=decided.false_alerts, no_action=decided.no_action,
+                        pending=alerts - decided.decided)
 
     # -- observing ---------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        actors = tuple(a.statistics() for a in self.actors)
+        matcher = next((a for a in actors if isinstance(a, MatcherStats)), None)
         return Snapshot(
             name=self.config.name, location=self.config.location,
             running_s=time.monotonic() - self.started,
-            actors=tuple(a.statistics() for a in self.actors),
+            actors=actors,
             channels=tuple(s.channel.statistics() for s in self.channels),
             events=self.supervisor.events(),
             watchlist_size=len(self.watchlist.persons) if self.watchlist else 0,
             threshold=self.config.matching.threshold,
-            counters=self.counters(),
+            counters=self.counters(matcher),
             operator=self.config.operator_name(),
         )
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from lfr.deployment import Deployment
     from lfr.notify.outbox import Outbox
 
 log = logging.getLogger("lfr.retention")
@@ -62,14 +61,12 @@ class RetentionService:
             )
         return n
 
-    async def run(self, deployment: Deployment) -> None:
-        """A deployment service: purges every interval until cancelled (after the pipeline drained).
+    async def run(self, outbox: Outbox) -> None:
+        """Purges ``outbox`` every interval until cancelled (after the pipeline drained).
 
         The purge at start is the deployment's own call to ``purge()`` before its pipeline starts,
         so it happens even when the run is over before this task gets to run.
         """
         while True:
             await anyio.sleep(self.interval_s)
-            outbox = deployment.outbox
-            if outbox is not None:
-                await anyio.to_thread.run_sync(self.purge, outbox)
+            await anyio.to_thread.run_sync(self.purge, outbox)

@@ -27,7 +27,7 @@ from lfr.config import parse_config
 from lfr.dashboard import CameraFlow, DashboardService, DashboardView, render
 from lfr.dashboard.render import thumbnail_lines
 from lfr.dashboard.terminal import LogCapture, cbreak, parse_keys, terminal_keys
-from lfr.deployment import Counters, Deployment, Snapshot
+from lfr.deployment import Counters, Deployment, DeploymentView, Snapshot
 from lfr.messages import Adjudication, Alert, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.console import ConsoleNotifier, terminal_owned
@@ -443,23 +443,33 @@ async def test_terminal_keys_read_in_cbreak_mode_and_the_mode_is_restored() -> N
 
 
 class FakeDeployment:
-    """What handle_key and view() use: recent alerts, decisions, adjudicate, stop, snapshot."""
+    """What handle_key and view() use of a DeploymentView: recent alerts, decisions,
+    adjudicate, stop, snapshot, the operator's name."""
 
     def __init__(self) -> None:
         self.config = parse_config({"name": "fake", "operator": "cfg-op"}, "test")
-        self.recent_alerts: deque[Alert] = deque()
-        self.decisions: dict[str, Adjudication] = {}
+        self.alerts: deque[Alert] = deque()
+        self.decided: dict[str, Adjudication] = {}
         self.stopped = False
 
+    def recent_alerts(self) -> tuple[Alert, ...]:
+        return tuple(self.alerts)
+
+    def decisions(self) -> dict[str, Adjudication]:
+        return dict(self.decided)
+
+    def operator_name(self, override: str | None = None) -> str:
+        return self.config.operator_name(override)
+
     def adjudicate(
-        self, alert_id: str, decision: Decision, operator: str | None = None
+        self, alert_id: str, decision: Decision, operator: str | None = None, note: str = ""
     ) -> Adjudication:
-        if all(a.id != alert_id for a in self.recent_alerts):
+        if all(a.id != alert_id for a in self.alerts):
             raise KeyError(alert_id)
         adj = Adjudication(
             alert_id=alert_id, decision=decision, operator=self.config.operator_name(operator)
         )
-        self.decisions[alert_id] = adj
+        self.decided[alert_id] = adj
         return adj
 
     def stop(self) -> None:
@@ -472,16 +482,16 @@ class FakeDeployment:
 def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -> None:
     fake = FakeDeployment()
     service = DashboardService(operator="dora", console=Console(file=io.StringIO()))
-    d = cast("Deployment", fake)  # the service only uses the members above
+    d = cast("DeploymentView", fake)  # the service only uses the members above
     service.handle_key("c", d)
-    assert service.status == "no alert selected" and not fake.decisions
-    fake.recent_alerts.extend([alert(1), alert(2)])
+    assert service.status == "no alert selected" and not fake.decided
+    fake.alerts.extend([alert(1), alert(2)])
     assert service.view(d).selected == alert(2).id  # pinned: newest
-    fake.recent_alerts.append(alert(3))  # arrives while the operator looks at alert 2
+    fake.alerts.append(alert(3))  # arrives while the operator looks at alert 2
     assert service.view(d).selected == alert(2).id
     service.handle_key("f", d)
-    assert fake.decisions[alert(2).id].decision == "false_alert"
-    assert fake.decisions[alert(2).id].operator == "dora"
+    assert fake.decided[alert(2).id].decision == "false_alert"
+    assert fake.decided[alert(2).id].operator == "dora"
     assert service.status == "false alert: Barack Obama (hall 10:00:02) by dora"
     service.handle_key("up", d)
     service.handle_key("k", d)  # already at the newest: stays
@@ -491,7 +501,7 @@ def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -
         service.handle_key(key, d)
     assert service.selected == alert(1).id
     service.handle_key("n", d)
-    assert {k: v.decision for k, v in fake.decisions.items()} == {
+    assert {k: v.decision for k, v in fake.decided.items()} == {
         alert(1).id: "no_action",
         alert(2).id: "false_alert",
         alert(3).id: "confirmed",
@@ -505,12 +515,12 @@ def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -
 
 def test_operator_defaults_to_the_config() -> None:
     fake = FakeDeployment()
-    fake.recent_alerts.append(alert(1))
-    d = cast("Deployment", fake)
+    fake.alerts.append(alert(1))
+    d = cast("DeploymentView", fake)
     service = DashboardService(console=Console(file=io.StringIO()))
     service.view(d)
     service.handle_key("c", d)
-    assert fake.decisions[alert(1).id].operator == "cfg-op"
+    assert fake.decided[alert(1).id].operator == "cfg-op"
     assert service.view(d).operator == "cfg-op"
 
 
@@ -518,13 +528,13 @@ def test_a_decision_that_cannot_be_written_is_reported_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake = FakeDeployment()
-    fake.recent_alerts.append(alert(1))
+    fake.alerts.append(alert(1))
 
     def full_disk(*args: object) -> Adjudication:
         raise OSError(28, "No space left on device")
 
     fake.adjudicate = full_disk  # type: ignore[method-assign,assignment]
-    d = cast("Deployment", fake)
+    d = cast("DeploymentView", fake)
     service = DashboardService(console=Console(file=io.StringIO()))
     service.view(d)
     service.handle_key("c", d)
@@ -622,11 +632,11 @@ async def test_keys_adjudicate_a_real_alert_into_counters_and_audit_log(
 
     async def keys() -> AsyncIterator[str]:
         await wait_for(lambda: service.selected is not None)
-        seen["before"] = deployment.counters()
+        seen["before"] = deployment.view.snapshot().counters
         seen["alert"] = service.selected
         yield "c"
-        await wait_for(lambda: deployment.counters().confirmed == 1)
-        seen["after"] = deployment.counters()
+        await wait_for(lambda: deployment.view.snapshot().counters.confirmed == 1)
+        seen["after"] = deployment.view.snapshot().counters
         yield "q"
 
     service = DashboardService(operator="carol", refresh_s=0.1, console=console, keys=keys())
@@ -649,7 +659,7 @@ async def test_keys_adjudicate_a_real_alert_into_counters_and_audit_log(
         }
     ]
     assert records[-1].kind == "deployment_stop"  # 'q' drained the pipeline cleanly
-    assert deployment.frame_listeners == []
+    assert deployment.frames.statistics().subscribers == ()  # the dashboard unsubscribed
     final = out.getvalue()  # a file console gets the last frame, at stop
     assert "confirmed 1" in final and "STOPPING" in final and "operator carol" in final
     assert "confirmed" in line_with(final.splitlines(), "▶")  # the row shows its decision
@@ -751,7 +761,7 @@ async def test_a_live_camera_whose_stream_dies_shows_reconnecting_while_the_othe
                     and cameras()["street"].frames_emitted > 3
                 )
             )
-            lines = screen(service.view(deployment), 160, 50)
+            lines = screen(service.view(deployment.view), 160, 50)
             assert "live" in line_with(lines, "│ street") and "live" in line_with(lines, "│ stage")
             await server.stop()  # the street camera's stream dies
             await wait_for(
@@ -761,7 +771,7 @@ async def test_a_live_camera_whose_stream_dies_shows_reconnecting_while_the_othe
                 ),
                 30,
             )
-            lines = screen(service.view(deployment), 160, 50)
+            lines = screen(service.view(deployment.view), 160, 50)
             street = line_with(lines, "│ street")
             assert "reconnecting" in street and "cannot open: Connection refused" in street
             stage = line_with(lines, "│ stage")

@@ -124,10 +124,11 @@ def test_alerts_are_durable_and_audited_and_nonmatches_leave_nothing(tmp_path, b
     from lfr.audit import verify
     from lfr.notify.outbox import Outbox
 
-    alerts = []
     config = make_config(tmp_path, bundle, [{"name": "clip", "url": str(CLIP), "fps_cap": 5}])
-    summary = run(Deployment(config, load_plugins(), offline=True, once=True,
-                             on_alert=alerts.append))
+    deployment = Deployment(config, load_plugins(), offline=True, once=True)
+    with deployment.alerts.record() as raised:
+        summary = run(deployment)
+        alerts = raised.items
     assert summary.faces > summary.alerts > 0  # most faces in the clip are not on the list
     data = tmp_path / "data"
     with Outbox(data) as outbox:

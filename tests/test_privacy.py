@@ -24,7 +24,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -420,8 +419,7 @@ async def test_retention_service_purges_what_is_older_than_retention(tmp_path: P
             return alert.crop_jpeg == b"" and alert.watchlist_jpeg == b""
 
         async with anyio.create_task_group() as tg:
-            deployment: Any = SimpleNamespace(outbox=outbox)  # all the service reads
-            tg.start_soon(service.run, deployment)
+            tg.start_soon(service.run, outbox)
             now["t"] = t_a + retention_s - 1.0  # nothing is old enough yet
             await anyio.sleep(0.3)
             assert not await purged("a1") and not await purged("a2")

@@ -20,7 +20,7 @@ from paths import CLIP, PEOPLE, SCENES
 import lfr.web.tracks
 from lfr.audit import audit_records
 from lfr.config import WebConfig, parse_config
-from lfr.deployment import Deployment
+from lfr.deployment import Deployment, FrameReport
 from lfr.matching import MatchResult
 from lfr.messages import Detection, Face, Frame, FrameFaces
 from lfr.plugins import load_plugins
@@ -161,6 +161,11 @@ def synthetic(camera, index, faces=()):
     return FrameFaces(Frame(camera, index, time.time(), time.monotonic(), image), tuple(faces))
 
 
+def report(item, persons=()):
+    """What the deployment's frame broadcast carries for ``item``."""
+    return FrameReport(item, list(persons), [], time.monotonic())
+
+
 @pytest.mark.anyio
 async def test_stalled_viewer_skips_frames_and_never_holds_up_the_others(monkeypatch):
     renders = []
@@ -172,7 +177,7 @@ async def test_stalled_viewer_skips_frames_and_never_holds_up_the_others(monkeyp
 
     monkeypatch.setattr(lfr.web.tracks, "render", counting_render)
     service = WebService(WebConfig(max_viewers_per_camera=3))
-    service.on_frame(synthetic("cam", 0), [], [])
+    service.on_frame(report(synthetic("cam", 0)))
     readers = [service.open_viewer("cam") for _ in range(2)]
     stalled = service.open_viewer("cam")
     with pytest.raises(TooManyViewers, match="max_viewers_per_camera = 3"):
@@ -192,7 +197,7 @@ async def test_stalled_viewer_skips_frames_and_never_holds_up_the_others(monkeyp
             tg.start_soon(read, reader)
         for index in range(1, 40):
             # the "pipeline": a plain call that returns at once whatever the viewers do
-            service.on_frame(synthetic("cam", index), [], [])
+            service.on_frame(report(synthetic("cam", index)))
             published += 1
             await wait_for(lambda n=published: all(r.taken_seq == n for r in readers))
         tg.cancel_scope.cancel()
@@ -260,8 +265,8 @@ async def test_token_guards_everything_and_decisions_reach_the_audit_log(
         url = service.url
         assert url.startswith("http://127.0.0.1:")
         token = service.token
-        await wait_for(lambda: deployment.recent_alerts)
-        alert = deployment.recent_alerts[0]
+        await wait_for(lambda: deployment.view.recent_alerts())
+        alert = deployment.view.recent_alerts()[0]
         assert alert.person_id == "lin_manuel_miranda"
         guarded = [
             ("GET", ""),
@@ -407,7 +412,7 @@ async def test_real_webrtc_peer_receives_frames_and_the_viewer_cap_holds(tmp_pat
         assert status == 200, body
         await third.close()
     assert not service._peers  # every peer connection closed at shutdown
-    assert service.on_frame not in deployment.frame_listeners
+    assert deployment.frames.statistics().subscribers == ()  # unsubscribed at stop
     assert msgspec.to_builtins(service.statistics())["refused"] == 1
 
 
@@ -425,13 +430,13 @@ def test_frame_listener_keeps_no_face_data():
         crop=np.ones((8, 8, 3), np.uint8),
     )
     item = synthetic("cam", 1, [face, face])
-    service.on_frame(item, [None, MatchResult("p", 0.8, ())], [])
+    service.on_frame(report(item, [None, MatchResult("p", 0.8, ())]))
     shot = service._feeds["cam"].latest
     assert shot.marks == (FaceMark(box, None, 0.0), FaceMark(box, "p", 0.8))
     assert shot.image is item.frame.image  # a reference: no copy, no drawing in the pipeline
     # faces that the quality gate turned away are blurred like any other non-match
     with_rejected = SimpleNamespace(frame=item.frame, faces=(), rejected=(face.detection,))
-    service.on_frame(with_rejected, [], [])
+    service.on_frame(report(with_rejected))
     assert service._feeds["cam"].latest.marks == (FaceMark(box, None, 0.0),)
 
 
@@ -442,8 +447,10 @@ async def test_a_taken_port_is_a_clear_error(tmp_path, bundle):
         taken.listen()
         port = taken.getsockname()[1]
         config = make_config(tmp_path, bundle, LOOPING_CLIP)
-        stand_in = SimpleNamespace(config=config, frame_listeners=[], alert_listeners=[])
+        deployment = Deployment(config, load_plugins())
         service = WebService(WebConfig(listen=f"127.0.0.1:{port}"))
         with pytest.raises(OSError, match=rf"web.listen 127.0.0.1:{port}: cannot listen"):
-            await service.run(stand_in)
-    assert stand_in.frame_listeners == stand_in.alert_listeners == []  # detached again
+            await service.run(deployment.view)
+    # unsubscribed again
+    assert deployment.frames.statistics().subscribers == ()
+    assert deployment.alerts.statistics().subscribers == ()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -19,13 +18,13 @@ from rich.live import Live
 
 from lfr.dashboard.render import DECISION_LABELS, CameraFlow, DashboardView, render
 from lfr.dashboard.terminal import LogCapture, cbreak, stdin_terminal, terminal_keys
-from lfr.matching import MatchResult
-from lfr.messages import Alert, Decision, FrameFaces
+from lfr.messages import Alert, Decision
 from lfr.notify.console import terminal_owned
 from lfr.runtime.metrics import LatencyWindow, RateMeter
 
 if TYPE_CHECKING:
-    from lfr.deployment import Deployment
+    from lfr.deployment import DeploymentView, FrameReport
+    from lfr.runtime.broadcast import Subscription
 
 log = logging.getLogger("lfr.dashboard")
 
@@ -34,21 +33,21 @@ NEWER, OLDER = ("up", "k"), ("down", "j")
 
 
 class FlowMeters:
-    """Faces per second and capture-to-decision latency per camera, fed by the matcher's frame
-    callback (it runs once per frame, after the frame's alerts are durable)."""
+    """Faces per second and capture-to-decision latency per camera, fed by the deployment's frame
+    broadcast (the matcher stamps when it was done with each frame, so a dashboard that lags does
+    not inflate the latency it shows)."""
 
     def __init__(self) -> None:
         self._faces: dict[str, RateMeter] = {}
         self._latency: dict[str, LatencyWindow] = {}
 
-    def on_frame(
-        self, item: FrameFaces, results: list[MatchResult | None], alerts: list[Alert]
-    ) -> None:
-        camera = item.frame.camera
+    def on_frame(self, report: FrameReport) -> None:
+        frame = report.faces.frame
+        camera = frame.camera
         if camera not in self._faces:
             self._faces[camera], self._latency[camera] = RateMeter(), LatencyWindow()
-        self._faces[camera].mark(len(item.faces))
-        self._latency[camera].add(time.monotonic() - item.frame.mono_time)
+        self._faces[camera].mark(len(report.faces.faces))
+        self._latency[camera].add(report.decided_mono - frame.mono_time)
 
     def snapshot(self) -> dict[str, CameraFlow]:
         return {
@@ -90,26 +89,26 @@ class DashboardService:
 
     # -- state the screen shows ---------------------------------------------------------------
 
-    def view(self, deployment: Deployment) -> DashboardView:
+    def view(self, deployment: DeploymentView) -> DashboardView:
         """What the screen shows now. Pins the selection to a concrete alert, so an alert that
         arrives later never slides under the operator's keys."""
-        alerts = tuple(reversed(deployment.recent_alerts))
+        alerts = tuple(reversed(deployment.recent_alerts()))
         if alerts and all(a.id != self.selected for a in alerts):
             self.selected = alerts[0].id
         return DashboardView(
             snapshot=deployment.snapshot(),
             alerts=alerts,
-            decisions={k: v.decision for k, v in deployment.decisions.items()},
+            decisions={k: v.decision for k, v in deployment.decisions().items()},
             selected=self.selected,
             flows=self.flows.snapshot(),
             log=tuple(self.logs.lines),
-            operator=deployment.config.operator_name(self.operator),
+            operator=deployment.operator_name(self.operator),
             status=self.status,
             stopping=self.stopping,
         )
 
-    def handle_key(self, key: str, deployment: Deployment) -> None:
-        alerts = list(reversed(deployment.recent_alerts))
+    def handle_key(self, key: str, deployment: DeploymentView) -> None:
+        alerts = list(reversed(deployment.recent_alerts()))
         ids = [a.id for a in alerts]
         index = ids.index(self.selected) if self.selected in ids else None
         if key in NEWER + OLDER and index is not None:
@@ -125,7 +124,7 @@ class DashboardService:
             self.status = "stopping: sources stop, queues drain, notifiers flush"
             deployment.stop()
 
-    def _decide(self, deployment: Deployment, alert: Alert, decision: Decision) -> None:
+    def _decide(self, deployment: DeploymentView, alert: Alert, decision: Decision) -> None:
         # On the event loop thread: the deployment's counters read its decisions there too.
         try:
             adj = deployment.adjudicate(alert.id, decision, self.operator)
@@ -143,41 +142,43 @@ class DashboardService:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def run(self, deployment: Deployment) -> None:
+    async def run(self, deployment: DeploymentView) -> None:
         console = self.console
         screen = console.is_terminal
         fd = stdin_terminal() if self.keys is None and screen else None
         keys = self.keys if self.keys is not None else terminal_keys(fd) if fd is not None else None
-        deployment.frame_listeners.append(self.flows.on_frame)
-        try:
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(self.logs.installed(take_terminal=screen))
-                if screen:
-                    stack.enter_context(terminal_owned())
-                if fd is not None:
-                    stack.enter_context(cbreak(fd))
-                # Our own refresh task (no auto refresh thread), and no stdout/stderr redirection:
-                # on the alternate screen, redirected lines would push the screen down.
-                live = stack.enter_context(
-                    Live(
-                        console=console,
-                        screen=screen,
-                        auto_refresh=False,
-                        transient=screen,
-                        redirect_stdout=False,
-                        redirect_stderr=False,
-                    )
+        with contextlib.ExitStack() as stack:
+            frames = stack.enter_context(deployment.subscribe_frames())
+            stack.enter_context(self.logs.installed(take_terminal=screen))
+            if screen:
+                stack.enter_context(terminal_owned())
+            if fd is not None:
+                stack.enter_context(cbreak(fd))
+            # Our own refresh task (no auto refresh thread), and no stdout/stderr redirection:
+            # on the alternate screen, redirected lines would push the screen down.
+            live = stack.enter_context(
+                Live(
+                    console=console,
+                    screen=screen,
+                    auto_refresh=False,
+                    transient=screen,
+                    redirect_stdout=False,
+                    redirect_stderr=False,
                 )
-                async with anyio.create_task_group() as tg:
-                    if keys is not None:
-                        tg.start_soon(self._read_keys, keys, deployment)
-                    if screen:
-                        tg.start_soon(self._watch_resize)
-                    await self._refresh_forever(live, deployment)
-        finally:
-            deployment.frame_listeners.remove(self.flows.on_frame)
+            )
+            async with anyio.create_task_group() as tg:
+                if keys is not None:
+                    tg.start_soon(self._read_keys, keys, deployment)
+                if screen:
+                    tg.start_soon(self._watch_resize)
+                tg.start_soon(self._take_frames, frames)
+                await self._refresh_forever(live, deployment)
 
-    async def _refresh_forever(self, live: Live, deployment: Deployment) -> None:
+    async def _take_frames(self, frames: Subscription[FrameReport]) -> None:
+        async for report in frames:
+            self.flows.on_frame(report)
+
+    async def _refresh_forever(self, live: Live, deployment: DeploymentView) -> None:
         failed: set[str] = set()
         while True:
             # Measured every time: a resized terminal gets a layout for its new size.
@@ -192,7 +193,7 @@ class DashboardService:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def _read_keys(self, keys: AsyncIterator[str], deployment: Deployment) -> None:
+    async def _read_keys(self, keys: AsyncIterator[str], deployment: DeploymentView) -> None:
         async for key in keys:
             self.handle_key(key, deployment)
             self._wake.set()  # show the effect of a key at once

@@ -29,7 +29,7 @@ import numpy as np
 from rich.table import Table
 
 from lfr.eval.tables import metric_table
-from lfr.messages import Alert, Candidate, Face
+from lfr.messages import Candidate, Face
 from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
 
 
@@ -254,13 +254,13 @@ def run_video(
 
     start = time.perf_counter()
     decided: dict[str, int] = {}
-    raised: list[Alert] = []
     last_frame = [0]
     frames: list[RecordedFrame] = []
 
-    def on_frame(item: Any, results: Any, alerts: list[Alert]) -> None:
+    def on_frame(report: Any) -> None:
+        item = report.faces
         last_frame[0] = max(last_frame[0], item.frame.index)
-        for alert in alerts:
+        for alert in report.alerts:
             decided[alert.id] = item.frame.index
         if record:
             faces = tuple(msgspec.structs.replace(f, crop=_NO_CROP) for f in item.faces)
@@ -269,11 +269,22 @@ def run_video(
         if progress is not None:
             progress(item.frame.index)
 
-    deployment = Deployment(
-        config, registry, offline=True, once=True, on_alert=raised.append, on_frame=on_frame,
-        analyzer=analyzer,
-    )
-    summary = anyio.run(deployment.run, False)
+    deployment = Deployment(config, registry, offline=True, once=True, analyzer=analyzer)
+
+    with deployment.alerts.record() as raised, deployment.frames.record() as reports:
+
+        def take() -> None:  # the reports so far, without their images (memory stays flat)
+            taken, reports.items[:] = list(reports.items), []
+            for report in taken:
+                on_frame(report)
+
+        async def keep_up(_: Any) -> None:
+            while True:
+                take()
+                await anyio.sleep(0.05)
+
+        summary = anyio.run(lambda: deployment.run(False, [keep_up]))
+        take()
     alerts = [
         VideoAlert(
             person_id=a.person_id,
@@ -282,7 +293,7 @@ def run_video(
             box=a.box,
             decided_frame=decided.get(a.id, last_frame[0] + 1),
         )
-        for a in raised
+        for a in raised.items
     ]
     # What the matcher actually ran with (the deployment decides how tracks are configured).
     actor = deployment.matcher_actor

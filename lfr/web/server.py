@@ -27,12 +27,12 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from anyio.streams.memory import MemoryObjectSendStream
 
 from lfr.config import WebConfig
+from lfr.runtime.broadcast import Subscription
 from lfr.web.tracks import CameraFeed, FaceMark, Shot, ViewerStats, ViewerTrack
 
 if TYPE_CHECKING:
-    from lfr.deployment import Deployment
-    from lfr.matching import MatchResult
-    from lfr.messages import Alert, FrameFaces
+    from lfr.deployment import DeploymentView, FrameReport
+    from lfr.messages import Alert
 
 log = logging.getLogger("lfr.web")
 
@@ -171,7 +171,7 @@ class WebService:
         self.token = config.token or secrets.token_urlsafe(24)
         self.token_generated = not config.token
         self.url: str | None = None
-        self.deployment: Deployment | None = None
+        self.deployment: DeploymentView | None = None
         self.blur_non_matches = True
         self.refused = 0
         self._feeds: dict[str, CameraFeed] = {}
@@ -187,22 +187,20 @@ class WebService:
 
     # -- wiring into the deployment ----------------------------------------------------------
 
-    def attach(self, deployment: Deployment) -> None:
-        """Listen to the deployment's frames and alerts (run() does this)."""
+    def attach(self, deployment: DeploymentView) -> None:
+        """Serve this deployment (run() does this)."""
         self.deployment = deployment
-        self.blur_non_matches = deployment.config.privacy.blur_non_matches
+        self.blur_non_matches = deployment.blur_non_matches
         # Cameras only: stills (--photos) would each keep a slot holding their image.
-        self._cameras = frozenset(c.name for c in deployment.config.cameras)
-        deployment.frame_listeners.append(self.on_frame)
-        deployment.alert_listeners.append(self.on_alert)
+        self._cameras = frozenset(deployment.cameras)
 
-    def detach(self) -> None:
-        if self.deployment is None:
-            return
-        with contextlib.suppress(ValueError):
-            self.deployment.frame_listeners.remove(self.on_frame)
-        with contextlib.suppress(ValueError):
-            self.deployment.alert_listeners.remove(self.on_alert)
+    async def _take_frames(self, frames: Subscription[FrameReport]) -> None:
+        async for report in frames:
+            self.on_frame(report)
+
+    async def _take_alerts(self, alerts: Subscription[Alert]) -> None:
+        async for alert in alerts:
+            self.on_alert(alert)
 
     def _feed(self, camera: str) -> CameraFeed:
         feed = self._feeds.get(camera)
@@ -212,24 +210,21 @@ class WebService:
             feed = self._feeds[camera] = CameraFeed(camera, self.blur_non_matches, self._limiter)
         return feed
 
-    def on_frame(
-        self, item: FrameFaces, results: list[MatchResult | None], alerts: list[Alert]
-    ) -> None:
-        """Frame listener, called in the matcher for every frame that went through detection.
-
-        Keeps a reference to the frame and the boxes only (no face crop or embedding); the
-        drawing happens when a viewer takes the frame.
+    def on_frame(self, report: FrameReport) -> None:
+        """A frame that went through detection and matching: keeps a reference to the frame and
+        the boxes only (no face crop or embedding); the drawing happens when a viewer takes it.
         """
+        item, results = report.faces, report.persons
         if self._cameras is not None and item.frame.camera not in self._cameras:
             return
-        watchlist = self.deployment.watchlist if self.deployment else None
+        deployment = self.deployment
         marks = []
         for i, face in enumerate(item.faces):
             result = results[i] if i < len(results) else None
             if result is None:
                 marks.append(FaceMark(face.detection.box, None, 0.0))
             else:
-                name = watchlist.name(result.person_id) if watchlist else result.person_id
+                name = deployment.person_name(result.person_id) if deployment else result.person_id
                 marks.append(FaceMark(face.detection.box, name, result.score))
         # Faces the quality gate turned away (too small, blurred) are not matches either.
         for detection in item.rejected:
@@ -247,7 +242,7 @@ class WebService:
         return feed.latest if feed else None
 
     def cameras(self) -> list[str]:
-        names = [c.name for c in self.deployment.config.cameras] if self.deployment else []
+        names = list(self.deployment.cameras) if self.deployment else []
         return names + sorted(n for n in self._feeds if n not in names)
 
     def open_viewer(self, camera: str) -> ViewerTrack:
@@ -303,7 +298,7 @@ class WebService:
     def _alert_json(self, alert: Alert) -> dict[str, Any]:
         data = alert.summary()
         data["category"] = alert.category
-        decided = self.deployment.decisions.get(alert.id) if self.deployment else None
+        decided = self.deployment.decision(alert.id) if self.deployment else None
         data["decision"] = decided.decision if decided else None
         data["operator"] = decided.operator if decided else None
         data["crop_url"] = f"api/alerts/{alert.id}/crop.jpg"
@@ -347,12 +342,12 @@ class WebService:
             "counters": counters,
             "cameras": cameras,
             "viewers": msgspec.to_builtins(self.statistics().viewers),
-            "decisions": {k: v.decision for k, v in deployment.decisions.items()},
+            "decisions": {k: v.decision for k, v in deployment.decisions().items()},
         }
 
     # -- handlers ----------------------------------------------------------------------------
 
-    def _running(self) -> Deployment:
+    def _running(self) -> DeploymentView:
         if self.deployment is None:
             raise web.HTTPServiceUnavailable(text="no deployment attached")
         return self.deployment
@@ -392,14 +387,11 @@ class WebService:
 
     async def _alerts(self, request: web.Request) -> web.Response:
         deployment = self._running()
-        return _json([self._alert_json(a) for a in reversed(deployment.recent_alerts)])
+        return _json([self._alert_json(a) for a in reversed(deployment.recent_alerts())])
 
     async def _find_alert(self, alert_id: str) -> Alert | None:
         # From the outbox, not the in-memory recent alerts: it is where retention blanks images.
-        outbox = self._running().outbox
-        if outbox is None:
-            return None
-        return await anyio.to_thread.run_sync(outbox.get_alert, alert_id)
+        return await anyio.to_thread.run_sync(self._running().get_alert, alert_id)
 
     async def _image(self, request: web.Request) -> web.Response:
         alert = await self._find_alert(request.match_info["alert_id"])
@@ -503,7 +495,7 @@ class WebService:
         try:
             with receive:
                 await response.write(b"retry: 2000\n\n" + _sse("state", self.state()))
-                for alert in list(deployment.recent_alerts):
+                for alert in deployment.recent_alerts():
                     await response.write(_sse("alert", self._alert_json(alert)))
                 while not self._closing:
                     message = None
@@ -558,35 +550,43 @@ class WebService:
         else:
             print(f"lfr web: {self.url} (token from the config)", file=sys.stderr, flush=True)
 
-    async def run(self, deployment: Deployment) -> None:
+    async def run(self, deployment: DeploymentView) -> None:
+        """Serve ``deployment`` until cancelled. Frames and alerts come from its broadcast
+        channels: a viewer that lags loses the oldest items of its own buffer, and the matcher
+        never waits for it."""
         self.attach(deployment)
-        runner = web.AppRunner(
-            self.make_app(),
-            access_log_class=_AccessLogger,
-            access_log=logging.getLogger("lfr.web.access"),
-            shutdown_timeout=2.0,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
+        with deployment.subscribe_frames() as frames, deployment.subscribe_alerts() as alerts:
+            runner = web.AppRunner(
+                self.make_app(),
+                access_log_class=_AccessLogger,
+                access_log=logging.getLogger("lfr.web.access"),
+                shutdown_timeout=2.0,
+            )
+            await runner.setup()
             try:
-                await site.start()
-            except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"web.listen {self.config.listen}: cannot listen: {exc.strerror or exc}",
-                ) from None
-            host, port = runner.addresses[0][:2]
-            shown = f"[{host}]" if ":" in host else host
-            self.url = f"http://{shown}:{port}/"
-            self._announce()
-            self._ready_event().set()
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await self.aclose()
-                await runner.cleanup()
-            self.detach()
+                await self._listen(runner)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._take_frames, frames)
+                    tg.start_soon(self._take_alerts, alerts)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self.aclose()
+                    await runner.cleanup()
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"web.listen {self.config.listen}: cannot listen: {exc.strerror or exc}",
+            ) from None
+        host, port = runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}/"
+        self._announce()
+        self._ready_event().set()
 
     async def aclose(self) -> None:
         """Close every peer connection and end the alert streams."""

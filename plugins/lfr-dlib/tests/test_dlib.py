@@ -122,11 +122,10 @@ def test_a_deployment_with_dlib_backends(tmp_path, detector, embedder):
         "test",
     )
     photos = [DEMO / "scenes" / name for name in ("obama_and_biden.jpg", "kit_with_rose.jpg")]
-    alerts = []
-    deployment = Deployment(
-        config, load_plugins(), offline=True, once=True, photos=photos, on_alert=alerts.append
-    )
-    summary = anyio.run(deployment.run, False)
+    deployment = Deployment(config, load_plugins(), offline=True, once=True, photos=photos)
+    with deployment.alerts.record() as raised:  # every alert of the run
+        summary = anyio.run(deployment.run, False)
+        alerts = raised.items
     assert summary.faces >= 4
     assert sorted((a.camera, a.person_id) for a in alerts) == [
         ("obama_and_biden.jpg", "biden"),
