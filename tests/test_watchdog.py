@@ -7,7 +7,13 @@ import threading
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
+from clips import make_clip
+from paths import CLIP, PEOPLE
 
+from lfr.audit import audit_records, verify
+from lfr.config import parse_config
+from lfr.deployment import Deployment
+from lfr.plugins import load_plugins
 from lfr.runtime import (
     Actor,
     Broadcast,
@@ -18,8 +24,9 @@ from lfr.runtime import (
     SupervisorEvent,
     open_channel,
 )
-
-pytestmark = pytest.mark.anyio
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.defaults import default_analyzer
+from lfr.watchlist import build_watchlist
 
 FAST = RestartPolicy(backoff_initial_s=0.01, backoff_max_s=0.05)
 STUCK_AFTER_S = 0.3
@@ -59,6 +66,7 @@ async def wait_until(condition) -> None:
             await anyio.sleep(0.01)
 
 
+@pytest.mark.anyio
 async def test_hung_worker_call_is_reported_restarted_and_its_thread_counted() -> None:
     release = threading.Event()
     limiter = anyio.CapacityLimiter(1)  # shared, like one model session for all cameras
@@ -124,6 +132,7 @@ class Delivery(Actor):
                 await anyio.sleep_forever()
 
 
+@pytest.mark.anyio
 async def test_hung_async_call_is_cancelled_and_restarted_without_threads() -> None:
     events: list[SupervisorEvent] = []
     supervisor = Supervisor(FAST, stuck_after_s=STUCK_AFTER_S, on_event=events.append)
@@ -136,6 +145,7 @@ async def test_hung_async_call_is_cancelled_and_restarted_without_threads() -> N
     assert (stats.stuck, stats.abandoned_threads, actor.attempts) == (1, 0, 2)
 
 
+@pytest.mark.anyio
 async def test_stuck_counts_against_the_restart_budget() -> None:
     class AlwaysHangs(Actor):
         async def run(self) -> None:
@@ -151,6 +161,7 @@ async def test_stuck_counts_against_the_restart_budget() -> None:
     assert supervisor.statistics().failed == ("notify:dead",)
 
 
+@pytest.mark.anyio
 async def test_a_failing_event_callback_does_not_stop_supervision() -> None:
     def broken(event: SupervisorEvent) -> None:
         raise RuntimeError("listener broke")
@@ -163,6 +174,7 @@ async def test_a_failing_event_callback_does_not_stop_supervision() -> None:
     assert [e.event for e in supervisor.events()] == ["stuck", "restarted", "finished"]
 
 
+@pytest.mark.anyio
 async def test_slow_calls_under_the_limit_are_left_alone() -> None:
     class Slow(Actor):
         async def run(self) -> None:
@@ -180,9 +192,79 @@ def test_stuck_after_must_be_positive() -> None:
         Supervisor(stuck_after_s=0)
 
 
+# --- a deployment whose detector hangs on one camera ---
+
+
+class HangsOnce:
+    """The real detector, except that its first call on a frame of ``shape`` hangs until
+    ``release`` (the stuck camera's frames have a size of their own)."""
+
+    def __init__(self, inner, shape: tuple[int, int], release: threading.Event) -> None:
+        self.inner, self.shape, self.release = inner, shape, release
+        self.name = getattr(inner, "name", "hangs-once")
+        self.hung = False
+
+    def detect(self, image, score_threshold=None):
+        if image.shape[:2] == self.shape and not self.hung:
+            self.hung = True
+            self.release.wait(PATIENCE_S * 6)  # the timeout only keeps a failed test finite
+        return self.inner.detect(image, score_threshold)
+
+
+def test_deployment_restarts_a_detector_whose_inference_hangs(tmp_path):
+    real = default_analyzer()
+    bundle = tmp_path / "bundle"
+    build_watchlist(PEOPLE, bundle, real)
+    release = threading.Event()
+    analyzer = FaceAnalyzer(HangsOnce(real.detector, (240, 320), release), real.embedder,
+                            real.gate)
+    stuck_clip = make_clip(tmp_path / "stuck.mp4", n=40, size=(320, 240))
+    config = parse_config({
+        "name": "t", "data_dir": str(tmp_path / "data"), "watchlist": {"bundle": str(bundle)},
+        "cameras": [{"name": "stuck", "url": str(stuck_clip)},
+                    {"name": "other", "url": str(CLIP), "fps_cap": 3}],
+        "notifiers": [{"kind": "jsonl"}],
+        # Real inference on a busy machine stays far below this; the hang lasts until released.
+        "pipeline": {"stuck_after_s": 3.0}}, "test")
+    deployment = Deployment(config, load_plugins(), offline=True, once=True, analyzer=analyzer)
+
+    async def release_after_restart(d: Deployment) -> None:
+        # The abandoned thread may return once the actor restarted (not hang past the run).
+        while not any(e.event == "restarted" for e in d.supervisor.events()):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+        release.set()
+
+    try:
+        summary = anyio.run(deployment.run, False, [release_after_restart])
+    finally:
+        release.set()
+
+    events = [(e.actor, e.event, e.call) for e in deployment.supervisor.events()
+              if e.event in ("stuck", "restarted", "crashed", "failed")]
+    assert events == [("detect:stuck", "stuck", "detect"), ("detect:stuck", "restarted", "")]
+    assert len(summary.stuck) == 1
+    assert summary.stuck[0].startswith("detect:stuck stuck in detect for ")
+    assert (summary.restarts, summary.abandoned_threads, summary.failed_actors) == (1, 1, [])
+    # After the restart the stuck camera's frames flowed again: all but the one in the hung call
+    # were processed; the other camera lost none.
+    emitted = {n: summary.cameras[n]["frames_emitted"] for n in ("stuck", "other")}
+    assert emitted["stuck"] == 40 and emitted["other"] > 20
+    detectors = {a.name: a for a in deployment.snapshot().actors if a.kind == "detector"}
+    assert detectors["detect:stuck"].processed == emitted["stuck"] - 1
+    assert detectors["detect:other"].processed == emitted["other"]
+    assert summary.frames == emitted["stuck"] + emitted["other"] - 1
+    # ... and the audit log holds the report, in its verified chain.
+    data = tmp_path / "data"
+    assert verify(data).ok
+    (record,) = [r for r in audit_records(data) if r.kind == "worker_stuck"]
+    assert (record.data["actor"], record.data["call"]) == ("detect:stuck", "detect")
+    assert record.data["detail"].startswith("in detect for ")
+
+
 # --- broadcast ---
 
 
+@pytest.mark.anyio
 async def test_stuck_subscriber_never_blocks_publish_and_stays_bounded() -> None:
     alerts: Broadcast[int] = Broadcast("alerts")
     with alerts.subscribe(capacity=3, name="stuck") as stuck:  # never reads
@@ -196,6 +278,7 @@ async def test_stuck_subscriber_never_blocks_publish_and_stays_bounded() -> None
         assert [stuck.receive_nowait() for _ in range(3)] == [997, 998, 999]
 
 
+@pytest.mark.anyio
 async def test_fast_subscriber_gets_everything_beside_a_stuck_one() -> None:
     alerts: Broadcast[int] = Broadcast("alerts")
     stuck = alerts.subscribe(capacity=1, name="stuck")  # never reads
@@ -220,6 +303,7 @@ async def test_fast_subscriber_gets_everything_beside_a_stuck_one() -> None:
         alerts.publish(100)
 
 
+@pytest.mark.anyio
 async def test_close_ends_iteration_after_the_backlog_and_late_subscribers_end_at_once() -> None:
     frames: Broadcast[str] = Broadcast("frames")
     subscription = frames.subscribe(capacity=8)
@@ -233,6 +317,7 @@ async def test_close_ends_iteration_after_the_backlog_and_late_subscribers_end_a
     assert frames.statistics().closed
 
 
+@pytest.mark.anyio
 async def test_unsubscribing_removes_the_subscriber_and_publish_goes_on() -> None:
     frames: Broadcast[int] = Broadcast("frames")
     with frames.subscribe(capacity=2, name="viewer") as viewer:
