@@ -13,6 +13,8 @@ from paths import CLIP, PEOPLE
 from lfr.audit import audit_records, verify
 from lfr.config import parse_config
 from lfr.deployment import Deployment
+from lfr.messages import Alert
+from lfr.notify import NotifierActor, Outbox
 from lfr.plugins import load_plugins
 from lfr.runtime import (
     Actor,
@@ -24,6 +26,7 @@ from lfr.runtime import (
     SupervisorEvent,
     open_channel,
 )
+from lfr.testing import sample_alerts
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
@@ -190,6 +193,47 @@ async def test_slow_calls_under_the_limit_are_left_alone() -> None:
 def test_stuck_after_must_be_positive() -> None:
     with pytest.raises(ValueError, match="stuck_after_s"):
         Supervisor(stuck_after_s=0)
+
+
+class HangsFirstDelivery:
+    """A notifier whose first deliver() never returns (a server that accepts and never answers)."""
+
+    name = "hangs"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.delivered: list[str] = []
+
+    async def deliver(self, alert: Alert) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await anyio.sleep_forever()
+        self.delivered.append(alert.id)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_hung_delivery_restarts_the_notifier_and_the_alert_still_goes_out(tmp_path) -> None:
+    alerts = sample_alerts(3)
+    notifier = HangsFirstDelivery()
+    send: Sender[Alert]
+    recv: Receiver[Alert]
+    send, recv = open_channel("alerts:hangs", 8)
+    supervisor = Supervisor(FAST, stuck_after_s=STUCK_AFTER_S)
+    with Outbox(tmp_path) as outbox:
+        for alert in alerts:
+            outbox.add_alert(alert, [notifier.name])  # persisted first, as the matcher does
+            await send.send(alert)
+        send.close()
+        with anyio.fail_after(PATIENCE_S):
+            await supervisor.supervise(NotifierActor(notifier, recv, outbox))
+        # the cut-off alert stayed pending in the outbox and was replayed by the new attempt
+        assert notifier.delivered == [a.id for a in alerts]
+        assert outbox.pending(notifier.name) == []
+    assert [(e.event, e.call) for e in supervisor.events()] == [
+        ("stuck", "deliver"), ("restarted", ""), ("finished", "")]
 
 
 # --- a deployment whose detector hangs on one camera ---
