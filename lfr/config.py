@@ -68,6 +68,13 @@ class PipelineConfig(Section, frozen=True):
     inference_threads: Positive = 1  # onnxruntime intra-op threads per model session
     max_restarts: Annotated[int, Meta(ge=0)] = 5
     restart_window_s: PositiveFloat = 60.0
+    # The watchdog: an inference call (detect, embed) or a notifier's deliver() that has not
+    # returned after this many seconds is reported stuck (dashboard, audit log, run summary) and
+    # its actor restarted like after a crash, within max_restarts; a hung worker thread cannot be
+    # stopped, so it is abandoned and counted. Cameras share one limiter per model session: a
+    # hung inference holds the others back until then. Give notifiers a timeout of their own
+    # below this; an alert whose delivery was cut off stays in the outbox and is sent again.
+    stuck_after_s: PositiveFloat = 30.0
     # Counts (frames, faces, alerts, cameras) go to the audit log this often, so a run that is
     # killed still reports its faces up to the last checkpoint.
     checkpoint_s: PositiveFloat = 60.0

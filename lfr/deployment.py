@@ -128,6 +128,8 @@ class RunSummary(msgspec.Struct, frozen=True):
     dropped_frames: int
     restarts: int
     failed_actors: list[str]
+    stuck: list[str]  # watchdog reports: "detect:cam2 stuck in detect for 31.0 s (limit 30 s)"
+    abandoned_threads: int  # worker threads left hung by those restarts
     photo_errors: list[str]
     cameras: dict[str, dict[str, Any]]
 
@@ -224,10 +226,12 @@ class Deployment:
         self.frames: Broadcast[FrameReport] = Broadcast("frames")
         self.view = DeploymentView(self)
         self.outbox: Outbox | None = None
+        self._audit: AuditLog | None = None  # open while run() runs
         self.decision_log: DecisionLog | None = None
         self.data_dir = config.resolved_data_dir()
         self.supervisor = Supervisor(RestartPolicy(
-            max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s))
+            max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s),
+            stuck_after_s=config.pipeline.stuck_after_s, on_event=self._audit_stuck)
         self.actors: list[Actor] = []
         self.channels: list[Sender[Any]] = []
         self.sources: list[Actor] = []  # cameras (lfr's own and plugins'), photos
@@ -316,6 +320,12 @@ class Deployment:
                     alerts: list[Alert]) -> None:
         self.frames.publish(FrameReport(item, results, alerts, time.monotonic()))
 
+    def _audit_stuck(self, event: SupervisorEvent) -> None:
+        """A worker the watchdog restarted is an operational fact the audit log keeps."""
+        if event.event == "stuck" and self._audit is not None:
+            self._audit.append("worker_stuck", {"actor": event.actor, "call": event.call,
+                                               "detail": event.error})
+
     # -- running -----------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -334,11 +344,11 @@ class Deployment:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with AuditLog(self.data_dir) as audit, Outbox(self.data_dir) as outbox:
             try:
-                self.outbox = outbox
+                self.outbox, self._audit = outbox, audit
                 self.decision_log = DecisionLog(outbox, audit, self.config.operator_name)
                 return await self._run(audit, outbox, handle_signals, services)
             finally:
-                self.outbox = self.decision_log = None
+                self.outbox = self._audit = self.decision_log = None
                 self.alerts.close()
                 self.frames.close()
 
@@ -464,6 +474,8 @@ class Deployment:
             alerts=matcher.alerts if matcher else 0,
             alerts_by_person=matcher.alerts_by_person if matcher else {},
             dropped_frames=sum(dropped.values()), restarts=sup.restarts,
-            failed_actors=list(sup.failed), photo_errors=photo_errors, cameras=cameras,
+            failed_actors=list(sup.failed),
+            stuck=[e.describe() for e in snap.events if e.event == "stuck"],
+            abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
         )
 

@@ -412,7 +412,8 @@ def event_lines(view: DashboardView) -> list[Text]:
     """Supervisor events and log lines, newest first."""
     merged: list[tuple[str, Text]] = []
     for e in view.snapshot.events:
-        style = {"crashed": "red", "failed": "bold red", "restarted": "yellow"}.get(e.event, "dim")
+        style = {"crashed": "red", "stuck": "red", "failed": "bold red",
+                 "restarted": "yellow"}.get(e.event, "dim")
         merged.append(
             (
                 e.time,

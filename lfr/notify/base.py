@@ -108,7 +108,8 @@ class NotifierActor(Actor):
         while True:
             attempt += 1
             try:
-                await self.notifier.deliver(alert)
+                with self.working("deliver"):  # the watchdog restarts us if it hangs
+                    await self.notifier.deliver(alert)
                 break
             except Exception as exc:
                 self._failed += 1

@@ -26,7 +26,8 @@ class DetectorActor(Actor):
     """Detects, aligns, assesses and embeds the faces of each frame.
 
     Inference runs in worker threads (onnxruntime releases the GIL), one limiter per model session,
-    so one camera's embedding can overlap another's detection.
+    so one camera's embedding can overlap another's detection. Both calls are marked for the
+    supervisor's watchdog: a hung one restarts this actor, which reads on from its input.
     """
 
     def __init__(self, name: str, frames: Receiver[Frame], out: Sender[FrameFaces],
@@ -41,11 +42,11 @@ class DetectorActor(Actor):
     async def run(self) -> None:
         self.state = ActorState.RUNNING
         async for frame in self.frames:
-            found = await anyio.to_thread.run_sync(self.analyzer.detect, frame.image,
-                                                   limiter=self.detect_limiter)
+            found = await self.call_in_worker(self.analyzer.detect, frame.image,
+                                              limiter=self.detect_limiter, what="detect")
             if found:
-                found = await anyio.to_thread.run_sync(self.analyzer.embed, found,
-                                                       limiter=self.embed_limiter)
+                found = await self.call_in_worker(self.analyzer.embed, found,
+                                                  limiter=self.embed_limiter, what="embed")
             boxes = [f.detection.box for f in found]
             faces = tuple(
                 Face(camera=frame.camera, frame_index=frame.index, wall_time=frame.wall_time,

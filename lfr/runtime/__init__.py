@@ -1,6 +1,8 @@
-"""Actor runtime: bounded channels with overflow policies, supervised actors, cheap metrics."""
+"""Actor runtime: bounded channels with overflow policies, supervised actors with a stuck-call
+watchdog, broadcast channels for listeners, cheap metrics."""
 
-from lfr.runtime.actor import Actor, ActorState, ActorStats
+from lfr.runtime.actor import Actor, ActorState, ActorStats, BusyCall
+from lfr.runtime.broadcast import Broadcast, BroadcastStats, Subscription
 from lfr.runtime.channels import Channel, ChannelStats, Overflow, Receiver, Sender, open_channel
 from lfr.runtime.metrics import ActorMetrics, LatencyWindow, RateMeter
 from lfr.runtime.supervisor import (
@@ -8,6 +10,7 @@ from lfr.runtime.supervisor import (
     Supervisor,
     SupervisorEvent,
     SupervisorStats,
+    WorkerStuck,
 )
 
 __all__ = [
@@ -15,6 +18,9 @@ __all__ = [
     "ActorMetrics",
     "ActorState",
     "ActorStats",
+    "Broadcast",
+    "BroadcastStats",
+    "BusyCall",
     "Channel",
     "ChannelStats",
     "LatencyWindow",
@@ -23,8 +29,10 @@ __all__ = [
     "Receiver",
     "RestartPolicy",
     "Sender",
+    "Subscription",
     "Supervisor",
     "SupervisorEvent",
     "SupervisorStats",
+    "WorkerStuck",
     "open_channel",
 ]

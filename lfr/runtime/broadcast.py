@@ -41,8 +41,8 @@ class BroadcastStats(msgspec.Struct, frozen=True):
 class Subscription(Generic[T]):
     """One subscriber's view: an async iterator over what was published since it subscribed.
 
-    Close it (or leave its ``with`` block) to unsubscribe; iteration ends once the broadcast is
-    closed and the buffered items are read.
+    Close it (or leave its ``with`` block) to unsubscribe; iteration ends, and closes it, once the
+    broadcast is closed and the buffered items are read.
     """
 
     def __init__(self, broadcast: Broadcast[T], receiver: Receiver[T]) -> None:
@@ -72,6 +72,7 @@ class Subscription(Generic[T]):
         try:
             return await self.receive()
         except anyio.EndOfStream:
+            self.close()  # nothing more can come: an iteration that ran out needs no `with`
             raise StopAsyncIteration from None
 
     def __enter__(self) -> Self:
