@@ -1,51 +1,27 @@
-"""Operations commands: ``lfr audit verify``, ``lfr report``, ``lfr watchlist destroy``.
-
-Each reads a deployment's data directory, named directly (``--data-dir``) or through its config
-(``--config``). Human output goes to stderr; ``--json`` prints one JSON object on stdout.
-"""
+"""``lfr audit verify``: check a deployment's hash-chained audit log, named directly
+(``--data-dir``) or through its config (``--config``)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from lfr.cli import EXIT_FAILED, EXIT_OK, UserError, _print_json, stderr
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from lfr.config import load_config
-
-    return load_config(Path(args.config)) if getattr(args, "config", None) else None
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    if getattr(args, "data_dir", None):
-        return Path(args.data_dir)
-    return Path(_config(args).resolved_data_dir())
-
-
-def _add_location(parser: argparse.ArgumentParser, required: bool) -> None:
-    where = parser.add_mutually_exclusive_group(required=required)
-    where.add_argument("--config", help="the deployment's config (TOML): its data directory")
-    where.add_argument("--data-dir", help="the deployment's data directory")
-
-
-# -- audit verify -------------------------------------------------------------------------------
+from lfr.cli.options import add_location, location_data_dir
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, stderr
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from lfr.audit import LOG_NAME, verify
 
-    data_dir = _data_dir(args)
+    data_dir = location_data_dir(args)
     log_file = data_dir / LOG_NAME
     if not log_file.is_file():
         raise UserError(f"{data_dir}: no audit log ({LOG_NAME}) here")
     result = verify(log_file)
     if args.json:
-        _print_json({"path": str(log_file), **msgspec.to_builtins(result)})
+        print_json({"path": str(log_file), **msgspec.to_builtins(result)})
     elif result.ok:
         stderr.print(
             f"{log_file}: [green]verified[/], {result.records} records",
@@ -67,74 +43,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-# -- report -------------------------------------------------------------------------------------
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from lfr.report import render_report, report_for
-
-    try:
-        report = report_for(_data_dir(args))
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
-    if args.json:
-        _print_json(report)
-    else:
-        stderr.print(render_report(report))
-    if not report.audit.ok:
-        stderr.print(
-            f"[red]the audit log fails verification ({report.audit.reason}): the report covers "
-            f"the {report.audit.records} records before the first bad one[/]",
-            highlight=False,
-        )
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-# -- watchlist destroy --------------------------------------------------------------------------
-
-
-def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
-    from lfr.audit import AuditError, AuditLog
-    from lfr.watchlist import WatchlistError, destroy_bundle
-
-    bundle = Path(args.bundle)
-    config = _config(args)
-    audit: AuditLog | None = None
-    if config is not None or args.data_dir:
-        data_dir = Path(args.data_dir) if args.data_dir else config.resolved_data_dir()
-        try:
-            # Open the log first: if it cannot record the destruction, nothing is deleted.
-            audit = AuditLog(data_dir)
-        except AuditError as exc:
-            raise UserError(f"{exc}; nothing deleted") from None
-    record: dict[str, Any] = {"path": str(bundle.resolve())}
-    try:
-        try:
-            record["digest"] = digest = destroy_bundle(bundle)
-        except WatchlistError as exc:
-            raise UserError(str(exc)) from None
-        if audit is not None:
-            from lfr.config import Config
-
-            operator = (config or Config(name="cli")).operator_name(args.operator)
-            audit.append("watchlist_destroyed", {**record, "operator": operator})
-            record["audited_in"] = str(audit.path)
-    finally:
-        if audit is not None:
-            audit.close()
-    if args.json:
-        _print_json({"destroyed": record})
-    else:
-        stderr.print(f"destroyed watchlist {bundle} (sha256 {digest})", highlight=False)
-        if audit is None:
-            stderr.print(
-                "[yellow]not audited: pass --config or --data-dir to record it in a "
-                "deployment's audit log[/]"
-            )
-    return EXIT_OK
-
-
 def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="check a deployment's hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
@@ -142,26 +50,6 @@ def register(sub: Any) -> None:
         "verify",
         help="verify the chain and head; exit 1 naming the first bad record (seq, line, reason)",
     )
-    _add_location(verify, required=True)
+    add_location(verify, required=True)
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(func=cmd_audit_verify)
-
-    report = sub.add_parser(
-        "report",
-        help="the deployment report from the audit log: location, times, watchlist, threshold, "
-        "faces, alerts, decisions, false alerts per 1,000 faces, camera uptime",
-    )
-    _add_location(report, required=True)
-    report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    report.set_defaults(func=cmd_report)
-
-    if "watchlist" in sub.choices:
-        destroy = sub.choices["watchlist"].get_default("subcommands").add_parser(
-            "destroy",
-            help="delete a bundle (expired ones too) and record that in the audit log",
-        )
-        destroy.add_argument("bundle", help="bundle folder to delete")
-        _add_location(destroy, required=False)
-        destroy.add_argument("--operator", help="who destroys it (audit log); default: OS user")
-        destroy.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-        destroy.set_defaults(func=cmd_watchlist_destroy)
