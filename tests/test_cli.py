@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 from paths import PEOPLE
 
-from lfr.cli import build_parser, main
-
-COMMANDS = [[], ["run"], ["demo"], ["watchlist"], ["watchlist", "build"], ["watchlist", "info"],
-            ["eval"], ["eval", "verify"], ["plugins"]]
-
-
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "lfr")
-def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args([*command, "--help"])
-    assert exit_.value.code == 0
-    assert "usage: lfr" in capsys.readouterr().out
+from lfr.cli import main
+from lfr.demo import demo_data_dir
 
 
 def test_bad_config_field_exits_2_with_file_and_path(tmp_path, capsys):
@@ -73,6 +62,16 @@ def test_demo_with_a_wrong_folder_is_a_clear_error(tmp_path, capsys):
     assert "not a demo folder" in capsys.readouterr().err
 
 
+def test_lfr_demo_data_names_the_demo_folder_without_fallback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LFR_DEMO_DATA", str(tmp_path))
+    assert demo_data_dir() is None
+    assert main(["demo"]) == 2
+    assert "no demo folder" in capsys.readouterr().err
+    (tmp_path / "people").mkdir()
+    (tmp_path / "scenes").mkdir()
+    assert demo_data_dir() == tmp_path
+
+
 def test_a_bundle_from_another_embedder_is_refused_or_rebuilt_from_its_source(tmp_path, capsys):
     """Scores from two embedding functions do not compare: a deployment refuses a bundle its
     embedder did not make, naming both, and rebuilds one it has the source of."""
@@ -97,20 +96,3 @@ def test_a_bundle_from_another_embedder_is_refused_or_rebuilt_from_its_source(tm
     assert "rebuilding watchlist" in capsys.readouterr().err
     assert main(["watchlist", "info", str(bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embedder"] == "sface+flip"
-
-
-def _subparsers(parser):
-    import argparse
-
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, child in action.choices.items():
-                yield name, child
-                yield from _subparsers(child)
-
-
-def test_help_texts_have_no_format_leftovers(capsys):
-    """Descriptions are printed as written (help strings are %-formatted): no '%%' shows."""
-    for name, parser in _subparsers(build_parser()):
-        text = parser.format_help()
-        assert "%%" not in text and "%(" not in text, name

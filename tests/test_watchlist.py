@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bundles import vector_bundle
 
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.defaults import default_analyzer
@@ -21,6 +22,7 @@ from lfr.watchlist import (
     bundle_info,
     destroy_bundle,
     load_bundle,
+    rebuild_reason,
 )
 from lfr.watchlist.enrol import count_images, decode_image, display_name
 
@@ -373,3 +375,14 @@ def test_destroy_bundle(demo: tuple[Path, BuildReport, list[EnrolOutcome]], tmp_
     with pytest.raises(WatchlistError, match="not a watchlist bundle"):
         destroy_bundle(tmp_path / "other")
     assert (tmp_path / "other").exists()
+
+
+def test_rebuild_reason_names_a_missing_bundle_or_another_embedder(tmp_path: Path) -> None:
+    bundle, source = tmp_path / "wl", tmp_path / "people"
+    assert rebuild_reason(bundle, source, "e") == f"building watchlist {bundle} from {source}"
+    vector_bundle(bundle, ["ann"], np.eye(1, 4, dtype=np.float32))  # made by embedder "e"
+    assert rebuild_reason(bundle, source, "e") is None
+    reason = rebuild_reason(bundle, source, "sface")
+    assert reason is not None and "built with embedder 'e'" in reason and "'sface'" in reason
+    (bundle / "manifest.json").write_text("{")  # unreadable: loading it reports the problem
+    assert rebuild_reason(bundle, source, "sface") is None

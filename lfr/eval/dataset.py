@@ -54,6 +54,17 @@ class EmbeddingSet(msgspec.Struct, frozen=True):
         return None if self.reasons[i] else self.vectors[i]
 
 
+DATASET_ENV = "LFR_EVAL_DATA"  # default dataset for `lfr calibrate`
+
+
+def default_dataset() -> Path:
+    """``$LFR_EVAL_DATA``, else ``shared/data/lfw-dev`` beside the repository."""
+    if os.environ.get(DATASET_ENV):
+        return Path(os.environ[DATASET_ENV])
+    repo = Path(__file__).resolve().parents[2]
+    return repo.parent / "shared" / "data" / "lfw-dev"
+
+
 def default_cache_dir() -> Path:
     """Where evaluation embeddings are cached (``LFR_CACHE_DIR`` overrides the platform default)."""
     override = os.environ.get("LFR_CACHE_DIR")

@@ -6,7 +6,6 @@ Real faces come from lfr's demo stills when they are around (``$LFR_DEMO_DATA``,
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import anyio
 import msgspec
 import numpy as np
 
+from lfr.demo import demo_data_dir
 from lfr.messages import Alert, Frame, utc_iso
 
 # Scenes with several upright faces at different places and sizes.
@@ -42,19 +42,6 @@ class ClusteredEmbeddings(msgspec.Struct, frozen=True):
     @property
     def dim(self) -> int:
         return int(self.gallery.shape[1])
-
-
-def demo_data_dir() -> Path | None:
-    """lfr's demo folder (people/, scenes/, video/) if it can be found, else None."""
-    candidates = []
-    if os.environ.get("LFR_DEMO_DATA"):
-        candidates.append(Path(os.environ["LFR_DEMO_DATA"]))
-    repo = Path(__file__).resolve().parents[2]
-    candidates += [
-        repo.parent / "shared" / "data" / "demo",
-        Path.cwd().parent / "shared" / "data" / "demo",
-    ]
-    return next((c for c in candidates if (c / "scenes").is_dir()), None)
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:

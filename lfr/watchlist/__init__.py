@@ -11,7 +11,13 @@ from lfr.watchlist.bundle import (
     destroy_bundle,
     load_bundle,
 )
-from lfr.watchlist.enrol import BuildReport, EnrolOutcome, build_watchlist, count_images
+from lfr.watchlist.enrol import (
+    BuildReport,
+    EnrolOutcome,
+    build_watchlist,
+    count_images,
+    rebuild_reason,
+)
 from lfr.watchlist.index import AnnoyIndex, ExactIndex, IndexBackend
 
 __all__ = [
@@ -31,4 +37,5 @@ __all__ = [
     "count_images",
     "destroy_bundle",
     "load_bundle",
+    "rebuild_reason",
 ]

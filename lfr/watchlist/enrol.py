@@ -24,12 +24,14 @@ from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
 from lfr.vision.privacy import context_crop
 from lfr.watchlist.bundle import (
     FORMAT_VERSION,
+    MANIFEST,
     OUTCOMES,
     ImageRecord,
     Manifest,
     Outcome,
     PersonRecord,
     WatchlistError,
+    bundle_info,
     parse_expiry,
     write_bundle,
 )
@@ -318,3 +320,20 @@ def build_watchlist(
         persons_without_images=tuple(r.id for r in records if not r.rows),
         outcomes=tuple(outcomes),
     )
+
+
+def rebuild_reason(bundle: Path, source: Path, embedder: str) -> str | None:
+    """Why a deployment must build its bundle from the ``source`` folder its config names before
+    it runs: the bundle does not exist yet, or another embedder made it (its scores would not fit
+    the threshold). None: use the bundle as it is, an unreadable one too (loading it reports what
+    is wrong)."""
+    if not (bundle / MANIFEST).is_file():
+        return f"building watchlist {bundle} from {source}"
+    try:
+        built_with = bundle_info(bundle).get("embedder")
+    except WatchlistError:
+        return None
+    if built_with == embedder:
+        return None
+    return (f"rebuilding watchlist {bundle}: it was built with embedder {built_with!r}, "
+            f"the config embeds with {embedder!r}")

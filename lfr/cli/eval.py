@@ -7,15 +7,14 @@ through the same plugin registry as a deployment, so it measures what would be d
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from lfr.cli import EXIT_FAILED, EXIT_OK, UserError, _print_json, stderr
-
-DATASET_ENV = "LFR_EVAL_DATA"  # default dataset for `lfr calibrate`
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, stderr
+from lfr.cli.plugins import load_registry
+from lfr.cli.watchlist import prepare_watchlist
 
 
 def _config(path: str | None) -> Any:
@@ -29,11 +28,10 @@ def _config(path: str | None) -> Any:
 def _analyzer(config: Any) -> Any:
     """The config's detector and embedder, built as a deployment builds them (no size gate:
     evaluation counts every face it can find)."""
-    from lfr.cli import _load_registry
     from lfr.deployment import build_analyzer
     from lfr.vision.quality import QualityGate
 
-    return build_analyzer(config, _load_registry(), QualityGate(min_face_px=0))
+    return build_analyzer(config, load_registry(), QualityGate(min_face_px=0))
 
 
 def _cache(args: argparse.Namespace) -> Path | None:
@@ -52,14 +50,6 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     if not seeds:
         raise UserError("--seeds: no seed given")
     return seeds
-
-
-def default_dataset() -> Path:
-    """``$LFR_EVAL_DATA``, else ``shared/data/lfw-dev`` beside the repository."""
-    if os.environ.get(DATASET_ENV):
-        return Path(os.environ[DATASET_ENV])
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data" / "lfw-dev"
 
 
 # -- eval verify --------------------------------------------------------------------------------
@@ -89,7 +79,7 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         stderr.print(render_verify(report))
     return EXIT_OK
@@ -140,7 +130,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
     if args.plot:
         plot_det(scores, report, Path(args.plot))
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         stderr.print(render_identify(report))
         if args.plot:
@@ -170,10 +160,8 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     config = load_config(Path(args.config))
     thresholds = _compare_thresholds(args.compare, config.matching.threshold)
-    from lfr.cli import _load_registry, _prepare_watchlist
-
-    registry = _load_registry()
-    analyzer = _prepare_watchlist(config, args.json, registry)
+    registry = load_registry()
+    analyzer = prepare_watchlist(config, args.json, registry)
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("playing the video through a deployment", total=truth.frames)
         report, recording = run_video(
@@ -190,7 +178,7 @@ def cmd_eval_video(args: argparse.Namespace) -> int:
         else None
     )
     if args.json:
-        _print_json(report if rows is None else {**msgspec.to_builtins(report), "compare": rows})
+        print_json(report if rows is None else {**msgspec.to_builtins(report), "compare": rows})
     else:
         stderr.print(render_video(report))
         if rows is not None:
@@ -220,6 +208,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from rich.progress import Progress as RichProgress
 
     from lfr.eval.calibrate import calibrate, render_calibration, write_threshold
+    from lfr.eval.dataset import default_dataset
     from lfr.eval.identify import DatasetError, list_people
 
     for flag, value in (("--footfall", args.footfall), ("--watchlist-size", args.watchlist_size),
@@ -260,7 +249,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UserError(str(exc)) from None
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         stderr.print(render_calibration(result))
         if args.write:
@@ -402,8 +391,8 @@ def register(sub: Any) -> None:
     )
     cal.add_argument(
         "--dataset",
-        help=f"<person>/<image> folder to measure on (default: "
-        f"${DATASET_ENV}, else shared/data/lfw-dev beside the repository)",
+        help="<person>/<image> folder to measure on (default: "
+        "$LFR_EVAL_DATA, else shared/data/lfw-dev beside the repository)",
     )
     cal.add_argument(
         "--enrol-images",

@@ -1,0 +1,145 @@
+"""``lfr run`` (a deployment from its config) and ``lfr demo`` (the demo data through one)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from rich.markup import escape
+from rich.table import Table
+
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, print_warning, stderr
+from lfr.cli.plugins import load_registry
+from lfr.cli.watchlist import enrol, outcome_table, prepare_watchlist
+
+if TYPE_CHECKING:
+    from lfr.config import Config
+
+
+def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[Path] = (),
+                    as_json: bool, services: Sequence[Any] = (), registry: Any | None = None,
+                    analyzer: Any | None = None) -> tuple[list[Any], Any]:
+    """Run it; ``registry`` and ``analyzer`` when the command has loaded them already."""
+    import anyio
+
+    from lfr.deployment import Deployment
+
+    deployment = Deployment(config, registry or load_registry(), offline=offline, once=once,
+                            photos=photos, analyzer=analyzer)
+    with deployment.alerts.record() as raised:  # every alert of this run, in order
+        summary = anyio.run(lambda: deployment.run(services=services))
+    return raised.items, summary
+
+
+def print_run(alerts: list[Any], summary: Any, as_json: bool) -> None:
+    """A deployment's alerts and summary: one JSON object, or a table and totals on stderr."""
+    if as_json:
+        print_json({"alerts": [a.summary() for a in alerts],
+                    "summary": msgspec.to_builtins(summary)})
+        return
+    table = Table(title=f"{len(alerts)} alerts", title_justify="left")
+    for column in ("time", "camera", "person", "score", "frame"):
+        table.add_column(column)
+    for a in alerts:
+        table.add_row(a.time, a.camera, f"{a.name} ({a.person_id})", f"{a.score:.3f}",
+                      str(a.frame_index))
+    stderr.print(table)
+    stderr.print(
+        f"frames {summary.frames}, faces {summary.faces}, alerts {summary.alerts}, "
+        f"dropped frames {summary.dropped_frames}, restarts {summary.restarts}, "
+        f"{summary.seconds:.1f} s; records in {summary.data_dir}")
+    for name in summary.failed_actors:
+        stderr.print(f"[red]failed: {escape(name)}[/]")
+    for report in summary.stuck:  # the watchdog restarted these
+        stderr.print(f"[red]{escape(report)}[/]")
+    for error in summary.photo_errors:
+        print_warning(error)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lfr.config import load_config
+
+    config = load_config(Path(args.config))
+    if args.operator:
+        config = msgspec.structs.replace(config, operator=args.operator)
+    registry = load_registry()
+    analyzer = prepare_watchlist(config, args.json, registry)
+    services: list[Any] = []
+    if args.web or config.web.enabled:
+        from lfr.web import WebService
+
+        web = config.web if not args.web else msgspec.structs.replace(config.web, listen=args.web)
+        services.append(WebService(web, operator=args.operator).run)
+    if args.dashboard:
+        from lfr.dashboard import DashboardService
+
+        services.append(DashboardService(operator=args.operator).run)
+    alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json,
+                                      services=services, registry=registry, analyzer=analyzer)
+    print_run(alerts, summary, args.json)
+    return EXIT_FAILED if summary.failed_actors and not summary.frames else EXIT_OK
+
+
+def _demo_folder(args: argparse.Namespace) -> Path:
+    from lfr.demo import DEMO_DATA_ENV, demo_data_dir, is_demo_folder
+
+    how = f"(it needs people/, and video/ or scenes/); pass --data DIR or set {DEMO_DATA_ENV}"
+    if not args.data:
+        found = demo_data_dir()
+        if found is None:
+            raise UserError(f"no demo folder: ${DEMO_DATA_ENV}, or shared/data/demo beside the "
+                            f"repository {how}")
+        return found
+    data = Path(args.data)
+    if not is_demo_folder(data):
+        raise UserError(f"{data}: not a demo folder {how}")
+    return data
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lfr.config import default_config
+    from lfr.demo import demo_config, demo_photos
+    from lfr.deployment import build_analyzer
+
+    data = _demo_folder(args)
+    with tempfile.TemporaryDirectory(prefix="lfr-demo-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        bundle = out / "watchlist"
+        registry = load_registry()
+        # The demo runs on lfr's default models.
+        analyzer = build_analyzer(default_config("watchlist"), registry)
+        report = enrol(data / "people", bundle, None, not args.json, analyzer)
+        if not args.json:
+            stderr.print(outcome_table(report))
+        config: Config = demo_config(data, bundle, out / "data", console=not args.json)
+        alerts, summary = _run_deployment(config, offline=True, once=True,
+                                          photos=demo_photos(data), as_json=args.json,
+                                          registry=registry, analyzer=analyzer)
+        print_run(alerts, summary, args.json)
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a deployment from a TOML config until stopped")
+    run.add_argument("config", help="deployment config (TOML), e.g. configs/demo.toml")
+    run.add_argument("--once", action="store_true",
+                     help="play file cameras once (no looping) and exit when they end")
+    run.add_argument("--operator", help="who is operating (audit log); default: config or OS user")
+    run.add_argument("--dashboard", action="store_true",
+                     help="live terminal dashboard: cameras, queues, alerts; adjudicate by keys")
+    run.add_argument("--web", metavar="HOST:PORT",
+                     help="serve the browser viewer (WebRTC) here, e.g. 127.0.0.1:8080")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="build a watchlist from demo photos, process every frame "
+                          "of the demo videos and every scene photo, print the alerts")
+    demo.add_argument("--data", help="demo folder with people/, scenes/, video/ "
+                      "(default: $LFR_DEMO_DATA or shared/data/demo beside the repository)")
+    demo.add_argument("--out", help="keep the watchlist and records here (default: temporary)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    demo.set_defaults(func=cmd_demo)

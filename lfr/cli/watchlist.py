@@ -1,0 +1,171 @@
+"""``lfr watchlist build|info|destroy``; and ``prepare_watchlist()``, which builds a deployment's
+bundle from its source folder when the library says it must (``run``, ``eval video``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from lfr.cli.options import add_location, location_config
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, progress, stderr
+from lfr.cli.plugins import load_registry
+
+if TYPE_CHECKING:
+    from lfr.config import Config
+    from lfr.plugins import Registry
+    from lfr.vision.analyzer import FaceAnalyzer
+    from lfr.watchlist import BuildReport
+
+
+def enrol(source: Path, output: Path, expiry: str | None, show_progress: bool,
+          analyzer: FaceAnalyzer) -> BuildReport:
+    """``build_watchlist`` with a progress bar; its errors are the user's to fix."""
+    from lfr.watchlist import WatchlistError, build_watchlist, count_images
+
+    try:
+        total = count_images(source)
+        with progress(f"enrolling {source}", total, show_progress) as advance:
+            return build_watchlist(source, output, analyzer, expiry=expiry,
+                                   progress=lambda outcome: advance(1))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+
+
+def outcome_table(report: BuildReport) -> Table:
+    table = Table(title=f"watchlist {report.output}", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("images", justify="right")
+    for outcome, n in sorted(report.counts().items()):
+        table.add_row(outcome, str(n))
+    return table
+
+
+def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> FaceAnalyzer | None:
+    """Build the configured bundle from its ``source`` folder when ``rebuild_reason`` says it
+    must. Returns the analyzer it loaded to know (None when there is no source), for the
+    deployment to use rather than load the models again."""
+    from lfr.deployment import build_analyzer
+    from lfr.watchlist import rebuild_reason
+
+    wl = config.watchlist
+    if wl is None or wl.source is None:
+        return None
+    analyzer = build_analyzer(config, registry)
+    bundle, source = config.resolve_path(wl.bundle), config.resolve_path(wl.source)
+    reason = rebuild_reason(bundle, source, analyzer.embedder.name)
+    if reason is not None:
+        stderr.print(reason)
+        enrol(source, bundle, None, not as_json, analyzer)
+    return analyzer
+
+
+def cmd_watchlist_build(args: argparse.Namespace) -> int:
+    from lfr.config import default_config, load_config
+    from lfr.deployment import build_analyzer
+
+    config = load_config(Path(args.config)) if args.config else default_config("watchlist")
+    report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
+                   build_analyzer(config, load_registry()))
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        stderr.print(outcome_table(report))
+        for item in report.problems():
+            stderr.print(f"[yellow]{escape(item)}[/]")
+        stderr.print(f"{report.persons_enrolled} people enrolled -> {args.output}")
+    return EXIT_OK if report.persons_enrolled else EXIT_FAILED
+
+
+def cmd_watchlist_info(args: argparse.Namespace) -> int:
+    from lfr.watchlist import WatchlistError, bundle_info
+
+    try:
+        info = bundle_info(Path(args.bundle))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print_json(info)
+    else:
+        table = Table(show_header=False, title=str(args.bundle), title_justify="left")
+        for key, value in info.items():
+            if key != "persons_detail":
+                table.add_row(key, str(value))
+        stderr.print(table)
+    return EXIT_OK
+
+
+def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
+    from lfr.audit import AuditError, AuditLog
+    from lfr.watchlist import WatchlistError, destroy_bundle
+
+    bundle = Path(args.bundle)
+    config = location_config(args)
+    audit: AuditLog | None = None
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None and config is not None:
+        data_dir = config.resolved_data_dir()
+    if data_dir is not None:
+        try:
+            # Open the log first: if it cannot record the destruction, nothing is deleted.
+            audit = AuditLog(data_dir)
+        except AuditError as exc:
+            raise UserError(f"{exc}; nothing deleted") from None
+    record: dict[str, Any] = {"path": str(bundle.resolve())}
+    try:
+        try:
+            record["digest"] = digest = destroy_bundle(bundle)
+        except WatchlistError as exc:
+            raise UserError(str(exc)) from None
+        if audit is not None:
+            from lfr.config import Config
+
+            operator = (config or Config(name="cli")).operator_name(args.operator)
+            audit.append("watchlist_destroyed", {**record, "operator": operator})
+            record["audited_in"] = str(audit.path)
+    finally:
+        if audit is not None:
+            audit.close()
+    if args.json:
+        print_json({"destroyed": record})
+    else:
+        stderr.print(f"destroyed watchlist {bundle} (sha256 {digest})", highlight=False)
+        if audit is None:
+            stderr.print(
+                "[yellow]not audited: pass --config or --data-dir to record it in a "
+                "deployment's audit log[/]"
+            )
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    wl = sub.add_parser("watchlist", help="build and inspect watchlist bundles")
+    wl_sub = wl.add_subparsers(dest="watchlist_command", required=True, metavar="COMMAND")
+    build = wl_sub.add_parser("build", help="enrol a folder per person, or a CSV, into a bundle")
+    build.add_argument("source", help="folder of <person_id>/ folders, or a CSV "
+                       "(id,name,image[,category,notes,expiry])")
+    build.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    build.add_argument("--expiry", help="ISO date/time after which the bundle refuses to load")
+    build.add_argument("--config", help="deployment config whose detector and embedder enrol "
+                       "(default: lfr's defaults); a deployment refuses a bundle from another "
+                       "embedder")
+    build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    build.set_defaults(func=cmd_watchlist_build)
+
+    info = wl_sub.add_parser("info", help="describe a bundle")
+    info.add_argument("bundle")
+    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    info.set_defaults(func=cmd_watchlist_info)
+
+    destroy = wl_sub.add_parser(
+        "destroy",
+        help="delete a bundle (expired ones too) and record that in the audit log",
+    )
+    destroy.add_argument("bundle", help="bundle folder to delete")
+    add_location(destroy, required=False)
+    destroy.add_argument("--operator", help="who destroys it (audit log); default: OS user")
+    destroy.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    destroy.set_defaults(func=cmd_watchlist_destroy)
