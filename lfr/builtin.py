@@ -6,8 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from lfr.hookspecs import hookimpl
-from lfr.plugins import BackendSettings, BuildContext, Register
+from lfr.api import BackendSettings, BuildContext, Register, hookimpl
 
 LFR_PLUGIN_API = 1  # the plugin API versions this plugin is written for (see lfr.hookspecs)
 

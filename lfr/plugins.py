@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import msgspec
 import pluggy
 
 from lfr import hookspecs
-from lfr.messages import Frame
+from lfr.api import (
+    BackendSettings,
+    BuildContext,
+    ConfigError,
+    Factory,
+    PluginError,
+    SourceBackendSettings,
+)
+from lfr.api import Register as Register  # older imports; plugins import lfr.api
+from lfr.api import Source as Source
 
 log = logging.getLogger("lfr.plugins")
 
@@ -46,48 +54,6 @@ PROTOCOL_MEMBERS: dict[BackendKind, tuple[str, ...]] = {
 BUILTIN_MODULE = "lfr.builtin"
 
 
-class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
-                      tag_field="kind"):
-    """Base of every backend's settings; subclasses pass ``tag="<name>"``."""
-
-
-class SourceBackendSettings(BackendSettings, frozen=True):
-    """Base of a source backend's settings: every camera has a name (unique in a deployment)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a factory may need besides its own settings."""
-
-    data_dir: Path
-    threads: int = 1
-
-
-Factory = Callable[[Any, BuildContext], Any]
-
-
-class Register(Protocol):
-    """The callback every register hook receives."""
-
-    def __call__(self, name: str, factory: Factory, settings: type[BackendSettings]) -> None: ...
-
-
-@runtime_checkable
-class Source(Protocol):
-    """A camera from a plugin: ``frames()`` yields BGR frames (``Frame.camera`` is ``name``)
-    until the source ends; raising is a crash (the supervisor calls ``frames()`` again, so a
-    network source reconnects there). ``stop()`` asks it to end soon; lfr cancels the iteration
-    right after, so put cleanup in ``finally``."""
-
-    name: str
-
-    def frames(self) -> AsyncIterator[Frame]: ...
-
-    def stop(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class BackendSpec:
     kind: BackendKind
@@ -107,14 +73,6 @@ class PluginInfo:
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     api: tuple[int, ...] | None = None  # the plugin API versions it declares, None if it does not
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased as ``file: $.path: message``."""
-
-
-class PluginError(ConfigError):
-    """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 
 
 class Registry:

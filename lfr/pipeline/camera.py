@@ -14,7 +14,7 @@ from lfr.runtime.channels import Sender
 from lfr.sources.base import CameraStats, SourceState
 
 if TYPE_CHECKING:
-    from lfr.plugins import Source
+    from lfr.api import Source
 
 
 class SourceActor(Actor):

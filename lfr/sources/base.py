@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from lfr.api import SourceState as SourceState  # defined in the plugin API
 from lfr.runtime.actor import ActorStats
 
 # Network sources are live: they reconnect forever instead of ending.
@@ -17,14 +17,6 @@ LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "ud
 
 class SourceError(Exception):
     """A source that cannot be opened or read; the message names the camera and the URL."""
-
-
-class SourceState(StrEnum):
-    CONNECTING = "connecting"
-    LIVE = "live"  # frames are flowing (a file being played too)
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"  # end of a file, or stopped
-    FAILED = "failed"  # a file that cannot be played; last_error says why
 
 
 class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

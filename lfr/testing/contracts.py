@@ -18,11 +18,12 @@ import anyio
 import msgspec
 import numpy as np
 
+from lfr.api import Source
 from lfr.messages import Alert, Detection, Frame
 from lfr.notify.base import Notifier, NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
-from lfr.plugins import BackendKind, Source, missing_members
+from lfr.plugins import BackendKind, missing_members
 from lfr.runtime.channels import Receiver, Sender, open_channel
 from lfr.testing.samples import clustered_embeddings, sample_alerts
 from lfr.tracking import iou
