@@ -186,7 +186,10 @@ def _check_api(plugin: object) -> tuple[int, ...] | None:
 
 
 def load_plugins(extra: Iterable[object] = ()) -> Registry:
-    """Load built-in and entry-point plugins into a fresh registry; never raises for a bad one."""
+    """Load built-in and entry-point plugins into a fresh registry; never raises for a bad one.
+
+    A plugin that is skipped has its full error in ``registry.plugins[i].error``: the caller
+    reports it (the command line prints each once); the traceback is logged at debug level."""
     registry = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -218,7 +221,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
             manager.register(plugin, name=name)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
-            log.error("plugin %s failed to load and is skipped: %s", name, info.error)
+            log.debug("plugin %s failed to load and is skipped", name, exc_info=exc)
             continue
         callers = manager.get_hookcallers(plugin) or []
         info.hooks = sorted(h.name for h in callers)
@@ -227,7 +230,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
             # A misspelt hook would otherwise be silently never called.
             known = ", ".join(sorted(_HOOK_FOR_KIND.values()))
             info.error = f"unknown hook {', '.join(unknown)} (lfr's hooks: {known})"
-            log.error("plugin %s is skipped: %s", name, info.error)
+            log.debug("plugin %s is skipped: %s", name, info.error)
             manager.unregister(plugin)
             continue
         _register_backends(manager, plugin, name, info, registry)
@@ -238,14 +241,12 @@ def _register_backends(manager: pluggy.PluginManager, plugin: object, plugin_nam
                        info: PluginInfo, registry: Registry) -> None:
     """Call each register hook of one plugin; a hook that raises drops that plugin's backends."""
     added: list[BackendSpec] = []
-    # Call this plugin's own implementations (pluggy validated their signatures at register),
-    # one plugin at a time, so one that raises cannot take the others' backends with it.
-    impls = {caller.name: impl.function
-             for caller in manager.get_hookcallers(plugin) or []
-             for impl in caller.get_hookimpls() if impl.plugin is plugin}
+    # Through pluggy, one plugin at a time: a hook caller without the other plugins calls only
+    # this plugin's implementation, so the callback knows whose backends it receives and one
+    # plugin that raises cannot take the others' backends with it.
+    others = [p for p in manager.get_plugins() if p is not plugin]
     for kind, hook_name in _HOOK_FOR_KIND.items():
-        impl = impls.get(hook_name)
-        if impl is None:
+        if hook_name not in info.hooks:
             continue
 
         def register(name: str, factory: Factory, settings: type[BackendSettings],
@@ -254,10 +255,10 @@ def _register_backends(manager: pluggy.PluginManager, plugin: object, plugin_nam
             added.append(BackendSpec(_kind, name, factory, settings, plugin_name))
 
         try:
-            impl(register=register)
+            manager.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
         except Exception as exc:
             info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            log.error("plugin %s is skipped: %s", plugin_name, info.error)
+            log.debug("plugin %s is skipped", plugin_name, exc_info=exc)
             manager.unregister(plugin)
             return
     for spec in added:

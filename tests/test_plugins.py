@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import textwrap
 from importlib import metadata
@@ -280,7 +281,7 @@ def test_plugins_json_has_the_documented_shape_and_lists_failures(fake_plugins, 
     assert builtin["distribution"] == "lfr" and builtin["version"]
 
 
-def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys):
+def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, caplog):
     from lfr.cli import main
 
     config = tmp_path / "x.toml"
@@ -306,6 +307,10 @@ def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys):
     err = " ".join(captured.err.split())
     assert "plugin broken skipped: ModuleNotFoundError" in err
     assert "plugin raising skipped: lfr_register_detectors raised RuntimeError" in err
+    # Each skipped plugin is reported once, with its whole message (the log shown on stderr
+    # counts too: the command line prints the report).
+    shown = err + " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert shown.count("no licence file") == 1 and shown.count("plugin broken") == 1, shown
     result = json.loads(captured.out)
     assert result["summary"]["frames"] >= 19 and result["summary"]["failed_actors"] == []
     assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}
