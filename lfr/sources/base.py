@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from lfr.api import SourceBackendSettings
 from lfr.api import SourceState as SourceState  # defined in the plugin API
 from lfr.runtime.actor import ActorStats
 
@@ -19,8 +20,9 @@ class SourceError(Exception):
     """A source that cannot be opened or read; the message names the camera and the URL."""
 
 
-class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One camera: a video file, or a live rtsp:// / http(s):// stream."""
+class SourceSettings(SourceBackendSettings, frozen=True, tag="video"):
+    """One camera: a video file, or a live rtsp:// / http(s):// stream. The settings of the
+    built-in source ``video``, the kind of every ``[[cameras]]`` entry that names none."""
 
     name: str
     url: str
