@@ -230,7 +230,7 @@ def test_building_checks_the_protocol_and_names_the_plugin(tmp_path):
         registry.create("detector", fails, context)
 
 
-def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
+def test_cameras_without_kind_are_lfr_video_sources_and_with_kind_plugin_sources():
     from lfr.config import parse_config, resolve_backends
     from lfr.sources.base import SourceSettings
 
@@ -251,8 +251,15 @@ def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
     good = config({"name": "d", "host": "h"})
     (camera,) = good.cameras
     assert isinstance(camera, SourceSettings) and camera.name == "a"
-    (door,) = resolve_backends(good, registry).sources
+    # Every camera is a source from the registry, in [[cameras]] order: lfr's own is "video".
+    own, door = resolve_backends(good, registry).sources
+    assert isinstance(own, SourceSettings) and own.name == "a"
+    assert registry.spec_for("source", own).plugin == "builtin"
     assert isinstance(door, DoorSettings) and door.name == "d"
+    explicit = parse_config({"name": "x", "cameras": [{"kind": "door", "name": "d", "host": "h"},
+                                                       {"kind": "video", "name": "a", "url": "a"}]})
+    assert [type(s) for s in resolve_backends(explicit, registry).sources] == [DoorSettings,
+                                                                               SourceSettings]
     # (a config parsed from a dict is "<config>"; load_config names the file)
     host = r"^<config>: \$\.cameras\[1\]\.host: Expected `str`, got `int`"
     with pytest.raises(ConfigError, match=host):
