@@ -6,24 +6,174 @@ Stable within a plugin API version (``PLUGIN_API_VERSION``); a plugin declares t
 written for with ``LFR_PLUGIN_API = 1`` in its module, and lfr skips (and reports) one it cannot
 load. The protocols are ``typing.runtime_checkable``: ``isinstance(obj, Detector)`` checks that
 the members exist (lfr checks the same when it builds a backend).
+
+This module is a leaf: it imports nothing from lfr but ``lfr.messages`` (itself a leaf), so lfr's
+own modules import their protocols from here and a plugin importing it pulls in no pipeline.
 """
 
 from __future__ import annotations
 
-from lfr.hookspecs import PLUGIN_API_VERSION, SUPPORTED_PLUGIN_API, hookimpl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+import numpy as np
+import pluggy
+
 from lfr.messages import Alert, Detection, Frame
-from lfr.notify.base import Notifier
-from lfr.plugins import (
-    BackendSettings,
-    BuildContext,
-    ConfigError,
-    PluginError,
-    Register,
-    Source,
-    SourceBackendSettings,
-)
-from lfr.vision.analyzer import Detector, Embedder
-from lfr.watchlist.index import IndexBackend
+
+PROJECT = "lfr"  # the pluggy project name and the entry-point group
+#: Bumped when a hook or a backend protocol changes incompatibly; plugins declare what they need.
+PLUGIN_API_VERSION = 1
+#: The versions this lfr can load (older ones stay here while a compatibility shim exists).
+SUPPORTED_PLUGIN_API: frozenset[int] = frozenset({1})
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as ``file: $.path: message``."""
+
+
+class PluginError(ConfigError):
+    """A plugin's backend could not be built, or broke its protocol; names the plugin."""
+
+
+# -- settings and registration -------------------------------------------------------------------
+
+class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
+                      tag_field="kind"):
+    """Base of every backend's settings; subclasses pass ``tag="<name>"``."""
+
+
+class SourceBackendSettings(BackendSettings, frozen=True):
+    """Base of a source backend's settings: every camera has a name (unique in a deployment)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory may need besides its own settings."""
+
+    data_dir: Path
+    threads: int = 1
+
+
+Factory = Callable[[Any, BuildContext], Any]
+
+
+class Register(Protocol):
+    """The callback every register hook receives."""
+
+    def __call__(self, name: str, factory: Factory, settings: type[BackendSettings]) -> None: ...
+
+
+# -- the backend protocols -----------------------------------------------------------------------
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds faces with 5 landmarks in a BGR uint8 image, in its pixel coordinates, best first."""
+
+    name: str
+
+    def detect(self, image: np.ndarray, score_threshold: float | None = None
+               ) -> list[Detection]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps aligned 112x112 BGR uint8 faces to L2-normalised float32 vectors (N x dim)."""
+
+    name: str
+    dim: int
+
+    def embed(self, aligned_bgr: list[np.ndarray]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class IndexBackend(Protocol):
+    """Cosine search over L2-normalised float32 rows."""
+
+    name: str
+
+    def build(self, vectors: np.ndarray) -> None:
+        """Replace the contents with ``vectors`` (N x d float32, L2-normalised rows)."""
+        ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (Q x k', cosine, descending) and row indices (Q x k'), k' = min(k, N)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Delivers alerts somewhere. ``name`` keys its delivery rows in the outbox (unique per run)."""
+
+    name: str
+
+    async def deliver(self, alert: Alert) -> None:
+        """Deliver one alert; raise to signal failure (it is retried). Delivery is at least once:
+        use ``alert.id`` as the idempotency key."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SourceState(StrEnum):
+    """The state of a camera's stream (the actor running it has a state of its own)."""
+
+    CONNECTING = "connecting"
+    LIVE = "live"  # frames are flowing (a file being played too)
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # end of a file, or stopped
+    FAILED = "failed"  # a source that cannot be played; last_error says why
+
+
+class SourceStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What a source may report about itself through its optional ``statistics()``.
+
+    lfr adds what it measures itself (frames emitted, output rate, latency, restarts) and shows
+    the result as the camera's row on the dashboard and in ``lfr run --json``.
+    """
+
+    state: SourceState
+    url: str = ""  # what the camera reads, passwords redacted
+    frames_decoded: int | None = None  # None: the same as the frames emitted
+    frames_skipped: int = 0  # decoded but not emitted (an fps cap)
+    reconnects: int = 0
+    fps_in: float | None = None  # decoded frames per second; None: the output rate
+    width: int | None = None
+    height: int | None = None
+    source_fps: float | None = None  # the stream's own frame rate
+    errors: int = 0  # problems the source handled itself (a stall, a bad packet)
+    last_error: str = ""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A camera: ``frames()`` yields BGR frames (``Frame.camera`` is ``name``) until the source
+    ends; raising is a crash (the supervisor calls ``frames()`` again, so a network source may
+    reconnect there). ``stop()`` asks it to end soon; lfr cancels the iteration right after, so
+    put cleanup in ``finally``.
+
+    Optional: ``statistics() -> SourceStats``, a cheap snapshot (called from the event loop) of
+    the source's own counters and state. A source that ends for good after a failure (a file that
+    cannot be read) reports ``SourceState.FAILED`` and returns from ``frames()`` instead of
+    raising, so it is not restarted in vain.
+    """
+
+    name: str
+
+    def frames(self) -> AsyncIterator[Frame]: ...
+
+    def stop(self) -> None: ...
+
 
 __all__ = [
     "PLUGIN_API_VERSION",
@@ -42,5 +192,7 @@ __all__ = [
     "Register",
     "Source",
     "SourceBackendSettings",
+    "SourceState",
+    "SourceStats",
     "hookimpl",
 ]

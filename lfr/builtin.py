@@ -6,8 +6,8 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from lfr.hookspecs import hookimpl
-from lfr.plugins import BackendSettings, BuildContext, Register
+from lfr.api import BackendSettings, BuildContext, Register, hookimpl
+from lfr.sources.base import SourceSettings
 
 LFR_PLUGIN_API = 1  # the plugin API versions this plugin is written for (see lfr.hookspecs)
 
@@ -101,3 +101,14 @@ def lfr_register_notifiers(register: Register) -> None:
 
     register("console", console, settings=ConsoleSettings)
     register("jsonl", jsonl, settings=JsonlSettings)
+
+
+@hookimpl
+def lfr_register_sources(register: Register) -> None:
+    def video(settings: SourceSettings, context: BuildContext) -> object:
+        from lfr.sources.video import VideoSource
+
+        return VideoSource(settings)
+
+    # The kind of every [[cameras]] entry without one: files, RTSP and HTTP streams via PyAV.
+    register("video", video, settings=SourceSettings)

@@ -106,9 +106,10 @@ class Config(Section, frozen=True):
     location: str = ""
     data_dir: str | None = None  # default ./lfr-data/<name>
     operator: str | None = None
-    cameras: list[SourceSettings] = msgspec.field(default_factory=list)  # lfr's PyAV cameras
-    # [[cameras]] entries with a `kind`: a source plugin's camera, validated by resolve_backends
-    # against the settings the plugin registered. Each keeps its position in [[cameras]].
+    # [[cameras]] entries without a `kind`: lfr's PyAV camera (source "video"), checked here.
+    cameras: list[SourceSettings] = msgspec.field(default_factory=list)
+    # [[cameras]] entries with a `kind`: validated by resolve_backends against the settings the
+    # source's plugin registered. Each keeps its position in [[cameras]].
     plugin_cameras: list[PluginCamera] = msgspec.field(default_factory=list)
     watchlist: WatchlistConfig | None = None
     matching: MatchingConfig = msgspec.field(default_factory=MatchingConfig)
@@ -156,7 +157,7 @@ class Backends(msgspec.Struct, frozen=True):
     embedder: BackendSettings
     index: BackendSettings
     notifiers: tuple[BackendSettings, ...]
-    sources: tuple[BackendSettings, ...] = ()  # plugin cameras, in [[cameras]] order
+    sources: tuple[BackendSettings, ...] = ()  # every camera, in [[cameras]] order
 
 
 def _format_error(where: str, exc: msgspec.ValidationError) -> str:
@@ -223,9 +224,14 @@ def resolve_backends(config: Config, registry: Registry) -> Backends:
         registry.parse_settings("notifier", raw, f"{where}: $.notifiers[{i}]")
         for i, raw in enumerate(config.notifiers)
     )
+    # Every camera goes through the registry, lfr's own ("video") like a plugin's.
+    with_kind = {c.position: c.settings for c in config.plugin_cameras}
+    without_kind = iter(config.cameras)
     sources = tuple(
-        registry.parse_settings("source", c.settings, f"{where}: $.cameras[{c.position}]")
-        for c in config.plugin_cameras
+        registry.parse_settings(
+            "source", with_kind[i] if i in with_kind else msgspec.to_builtins(next(without_kind)),
+            f"{where}: $.cameras[{i}]")
+        for i in range(len(config.cameras) + len(with_kind))
     )
     return Backends(
         sources=sources,

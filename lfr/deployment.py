@@ -28,7 +28,7 @@ from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
 from lfr.pipeline.matcher import MatcherActor, MatcherStats
-from lfr.plugins import BuildContext, ConfigError, Registry
+from lfr.plugins import BackendSettings, BuildContext, ConfigError, Registry
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -37,7 +37,6 @@ from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
-from lfr.sources.video import CameraActor
 from lfr.tracking import TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate
@@ -152,8 +151,11 @@ class DeploymentView:
         self.name, self.location = config.name, config.location
         self.threshold = config.matching.threshold
         self.blur_non_matches = config.privacy.blur_non_matches
-        # Cameras only: stills (the demo's photos) are not feeds anyone watches.
-        self.cameras: tuple[str, ...] = tuple(c.name for c in config.cameras)
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """Every camera (lfr's and plugins'); not stills: the demo's photos are no feed."""
+        return self._deployment.camera_names()
 
     def operator_name(self, override: str | None = None) -> str:
         return self._deployment.config.operator_name(override)
@@ -235,7 +237,7 @@ class Deployment:
         self.actors: list[Actor] = []
         self.channels: list[Sender[Any]] = []
         self.sources: list[Actor] = []  # cameras (lfr's own and plugins'), photos
-        self._plugin_sources: list[Any] = []
+        self._camera_sources: list[Any] = []  # each camera's lfr.api.Source
         self.matcher_actor: MatcherActor | None = None
         self.watchlist: Watchlist | None = None
         self.started = time.monotonic()
@@ -260,7 +262,7 @@ class Deployment:
         matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
                           top_k=cfg.matching.top_k)
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
-        self._plugin_sources = [self.registry.create("source", s, context)
+        self._camera_sources = [self.registry.create("source", self._camera_settings(s), context)
                                 for s in backends.sources]
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
@@ -278,11 +280,8 @@ class Deployment:
         faces_recv: Receiver[FrameFaces]
         faces_send, faces_recv = open_channel("faces", pipe.face_queue)
         self.channels.append(faces_send)
-        cameras = [msgspec.structs.replace(c, loop=False) if self.once else c
-                   for c in cfg.cameras]
         makers: list[tuple[str, Callable[[Sender[Frame]], Actor]]] = [
-            (c.name, partial(CameraActor, self._local_paths(c))) for c in cameras]
-        makers += [(p.name, partial(SourceActor, p)) for p in self._plugin_sources]
+            (source.name, partial(SourceActor, source)) for source in self._camera_sources]
         if self.photos:
             makers.append(("photos", partial(StillsSource, self.photos, name="photos")))
         for name, make_source in makers:
@@ -310,11 +309,21 @@ class Deployment:
             self._frame_done, tracking=TrackerSettings.from_matching(cfg.matching))
         self.actors.append(self.matcher_actor)
 
-    def _local_paths(self, camera: SourceSettings) -> SourceSettings:
-        """File cameras are relative to the config file's folder."""
-        if is_live_url(camera.url) or "://" in camera.url:
-            return camera
-        return msgspec.structs.replace(camera, url=str(self.config.resolve_path(camera.url)))
+    def camera_names(self) -> tuple[str, ...]:
+        if self._camera_sources:
+            return tuple(source.name for source in self._camera_sources)
+        return tuple(c.name for c in self.config.cameras)  # not built yet: lfr's own
+
+    def _camera_settings(self, settings: BackendSettings) -> BackendSettings:
+        """lfr's own cameras: file paths are relative to the config file's folder, and a run
+        ``once`` plays each file once."""
+        if not isinstance(settings, SourceSettings):
+            return settings
+        if self.once:
+            settings = msgspec.structs.replace(settings, loop=False)
+        if is_live_url(settings.url) or "://" in settings.url:
+            return settings
+        return msgspec.structs.replace(settings, url=str(self.config.resolve_path(settings.url)))
 
     def _frame_done(self, item: FrameFaces, results: list[MatchResult | None],
                     alerts: list[Alert]) -> None:

@@ -18,21 +18,14 @@ A plugin module (or object) may declare the plugin API versions it was written f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pluggy
 
-if TYPE_CHECKING:
-    from lfr.plugins import Register
+# hookimpl and the versions live in the leaf lfr.api; they are re-exported here for older imports.
+from lfr.api import PLUGIN_API_VERSION, PROJECT, SUPPORTED_PLUGIN_API, Register, hookimpl
 
-PROJECT = "lfr"
-#: Bumped when a hook or a backend protocol changes incompatibly; plugins declare what they need.
-PLUGIN_API_VERSION = 1
-#: The versions this lfr can load (older ones stay here while a compatibility shim exists).
-SUPPORTED_PLUGIN_API: frozenset[int] = frozenset({1})
+__all__ = ["PLUGIN_API_VERSION", "PROJECT", "SUPPORTED_PLUGIN_API", "hookimpl", "hookspec"]
 
 hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import msgspec
 import pluggy
 
 from lfr import hookspecs
-from lfr.messages import Frame
+from lfr.api import (
+    BackendSettings,
+    BuildContext,
+    ConfigError,
+    Factory,
+    PluginError,
+    SourceBackendSettings,
+)
+from lfr.api import Register as Register  # older imports; plugins import lfr.api
+from lfr.api import Source as Source
 
 log = logging.getLogger("lfr.plugins")
 
@@ -46,48 +54,6 @@ PROTOCOL_MEMBERS: dict[BackendKind, tuple[str, ...]] = {
 BUILTIN_MODULE = "lfr.builtin"
 
 
-class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
-                      tag_field="kind"):
-    """Base of every backend's settings; subclasses pass ``tag="<name>"``."""
-
-
-class SourceBackendSettings(BackendSettings, frozen=True):
-    """Base of a source backend's settings: every camera has a name (unique in a deployment)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """What a factory may need besides its own settings."""
-
-    data_dir: Path
-    threads: int = 1
-
-
-Factory = Callable[[Any, BuildContext], Any]
-
-
-class Register(Protocol):
-    """The callback every register hook receives."""
-
-    def __call__(self, name: str, factory: Factory, settings: type[BackendSettings]) -> None: ...
-
-
-@runtime_checkable
-class Source(Protocol):
-    """A camera from a plugin: ``frames()`` yields BGR frames (``Frame.camera`` is ``name``)
-    until the source ends; raising is a crash (the supervisor calls ``frames()`` again, so a
-    network source reconnects there). ``stop()`` asks it to end soon; lfr cancels the iteration
-    right after, so put cleanup in ``finally``."""
-
-    name: str
-
-    def frames(self) -> AsyncIterator[Frame]: ...
-
-    def stop(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class BackendSpec:
     kind: BackendKind
@@ -107,14 +73,6 @@ class PluginInfo:
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     api: tuple[int, ...] | None = None  # the plugin API versions it declares, None if it does not
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased as ``file: $.path: message``."""
-
-
-class PluginError(ConfigError):
-    """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 
 
 class Registry:
@@ -228,7 +186,10 @@ def _check_api(plugin: object) -> tuple[int, ...] | None:
 
 
 def load_plugins(extra: Iterable[object] = ()) -> Registry:
-    """Load built-in and entry-point plugins into a fresh registry; never raises for a bad one."""
+    """Load built-in and entry-point plugins into a fresh registry; never raises for a bad one.
+
+    A plugin that is skipped has its full error in ``registry.plugins[i].error``: the caller
+    reports it (the command line prints each once); the traceback is logged at debug level."""
     registry = Registry()
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -260,7 +221,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
             manager.register(plugin, name=name)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
-            log.error("plugin %s failed to load and is skipped: %s", name, info.error)
+            log.debug("plugin %s failed to load and is skipped", name, exc_info=exc)
             continue
         callers = manager.get_hookcallers(plugin) or []
         info.hooks = sorted(h.name for h in callers)
@@ -269,7 +230,7 @@ def load_plugins(extra: Iterable[object] = ()) -> Registry:
             # A misspelt hook would otherwise be silently never called.
             known = ", ".join(sorted(_HOOK_FOR_KIND.values()))
             info.error = f"unknown hook {', '.join(unknown)} (lfr's hooks: {known})"
-            log.error("plugin %s is skipped: %s", name, info.error)
+            log.debug("plugin %s is skipped: %s", name, info.error)
             manager.unregister(plugin)
             continue
         _register_backends(manager, plugin, name, info, registry)
@@ -280,14 +241,12 @@ def _register_backends(manager: pluggy.PluginManager, plugin: object, plugin_nam
                        info: PluginInfo, registry: Registry) -> None:
     """Call each register hook of one plugin; a hook that raises drops that plugin's backends."""
     added: list[BackendSpec] = []
-    # Call this plugin's own implementations (pluggy validated their signatures at register),
-    # one plugin at a time, so one that raises cannot take the others' backends with it.
-    impls = {caller.name: impl.function
-             for caller in manager.get_hookcallers(plugin) or []
-             for impl in caller.get_hookimpls() if impl.plugin is plugin}
+    # Through pluggy, one plugin at a time: a hook caller without the other plugins calls only
+    # this plugin's implementation, so the callback knows whose backends it receives and one
+    # plugin that raises cannot take the others' backends with it.
+    others = [p for p in manager.get_plugins() if p is not plugin]
     for kind, hook_name in _HOOK_FOR_KIND.items():
-        impl = impls.get(hook_name)
-        if impl is None:
+        if hook_name not in info.hooks:
             continue
 
         def register(name: str, factory: Factory, settings: type[BackendSettings],
@@ -296,10 +255,10 @@ def _register_backends(manager: pluggy.PluginManager, plugin: object, plugin_nam
             added.append(BackendSpec(_kind, name, factory, settings, plugin_name))
 
         try:
-            impl(register=register)
+            manager.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
         except Exception as exc:
             info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-            log.error("plugin %s is skipped: %s", plugin_name, info.error)
+            log.debug("plugin %s is skipped", plugin_name, exc_info=exc)
             manager.unregister(plugin)
             return
     for spec in added:

@@ -38,10 +38,11 @@ from PIL import Image
 
 from lfr.config import load_config, parse_config, resolve_backends
 from lfr.messages import Frame
+from lfr.pipeline.camera import SourceActor
 from lfr.plugins import ConfigError, load_plugins
 from lfr.runtime import Overflow, Supervisor, open_channel
 from lfr.runtime.channels import Receiver, Sender
-from lfr.sources import CameraActor, SourceSettings
+from lfr.sources import SourceSettings, VideoSource
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import WatchlistError, build_watchlist
@@ -75,7 +76,7 @@ async def play_file(path: Path) -> tuple[list[int], Any]:
     send: Sender[Frame]
     receive: Receiver[Frame]
     send, receive = open_channel("frames", 4, Overflow.BLOCK)
-    camera = CameraActor(SourceSettings(name="fuzzcam", url=str(path)), send)
+    camera = SourceActor(VideoSource(SourceSettings(name="fuzzcam", url=str(path))), send)
     indices: list[int] = []
     with anyio.fail_after(30):  # never hangs
         async with anyio.create_task_group() as tg, receive:
@@ -165,7 +166,7 @@ async def watch_garbage(payload: bytes, mode: str) -> Any:
         url = f"tcp://127.0.0.1:{port}" if mode == "tcp" else f"http://127.0.0.1:{port}/x.ts"
         send: Sender[Frame]
         send, receive = open_channel("frames", 2, Overflow.DROP_OLDEST)
-        camera = CameraActor(
+        camera = SourceActor(VideoSource(
             SourceSettings(
                 name="junk",
                 url=url,
@@ -173,13 +174,14 @@ async def watch_garbage(payload: bytes, mode: str) -> Any:
                 read_timeout_s=0.5,
                 reconnect_initial_s=0.05,
                 reconnect_max_s=0.2,
-            ),
+            )),
             send,
         )
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(Supervisor().supervise, camera)
             with anyio.fail_after(30):
-                while camera.reconnects < 2:  # noqa: ASYNC110 - polling its counters is the point
+                # Polling its counters is the point.
+                while camera.statistics().reconnects < 2:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             stats = camera.statistics()
             camera.stop()

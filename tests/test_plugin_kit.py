@@ -12,10 +12,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from lfr.api import SourceState, SourceStats
 from lfr.messages import Detection
 from lfr.notify.jsonl import JsonlNotifier
 from lfr.pipeline.camera import SourceActor
 from lfr.runtime.channels import open_channel
+from lfr.runtime.supervisor import Supervisor
 from lfr.testing import (
     ContractError,
     FakeCamera,
@@ -289,6 +291,59 @@ async def test_source_actor_restarts_a_failing_source_through_the_supervisor(vid
     stats = actor.statistics()
     assert stats.kind == "camera" and stats.frames_emitted == 46 and stats.source_state == "ended"
     assert (stats.width, stats.height) == (320, 240)
+
+
+class CountingCamera(FakeCamera):
+    """A FakeCamera that reports its own figures, as lfr's PyAV camera does."""
+
+    def __init__(self, *args, report=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.report = report
+
+    def statistics(self):
+        if isinstance(self.report, Exception):
+            raise self.report
+        return self.report or SourceStats(
+            state=SourceState.FAILED, url="rtsp://door", frames_decoded=100, frames_skipped=54,
+            reconnects=3, fps_in=25.0, source_fps=25.0, errors=2, last_error="door: stalled")
+
+
+async def _play(camera):
+    send, recv = open_channel(f"frames:{camera.name}", 64)
+    actor = SourceActor(camera, send)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Supervisor().supervise, actor)
+            with recv:
+                async for _ in recv:
+                    pass
+    return actor
+
+
+@pytest.mark.anyio
+async def test_camera_figures_come_from_the_source_statistics_where_it_has_them(video):
+    actor = await _play(CountingCamera(video, "door"))
+    stats = actor.statistics()
+    # The source's own counters and state, and what the actor measured itself.
+    assert (stats.source_state, stats.url, stats.frames_decoded, stats.frames_skipped) == (
+        "failed", "rtsp://door", 100, 54)
+    assert (stats.reconnects, stats.fps_in, stats.source_fps) == (3, 25.0, 25.0)
+    assert (stats.errors, stats.last_error) == (2, "door: stalled")
+    assert stats.frames_emitted == 36 and (stats.width, stats.height) == (320, 240)
+    assert (await check_source(CountingCamera(video, "door"))).frames == 36
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("report", [RuntimeError("boom"), {"state": "live"}])
+async def test_a_broken_source_statistics_falls_back_to_the_actor_figures(video, report, caplog):
+    actor = await _play(CountingCamera(video, "door", report=report))
+    for _ in range(2):
+        stats = actor.statistics()
+        assert stats.source_state == "ended" and stats.frames_decoded == 36
+    said = [r for r in caplog.records if "statistics()" in r.getMessage()]
+    assert len(said) == 1  # said once, not on every dashboard refresh
+    with pytest.raises(ContractError, match="statistics"):
+        await check_source(CountingCamera(video, "door", report={"state": "live"}))
 
 
 # -- the pytest plugin's fixtures, as a plugin author's test run uses them -------------------

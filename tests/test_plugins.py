@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import textwrap
 from importlib import metadata
@@ -229,7 +230,7 @@ def test_building_checks_the_protocol_and_names_the_plugin(tmp_path):
         registry.create("detector", fails, context)
 
 
-def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
+def test_cameras_without_kind_are_lfr_video_sources_and_with_kind_plugin_sources():
     from lfr.config import parse_config, resolve_backends
     from lfr.sources.base import SourceSettings
 
@@ -250,8 +251,15 @@ def test_cameras_without_kind_are_lfr_cameras_and_with_kind_plugin_sources():
     good = config({"name": "d", "host": "h"})
     (camera,) = good.cameras
     assert isinstance(camera, SourceSettings) and camera.name == "a"
-    (door,) = resolve_backends(good, registry).sources
+    # Every camera is a source from the registry, in [[cameras]] order: lfr's own is "video".
+    own, door = resolve_backends(good, registry).sources
+    assert isinstance(own, SourceSettings) and own.name == "a"
+    assert registry.spec_for("source", own).plugin == "builtin"
     assert isinstance(door, DoorSettings) and door.name == "d"
+    explicit = parse_config({"name": "x", "cameras": [{"kind": "door", "name": "d", "host": "h"},
+                                                       {"kind": "video", "name": "a", "url": "a"}]})
+    assert [type(s) for s in resolve_backends(explicit, registry).sources] == [DoorSettings,
+                                                                               SourceSettings]
     # (a config parsed from a dict is "<config>"; load_config names the file)
     host = r"^<config>: \$\.cameras\[1\]\.host: Expected `str`, got `int`"
     with pytest.raises(ConfigError, match=host):
@@ -280,7 +288,7 @@ def test_plugins_json_has_the_documented_shape_and_lists_failures(fake_plugins, 
     assert builtin["distribution"] == "lfr" and builtin["version"]
 
 
-def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys):
+def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, caplog):
     from lfr.cli import main
 
     config = tmp_path / "x.toml"
@@ -306,6 +314,10 @@ def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys):
     err = " ".join(captured.err.split())
     assert "plugin broken skipped: ModuleNotFoundError" in err
     assert "plugin raising skipped: lfr_register_detectors raised RuntimeError" in err
+    # Each skipped plugin is reported once, with its whole message (the log shown on stderr
+    # counts too: the command line prints the report).
+    shown = err + " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert shown.count("no licence file") == 1 and shown.count("plugin broken") == 1, shown
     result = json.loads(captured.out)
     assert result["summary"]["frames"] >= 19 and result["summary"]["failed_actors"] == []
     assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}

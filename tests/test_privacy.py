@@ -39,11 +39,12 @@ from lfr.config import parse_config
 from lfr.deployment import Deployment
 from lfr.messages import Alert, Frame
 from lfr.notify.outbox import Outbox
+from lfr.pipeline.camera import SourceActor
 from lfr.plugins import load_plugins
 from lfr.retention import DAY_S, RetentionService
 from lfr.runtime import Overflow, Supervisor, open_channel
 from lfr.runtime.channels import Receiver, Sender
-from lfr.sources import CameraActor, SourceSettings
+from lfr.sources import SourceSettings, VideoSource
 from lfr.vision.defaults import default_analyzer
 from lfr.vision.models import cache_dir
 from lfr.vision.privacy import context_crop
@@ -79,7 +80,7 @@ async def _frames(settings: SourceSettings) -> list[Frame]:
     send: Sender[Frame]
     receive: Receiver[Frame]
     send, receive = open_channel("frames", 4, Overflow.BLOCK)
-    camera = CameraActor(settings, send)
+    camera = SourceActor(VideoSource(settings), send)
     frames: list[Frame] = []
     async with anyio.create_task_group() as tg, receive:
         tg.start_soon(Supervisor().supervise, camera)

@@ -29,9 +29,10 @@ import anyio.abc
 import pytest
 
 from lfr.messages import Frame
+from lfr.pipeline.camera import SourceActor
 from lfr.runtime import Overflow, Supervisor, open_channel
 from lfr.runtime.channels import Sender
-from lfr.sources import CameraActor, SourceSettings, SourceState
+from lfr.sources import SourceSettings, SourceState, VideoSource
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -302,7 +303,7 @@ class Watched:
     def __init__(self, settings: SourceSettings) -> None:
         send: Sender[Frame]
         send, self.receive = open_channel(f"frames:{settings.name}", 4, Overflow.DROP_OLDEST)
-        self.camera = CameraActor(settings, send)
+        self.camera = SourceActor(VideoSource(settings), send)
         self.frames: list[tuple[int, float]] = []
         self.states: list[tuple[float, str]] = []
 
@@ -313,7 +314,7 @@ class Watched:
 
     async def watch_states(self) -> None:
         while True:
-            state = self.camera.source_state.value
+            state = self.camera.statistics().source_state
             if not self.states or self.states[-1][1] != state:
                 self.states.append((time.monotonic(), state))
             await anyio.sleep(0.02)
@@ -433,7 +434,7 @@ async def test_stall_without_closing_is_detected(clip: Path, tmp_path: Path) -> 
         ):
             start = time.monotonic()
             await live_frames(live, 20, start, 30, "first RTSP frames")
-            reconnects = live.camera.reconnects
+            reconnects = live.camera.statistics().reconnects
 
             stalled = time.monotonic()
             server.signal_feeder(signal.SIGSTOP)  # the server keeps the session open: no EOF
@@ -455,7 +456,7 @@ async def test_stall_without_closing_is_detected(clip: Path, tmp_path: Path) -> 
                 server.signal_feeder(signal.SIGCONT)
             resumed = time.monotonic()
             await live_frames(live, 20, resumed, 30, "RTSP frames after the stall")
-            assert live.camera.reconnects > reconnects
+            assert live.camera.statistics().reconnects > reconnects
             assert live.indices_increase()
             assert_file_camera_unaffected(local, start)
 

@@ -19,13 +19,14 @@ from aiohttp import web
 from clips import bar_width, make_clip
 
 from lfr.messages import Frame
+from lfr.pipeline.camera import SourceActor
 from lfr.runtime import Overflow, Supervisor, open_channel
 from lfr.runtime.channels import Channel, Receiver, Sender
 from lfr.sources import (
-    CameraActor,
     CameraStats,
     SourceSettings,
     SourceState,
+    VideoSource,
     backoff_delays,
     is_live_url,
     redact_url,
@@ -56,7 +57,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Run:
     """What a camera delivered: every index, the first frames in full, its channel and actor."""
 
-    def __init__(self, camera: CameraActor, channel: Channel[Frame]) -> None:
+    def __init__(self, camera: SourceActor, channel: Channel[Frame]) -> None:
         self.camera = camera
         self.channel = channel
         self.indices: list[int] = []
@@ -80,7 +81,7 @@ async def play(
     send: Sender[Frame]
     receive: Receiver[Frame]
     send, receive = open_channel(f"frames:{settings.name}", capacity, policy)
-    camera = CameraActor(settings, send)
+    camera = SourceActor(VideoSource(settings), send)
     run = Run(camera, send.channel)
     async with anyio.create_task_group() as tg, receive:
         tg.start_soon(Supervisor().supervise, camera)
@@ -95,8 +96,8 @@ async def play(
     return run
 
 
-def settings(url: Path | str, **kwargs: object) -> SourceSettings:
-    return SourceSettings(name="cam1", url=str(url), **kwargs)  # type: ignore[arg-type]
+def settings(url: Path | str, name: str = "cam1", **kwargs: object) -> SourceSettings:
+    return SourceSettings(name=name, url=str(url), **kwargs)  # type: ignore[arg-type]
 
 
 # --- settings and helpers ---------------------------------------------------------------------
@@ -300,8 +301,8 @@ async def test_two_cameras_one_broken(clips: dict[str, Path], tmp_path: Path) ->
     bad_send: Sender[Frame]
     good_send, good_recv = open_channel("frames:good", 2, Overflow.BLOCK)
     bad_send, bad_recv = open_channel("frames:bad", 2, Overflow.BLOCK)
-    good = CameraActor(SourceSettings(name="good", url=str(clips["mp4"])), good_send)
-    bad = CameraActor(SourceSettings(name="bad", url=str(tmp_path / "missing.mp4")), bad_send)
+    good = SourceActor(VideoSource(settings(clips["mp4"], name="good")), good_send)
+    bad = SourceActor(VideoSource(settings(tmp_path / "missing.mp4", name="bad")), bad_send)
     supervisor = Supervisor()
     got: list[int] = []
     with anyio.fail_after(30):
@@ -401,12 +402,13 @@ async def test_live_stream_stall_is_detected_and_reconnected(clips: dict[str, Pa
     async with ts_server(clips["ts"].read_bytes(), stall=True) as url:
         send: Sender[Frame]
         send, receive = open_channel("frames:cam1", 2, Overflow.DROP_OLDEST)
-        camera = CameraActor(live_settings(url), send)
+        camera = SourceActor(VideoSource(live_settings(url)), send)
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(Supervisor().supervise, camera)
-            await wait_for(lambda: camera.reconnects >= 2)
+            await wait_for(lambda: camera.statistics().reconnects >= 2)
             assert camera.statistics().last_error == f"cam1: '{url}': no frame for 0.5 s"
-            assert camera.frames_decoded >= 2 * (N_FRAMES // 3)  # each connection delivered
+            # each connection delivered
+            assert camera.statistics().frames_decoded >= 2 * (N_FRAMES // 3)
             camera.stop()
             async for _ in receive:
                 pass
@@ -421,10 +423,10 @@ async def test_live_stream_waits_for_a_server_that_comes_up_later(clips: dict[st
     url = f"http://127.0.0.1:{port}/live.ts"
     send: Sender[Frame]
     send, receive = open_channel("frames:cam1", 2, Overflow.DROP_OLDEST)
-    camera = CameraActor(live_settings(url), send)
+    camera = SourceActor(VideoSource(live_settings(url)), send)
     async with anyio.create_task_group() as tg, receive:
         tg.start_soon(Supervisor().supervise, camera)
-        await wait_for(lambda: camera.reconnects >= 3)
+        await wait_for(lambda: camera.statistics().reconnects >= 3)
         stats = camera.statistics()
         assert stats.source_state == SourceState.RECONNECTING
         assert stats.last_error == f"cam1: cannot open '{url}': Connection refused"
@@ -449,7 +451,8 @@ async def test_stop_does_not_wait_for_a_hanging_open() -> None:
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     send: Sender[Frame]
     send, receive = open_channel("frames:cam1", 2, Overflow.DROP_OLDEST)
-    camera = CameraActor(live_settings(f"http://127.0.0.1:{port}/x.ts", open_timeout_s=30), send)
+    url = f"http://127.0.0.1:{port}/x.ts"
+    camera = SourceActor(VideoSource(live_settings(url, open_timeout_s=30)), send)
     async with listener, receive, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, silent)
         tg.start_soon(Supervisor().supervise, camera)
@@ -469,7 +472,7 @@ async def test_stop_does_not_wait_for_a_hanging_open() -> None:
 async def test_camera_ends_when_nobody_receives(clips: dict[str, Path]) -> None:
     send: Sender[Frame]
     send, receive = open_channel("frames:cam1", 2, Overflow.BLOCK)
-    camera = CameraActor(settings(clips["mp4"], loop=True), send)
+    camera = SourceActor(VideoSource(settings(clips["mp4"], loop=True)), send)
     supervisor = Supervisor()
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:

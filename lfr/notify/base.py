@@ -5,30 +5,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Protocol, runtime_checkable
 
 import anyio
 
+from lfr.api import Notifier
 from lfr.messages import Alert
 from lfr.notify.outbox import Outbox
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.channels import Receiver
 
+__all__ = ["Notifier", "NotifierActor", "NotifierStats"]  # Notifier is defined in lfr.api
+
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Notifier(Protocol):
-    """Delivers alerts somewhere. ``name`` keys its delivery rows in the outbox (unique per run)."""
-
-    name: str
-
-    async def deliver(self, alert: Alert) -> None:
-        """Deliver one alert; raise to signal failure (it is retried). Delivery is at least once:
-        use ``alert.id`` as the idempotency key."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 class NotifierStats(ActorStats, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""Video sources: camera actors that decode files and live streams into frames."""
+"""Video sources: lfr's own camera (PyAV: files and live streams), a ``Source`` like a plugin's."""
 
 from lfr.sources.base import (
     CameraStats,
@@ -9,14 +9,14 @@ from lfr.sources.base import (
     is_live_url,
     redact_url,
 )
-from lfr.sources.video import CameraActor
+from lfr.sources.video import VideoSource
 
 __all__ = [
-    "CameraActor",
     "CameraStats",
     "SourceError",
     "SourceSettings",
     "SourceState",
+    "VideoSource",
     "backoff_delays",
     "is_live_url",
     "redact_url",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from lfr.api import SourceBackendSettings
+from lfr.api import SourceState as SourceState  # defined in the plugin API
 from lfr.runtime.actor import ActorStats
 
 # Network sources are live: they reconnect forever instead of ending.
@@ -19,16 +20,9 @@ class SourceError(Exception):
     """A source that cannot be opened or read; the message names the camera and the URL."""
 
 
-class SourceState(StrEnum):
-    CONNECTING = "connecting"
-    LIVE = "live"  # frames are flowing (a file being played too)
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"  # end of a file, or stopped
-    FAILED = "failed"  # a file that cannot be played; last_error says why
-
-
-class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One camera: a video file, or a live rtsp:// / http(s):// stream."""
+class SourceSettings(SourceBackendSettings, frozen=True, tag="video"):
+    """One camera: a video file, or a live rtsp:// / http(s):// stream. The settings of the
+    built-in source ``video``, the kind of every ``[[cameras]]`` entry that names none."""
 
     name: str
     url: str

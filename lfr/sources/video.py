@@ -1,16 +1,16 @@
-"""Camera actors: decode a video file or a live stream with PyAV and send BGR frames.
+"""lfr's own camera source: decode a video file or a live stream with PyAV into BGR frames.
 
 Decoding runs in worker threads, one frame per call, under a limiter of the camera's own (so many
-cameras never exhaust anyio's default thread limiter); the event loop only paces and sends. A read
+cameras never exhaust anyio's default thread limiter); the event loop only paces and yields. A read
 never outlives `read_timeout_s` on a live stream (FFmpeg's interrupt callback ends a blocked read),
 so stopping or cancelling waits at most that long (an open in flight is abandoned), and the task
 that opened a container closes it.
 
 Behaviour at the end and on errors:
-- File: at its end it starts again if `loop`, else the source ends (state ended, `run()` returns and
-  the supervisor's `finish()` closes the sender). A file that cannot be opened, or from which no
-  frame can be decoded, is not retried (retrying cannot help): state failed, last_error says why,
-  and `run()` returns without raising so the supervisor does not restart it pointlessly.
+- File: at its end it starts again if `loop`, else the source ends (state ended, `frames()` returns
+  and the camera actor closes its sender). A file that cannot be opened, or from which no frame can
+  be decoded, is not retried (retrying cannot help): state failed, last_error says why, and
+  `frames()` returns without raising so the supervisor does not restart it pointlessly.
 - Live stream (rtsp://, http(s)://, ...): an open error, end of stream or a stall (no frame for
   `read_timeout_s`) reconnects with exponential backoff, forever, until stopped.
 - A packet that fails to decode is counted in errors and skipped; the stream goes on.
@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from typing import NamedTuple, TypeVar
 
 import anyio
@@ -31,12 +32,10 @@ import numpy as np
 from av.packet import Packet
 from av.video.frame import VideoFrame
 
+from lfr.api import SourceStats
 from lfr.messages import Frame
-from lfr.runtime.actor import Actor
-from lfr.runtime.channels import Sender
 from lfr.runtime.metrics import RateMeter
 from lfr.sources.base import (
-    CameraStats,
     SourceError,
     SourceSettings,
     SourceState,
@@ -168,80 +167,74 @@ class _Decoder:
         return True
 
 
-class CameraActor(Actor):
-    """Sends the frames of one video source, in order, to `out` (one `Frame` per emitted picture).
+class VideoSource:
+    """lfr's own camera (``kind = "video"``, the kind of a ``[[cameras]]`` entry without one): the
+    frames of one video file or live stream, in order, decoded with PyAV. A ``Source``, run by the
+    camera actor like any plugin's.
 
     `Frame.index` counts every decoded frame of the source (skipped ones, earlier loops and earlier
     connections too), so it only ever increases.
     """
 
-    def __init__(self, settings: SourceSettings, out: Sender[Frame]) -> None:
-        super().__init__(settings.name, "camera")
+    def __init__(self, settings: SourceSettings) -> None:
+        self.name = settings.name
         self.settings = settings
-        self.out = out
-        self.writes = (out.channel.name,)
         self.source_state = SourceState.CONNECTING
         self.frames_decoded = 0
         self.frames_skipped = 0
-        self.frames_emitted = 0
         self.reconnects = 0
+        self.errors = 0
+        self.last_error = ""
         self.width: int | None = None
         self.height: int | None = None
         self.source_fps: float | None = None
         self._fps_in = RateMeter()
         self._stopping = False
-        self._scope: anyio.CancelScope | None = None
         self._limiter: anyio.CapacityLimiter | None = None
 
     def stop(self) -> None:
-        """Ask the source to end soon; call from the event loop thread. `run()` then returns."""
+        """Ask the source to end soon; the actor cancels the iteration right after."""
         self._stopping = True
-        if self._scope is not None:
-            self._scope.cancel()
 
-    async def run(self) -> None:
+    def statistics(self) -> SourceStats:
+        return SourceStats(
+            state=self.source_state,
+            url=redact_url(self.settings.url),
+            frames_decoded=self.frames_decoded,
+            frames_skipped=self.frames_skipped,
+            reconnects=self.reconnects,
+            fps_in=self._fps_in.rate(),
+            width=self.width,
+            height=self.height,
+            source_fps=self.source_fps,
+            errors=self.errors,
+            last_error=self.last_error,
+        )
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Returns at the end of a file (or after `stop()`), and also, with state failed, when a
+        file cannot be played: retrying could not help, so there is nothing to restart."""
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
         self.source_state = SourceState.CONNECTING
         try:
-            with anyio.CancelScope() as self._scope:
-                if self._stopping:
-                    self._scope.cancel()
-                if self.settings.live:
-                    await self._run_live()
-                else:
-                    await self._run_file()
-        except anyio.BrokenResourceError:
-            log.info("camera %s: nobody receives its frames any more, stopping", self.name)
+            if self._stopping:
+                return
+            # aclosing: a generator closed at a yield closes the one it reads too, right away.
+            async with aclosing(self._live() if self.settings.live else self._file()) as plays:
+                async for frame in plays:
+                    yield frame
         finally:
-            self._scope = None
             if self.source_state is not SourceState.FAILED:
                 self.source_state = SourceState.ENDED
 
-    async def finish(self) -> None:
-        self.out.close()
-
-    def statistics(self) -> CameraStats:
-        return CameraStats(
-            **self._base_stats_fields(),
-            url=redact_url(self.settings.url),
-            source_state=self.source_state.value,
-            fps_in=self._fps_in.rate(),
-            fps_out=self.metrics.rate.rate(),
-            frames_decoded=self.frames_decoded,
-            frames_skipped=self.frames_skipped,
-            frames_emitted=self.frames_emitted,
-            reconnects=self.reconnects,
-            width=self.width,
-            height=self.height,
-            source_fps=self.source_fps,
-        )
-
-    async def _run_file(self) -> None:
-        while True:
+    async def _file(self) -> AsyncGenerator[Frame, None]:
+        while not self._stopping:
             before = self.frames_decoded
             try:
-                await self._play()
+                async with aclosing(self._play()) as play:
+                    async for frame in play:
+                        yield frame
             except SourceError as exc:
                 self._fail(str(exc))
                 return
@@ -251,13 +244,15 @@ class CameraActor(Actor):
             if not self.settings.loop:
                 return
 
-    async def _run_live(self) -> None:
+    async def _live(self) -> AsyncGenerator[Frame, None]:
         s = self.settings
         delays = backoff_delays(s.reconnect_initial_s, s.reconnect_max_s)
-        while True:
+        while not self._stopping:
             before = self.frames_decoded
             try:
-                await self._play()
+                async with aclosing(self._play()) as play:
+                    async for frame in play:
+                        yield frame
                 error = f"{self.name}: {redact_url(s.url)!r}: stream ended"
             except SourceError as exc:
                 error = str(exc)
@@ -270,8 +265,8 @@ class CameraActor(Actor):
             await anyio.sleep(delay)
             self.reconnects += 1
 
-    async def _play(self) -> None:
-        """Open the source once and send its frames until its end; SourceError on failure."""
+    async def _play(self) -> AsyncGenerator[Frame, None]:
+        """Open the source once and yield its frames until its end; SourceError on failure."""
         # An open in flight is abandoned on cancel (it may take open_timeout_s); its container, if
         # any, is freed with the worker's result.
         decoder = await self._in_thread(_Decoder.open, self.settings, abandon=True)
@@ -282,7 +277,7 @@ class CameraActor(Actor):
             self.source_fps = decoder.source_fps
             self.width, self.height = decoder.width, decoder.height
             self.source_state = SourceState.LIVE
-            while True:
+            while not self._stopping:
                 try:
                     picture = await self._in_thread(decoder.read)
                 finally:
@@ -296,16 +291,13 @@ class CameraActor(Actor):
                         origin = now - picture.media_time
                     await anyio.sleep(max(0.0, origin + picture.media_time - now))
                     wall_time, mono_time = time.time(), time.monotonic()  # its capture time
-                frame = Frame(
+                yield Frame(
                     camera=self.name,
                     index=base_decoded + picture.number,
                     wall_time=wall_time,
                     mono_time=mono_time,
                     image=picture.image,
                 )
-                await self.out.send(frame)
-                self.frames_emitted += 1
-                self.metrics.processed(latency_s=time.monotonic() - mono_time)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._in_thread(decoder.close)
@@ -326,8 +318,8 @@ class CameraActor(Actor):
         decoder.errors.clear()
 
     def _error(self, message: str, level: int = logging.NOTSET) -> None:
-        self.metrics.errors += 1
-        self.metrics.last_error = message
+        self.errors += 1
+        self.last_error = message
         if level:
             log.log(level, "%s", message)
 

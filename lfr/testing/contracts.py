@@ -18,11 +18,12 @@ import anyio
 import msgspec
 import numpy as np
 
+from lfr.api import Source, SourceStats
 from lfr.messages import Alert, Detection, Frame
 from lfr.notify.base import Notifier, NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
-from lfr.plugins import BackendKind, Source, missing_members
+from lfr.plugins import BackendKind, missing_members
 from lfr.runtime.channels import Receiver, Sender, open_channel
 from lfr.testing.samples import clustered_embeddings, sample_alerts
 from lfr.tracking import iou
@@ -684,7 +685,8 @@ async def check_source(
     """Run through lfr's ``SourceActor``: the source yields ``Frame`` objects of its own camera
     name, H x W x 3 uint8 images, increasing indexes, non-decreasing monotonic times, at least
     ``min_frames`` of them; after ``stop_after`` frames (default: never) ``stop()`` ends it.
-    ``frames()`` must end by itself (a file) or after ``stop()`` (a live source)."""
+    ``frames()`` must end by itself (a file) or after ``stop()`` (a live source). A source with
+    the optional ``statistics()`` must return a ``lfr.api.SourceStats``."""
     check_members(source, "source")
     name = source.name
     send: Sender[Frame]
@@ -733,5 +735,11 @@ async def check_source(
             len(got) <= stop_after + capacity + 1,  # what was queued, and one in flight
             f"{name}: {len(got)} frames arrived after stop() at frame {stop_after}",
         )
+    statistics = getattr(source, "statistics", None)
+    if statistics is not None:  # optional; what it returns is shown as the camera's figures
+        reported = statistics()
+        _require(isinstance(reported, SourceStats),
+                 f"{name}: statistics() returned a {type(reported).__name__}, want "
+                 "lfr.api.SourceStats")
     height, width = got[0].image.shape[:2]
     return SourceReport(name=name, frames=len(got), width=int(width), height=int(height))

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import msgspec
 import numpy as np
 
+from lfr.api import Detector, Embedder  # the protocols, re-exported here
 from lfr.messages import Detection
 from lfr.vision.align import align_face
 from lfr.vision.quality import QualityGate, QualityReport
-
-
-@runtime_checkable
-class Detector(Protocol):
-    """Finds faces with 5 landmarks in a BGR uint8 image, in its pixel coordinates, best first."""
-
-    name: str
-
-    def detect(self, image: np.ndarray, score_threshold: float | None = None
-               ) -> list[Detection]: ...
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """Maps aligned 112x112 BGR uint8 faces to L2-normalised float32 vectors (N x dim)."""
-
-    name: str
-    dim: int
-
-    def embed(self, aligned_bgr: list[np.ndarray]) -> np.ndarray: ...
 
 
 class AnalyzedFace(msgspec.Struct, frozen=True):

@@ -22,26 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from lfr.api import IndexBackend  # the protocol, re-exported here
 
-@runtime_checkable
-class IndexBackend(Protocol):
-    """Cosine search over L2-normalised float32 rows."""
-
-    name: str
-
-    def build(self, vectors: np.ndarray) -> None:
-        """Replace the contents with ``vectors`` (N x d float32, L2-normalised rows)."""
-        ...
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (Q x k', cosine, descending) and row indices (Q x k'), k' = min(k, N)."""
-        ...
-
-    def __len__(self) -> int: ...
+__all__ = ["AnnoyIndex", "ExactIndex", "IndexBackend"]
 
 
 def _as_rows(vectors: np.ndarray, what: str) -> np.ndarray:
