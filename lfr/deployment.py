@@ -21,7 +21,7 @@ import msgspec
 
 from lfr.audit import AuditLog, audit_records
 from lfr.config import Backends, Config, resolve_backends
-from lfr.matching import Matcher, MatchResult
+from lfr.matching import Matcher, MatchResult, configured_matcher, configured_watchlist
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
@@ -29,6 +29,7 @@ from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
 from lfr.pipeline.matcher import FrameCallback, MatcherActor, MatcherStats
 from lfr.plugins import BuildContext, ConfigError, Registry
+from lfr.policy import AlertPolicy
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -37,10 +38,9 @@ from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
 from lfr.sources.video import CameraActor
-from lfr.tracking import TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate
-from lfr.watchlist import Watchlist, load_bundle
+from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.deployment")
 
@@ -165,15 +165,11 @@ class Deployment:
         backends = resolve_backends(cfg, self.registry)
         context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
         analyzer = self._analyzer or build_analyzer(cfg, self.registry, backends=backends)
-        if cfg.watchlist is None:
-            raise ConfigError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
-                             "configured")
-        self.watchlist = load_bundle(cfg.resolve_path(cfg.watchlist.bundle))
+        self.watchlist = configured_watchlist(cfg)
+        assert cfg.watchlist is not None
         check_bundle_embedder(self.watchlist, analyzer, cfg.watchlist.bundle)
-        index = self.registry.create("index", backends.index, context)
-        index.build(self.watchlist.vectors)
-        matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
-                          top_k=cfg.matching.top_k)
+        matcher = configured_matcher(cfg, self.registry, self.watchlist, backends=backends,
+                                     context=context)
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
         self._plugin_sources = [self.registry.create("source", s, context)
                                 for s in backends.sources]
@@ -220,9 +216,9 @@ class Deployment:
             outs.append(send)
             self.actors.append(NotifierActor(notifier, recv, outbox))
         self.matcher_actor = MatcherActor(
-            faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
-            [n.name for n in notifiers], cfg.matching.cooldown_s, self._alert_raised,
-            self._frame_done, tracking=TrackerSettings.from_matching(cfg.matching))
+            faces_recv, outs, AlertPolicy.configured(cfg.matching, matcher.rank),
+            self.watchlist, outbox, audit,  # type: ignore[arg-type]
+            [n.name for n in notifiers], self._alert_raised, self._frame_done)
         self.actors.append(self.matcher_actor)
 
     def _local_paths(self, camera: SourceSettings) -> SourceSettings:

@@ -1,4 +1,4 @@
-"""The matcher actor: turns faces into decided alerts, persists them and sends them on."""
+"""The matcher actor: turns the alert policy's verdicts into alerts, persists and sends them."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 
 from lfr.audit import AuditLog
-from lfr.matching import Matcher, MatchResult
-from lfr.messages import Alert, Face, FrameFaces, utc_iso
+from lfr.matching import MatchResult
+from lfr.messages import Alert, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
+from lfr.policy import AlertPolicy
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Receiver, Sender
-from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
+from lfr.tracking import Verdict
 from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.pipeline")
@@ -43,30 +44,27 @@ FrameCallback = Callable[[FrameFaces, list["MatchResult | None"], list[Alert]], 
 
 
 class MatcherActor(Actor):
-    """Searches the watchlist for every face and decides per person, not per frame.
+    """Runs the alert policy (``lfr.policy``) on every frame's faces and raises its verdicts.
 
-    Faces are linked into tracks per camera (``lfr.tracking``); a track decides at most once, from
-    its best frames, and a decision becomes an Alert (with the track's best face as evidence) that
-    is written to the durable outbox and the audit log before any notifier sees it. A cooldown per
-    (camera, person) stops a person who leaves and comes back from raising an alert per track.
-    Faces of people not on the watchlist live only in their track, in memory, and go with it.
+    The policy searches the watchlist, links faces into tracks per camera, lets each track decide
+    at most once from its best frames and applies the (camera, person) cooldown. This actor turns
+    each verdict into an Alert (with the track's best face as evidence), writes it to the durable
+    outbox and the audit log before any notifier sees it, then sends it. Faces of people not on
+    the watchlist live only in their track, in memory, and go with it.
     """
 
     def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
-                 matcher: Matcher, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
-                 notifier_names: Sequence[str], cooldown_s: float,
+                 policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
+                 notifier_names: Sequence[str],
                  on_alert: Callable[[Alert], None] | None = None,
-                 on_frame: FrameCallback | None = None,
-                 tracking: TrackerSettings | None = None) -> None:
+                 on_frame: FrameCallback | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
-        self.matcher, self.watchlist = matcher, watchlist
+        self.policy, self.watchlist = policy, watchlist
         self.outbox, self.audit = outbox, audit
         self.notifier_names = list(notifier_names)
         self.on_alert, self.on_frame = on_alert, on_frame
-        self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, matcher.rank)
-        self.cooldown = Cooldown(cooldown_s)
         self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
@@ -76,42 +74,32 @@ class MatcherActor(Actor):
         async for item in self.faces:
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
-            ranked = (self.matcher.rank(np.stack([f.embedding for f in item.faces]))
-                      if item.faces else [])
+            step = self.policy.observe(item.frame.camera, item.faces, now)
             self.face_count += len(item.faces)
-            self.match_count += sum(r[0].score >= self.matcher.threshold for r in ranked if r)
-            outcome = self.tracker.update(item.frame.camera, item.faces, ranked, now)
-            decisions = outcome.decisions + self.tracker.expire(now)
-            alerts = [a for a in (self._alert(d, now) for d in decisions) if a is not None]
+            self.match_count += step.matches
+            alerts = [self._make_alert(v, now) for v in step.verdicts]
             for alert in alerts:
                 await self._raise(alert)
             if self.on_frame is not None:
                 results: list[MatchResult | None] = [
                     None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
-                    for p in outcome.persons]
+                    for p in step.persons]
                 self.on_frame(item, results, alerts)
             self.metrics.processed(latency_s=time.monotonic() - now)
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).
         now = self._last_mono if self._last_mono is not None else time.monotonic()
-        for decision in self.tracker.flush():
-            last = self._alert(decision, now)
-            if last is not None:
-                await self._raise(last)
+        for verdict in self.policy.flush(now):
+            await self._raise(self._make_alert(verdict, now))
 
-    def _alert(self, decision: Decision, now: float) -> Alert | None:
-        """The alert for a track's decision, or None within the (camera, person) cooldown."""
-        if not self.cooldown.admit(decision, now):
-            return None
-        return self._make_alert(decision.face, decision.person_id, decision.score, now)
-
-    def _make_alert(self, face: Face, person_id: str, score: float, decided: float) -> Alert:
+    def _make_alert(self, verdict: Verdict, decided: float) -> Alert:
         # The evidence is the track's best face: its crop, box, frame and capture time.
+        face, person_id = verdict.face, verdict.person_id
         return Alert(
             id=Alert.new_id(), camera=face.camera, time=utc_iso(face.wall_time),
             wall_time=face.wall_time, person_id=person_id,
-            name=self.watchlist.name(person_id), score=float(score),
-            threshold=self.matcher.threshold, box=face.detection.box,
+            name=self.watchlist.name(person_id), score=float(verdict.score),
+            threshold=self.policy.threshold, box=face.detection.box,
             frame_index=face.frame_index, latency_s=max(0.0, time.monotonic() - decided),
             crop_jpeg=encode_jpeg(face.crop),
             watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
