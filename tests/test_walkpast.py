@@ -6,11 +6,26 @@ import json
 import sys
 from typing import Any
 
+import msgspec
 import pytest
 from paths import LFW, REPO
 
 from lfr.cli import main
-from lfr.eval.video import Truth, TruthError, TruthPasser, VideoAlert, load_truth, score_video
+from lfr.config import load_config
+from lfr.deployment import build_analyzer
+from lfr.eval.video import (
+    Truth,
+    TruthError,
+    TruthPasser,
+    VideoAlert,
+    load_truth,
+    replay_alerts,
+    replay_video,
+    run_video,
+    score_video,
+)
+from lfr.plugins import load_plugins
+from lfr.watchlist import build_watchlist
 
 sys.path.insert(0, str(REPO / "tools"))
 from make_walkpast import make_walkpast
@@ -173,3 +188,29 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
     for key in ("identified", "false_alerts", "duplicate_alerts", "late_alerts"):
         assert same[key] == report[key], key
     assert same["time_to_alert_median_s"] == report["time_to_alert_s"]["median"]
+
+
+@pytest.mark.slow
+def test_replay_raises_exactly_the_deployment_s_alerts(walkpast) -> None:
+    """The deployment's matcher actor and `lfr eval video`'s replay decide through the same
+    `AlertPolicy.observe`: on the recorded faces, the configured rule raises the same alerts
+    (person, score, evidence frame and box, decided frame), in the same order."""
+    out, _ = walkpast
+    config = load_config(out / "walkpast.toml")
+    registry = load_plugins()
+    analyzer = build_analyzer(config, registry)
+    assert config.watchlist is not None and config.watchlist.source is not None
+    bundle = config.resolve_path(config.watchlist.bundle)
+    if not (bundle / "manifest.json").is_file():  # the CLI test builds it when it runs first
+        build_watchlist(config.resolve_path(config.watchlist.source), bundle, analyzer)
+    truth = load_truth(out / "truth.json")
+    report, recording = run_video(config, truth, registry, analyzer=analyzer, record=True)
+    assert recording is not None
+    assert len(recording.frames) == truth.frames
+    assert recording.tracking == config.matching.tracking
+    assert len(recording.alerts) == report.alerts >= report.identified >= 8
+    replayed = replay_alerts(recording, recording.tracking, config.matching.threshold)
+    assert replayed == recording.alerts
+    again = replay_video(recording, truth, recording.tracking, config.matching.threshold,
+                         config.quality.min_face_px)
+    assert again == msgspec.structs.replace(report, seconds=0.0)
