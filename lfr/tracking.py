@@ -1,4 +1,4 @@
-"""Person tracks: one camera's faces linked across frames, and one decision per track.
+"""Person tracks: one camera's faces linked across frames, and one verdict per track.
 
 A face alone is weak evidence (small, blurred, turned away); the same person over a second of
 video is strong evidence. Each camera gets a tracker that links a face to the track it continues
@@ -88,7 +88,7 @@ class TrackerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
     decision_px: NonNegative = 40.0
     # "frame" decides on any single face over the threshold (the behaviour without fusion).
     fusion: Fusion = "embedding"
-    fusion_frames: Count = 5  # best-quality faces a decision uses
+    fusion_frames: Count = 5  # best-quality faces (with an embedding) a verdict fuses
 
     def __post_init__(self) -> None:
         # Decoding checks the constraints above; this catches settings built in code.

@@ -6,26 +6,12 @@ import json
 import sys
 from typing import Any
 
-import msgspec
 import pytest
 from paths import LFW, REPO
 
+import lfr.eval.video
 from lfr.cli import main
-from lfr.config import load_config
-from lfr.deployment import build_analyzer
-from lfr.eval.video import (
-    Truth,
-    TruthError,
-    TruthPasser,
-    VideoAlert,
-    load_truth,
-    replay_alerts,
-    replay_video,
-    run_video,
-    score_video,
-)
-from lfr.plugins import load_plugins
-from lfr.watchlist import build_watchlist
+from lfr.eval.video import Truth, TruthError, TruthPasser, VideoAlert, load_truth, score_video
 
 sys.path.insert(0, str(REPO / "tools"))
 from make_walkpast import make_walkpast
@@ -151,8 +137,17 @@ def test_walkpast_same_seed_same_video(walkpast, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
+def test_eval_video_identifies_people_not_frames(walkpast, capsys, monkeypatch) -> None:
     out, _ = walkpast
+    replays: list[tuple[Any, Any, float, list[VideoAlert]]] = []
+    replay_alerts = lfr.eval.video.replay_alerts
+
+    def recorded_replay(recording: Any, settings: Any, threshold: float) -> list[VideoAlert]:
+        alerts = replay_alerts(recording, settings, threshold)
+        replays.append((recording, settings, threshold, alerts))
+        return alerts
+
+    monkeypatch.setattr(lfr.eval.video, "replay_alerts", recorded_replay)
     assert (
         main(
             [
@@ -188,29 +183,12 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
     for key in ("identified", "false_alerts", "duplicate_alerts", "late_alerts"):
         assert same[key] == report[key], key
     assert same["time_to_alert_median_s"] == report["time_to_alert_s"]["median"]
-
-
-@pytest.mark.slow
-def test_replay_raises_exactly_the_deployment_s_alerts(walkpast) -> None:
-    """The deployment's matcher actor and `lfr eval video`'s replay decide through the same
-    `AlertPolicy.observe`: on the recorded faces, the configured rule raises the same alerts
-    (person, score, evidence frame and box, decided frame), in the same order."""
-    out, _ = walkpast
-    config = load_config(out / "walkpast.toml")
-    registry = load_plugins()
-    analyzer = build_analyzer(config, registry)
-    assert config.watchlist is not None and config.watchlist.source is not None
-    bundle = config.resolve_path(config.watchlist.bundle)
-    if not (bundle / "manifest.json").is_file():  # the CLI test builds it when it runs first
-        build_watchlist(config.resolve_path(config.watchlist.source), bundle, analyzer)
-    truth = load_truth(out / "truth.json")
-    report, recording = run_video(config, truth, registry, analyzer=analyzer, record=True)
-    assert recording is not None
+    # Alert by alert: the deployment's matcher actor and the replay decide through the same
+    # `AlertPolicy.observe`, so the same person, score, evidence frame and box, decided frame.
+    (configured,) = [(rec, alerts) for rec, settings, threshold, alerts in replays
+                     if settings == rec.tracking and threshold == 0.42]
+    recording, replayed = configured
     assert len(recording.frames) == truth.frames
-    assert recording.tracking == config.matching.tracking
-    assert len(recording.alerts) == report.alerts >= report.identified >= 8
-    replayed = replay_alerts(recording, recording.tracking, config.matching.threshold)
+    assert len(recording.alerts) == report["alerts"] >= report["identified"]
     assert replayed == recording.alerts
-    again = replay_video(recording, truth, recording.tracking, config.matching.threshold,
-                         config.quality.min_face_px)
-    assert again == msgspec.structs.replace(report, seconds=0.0)
+
