@@ -11,13 +11,14 @@ import getpass
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 from lfr.plugins import BackendSettings, ConfigError, Registry
 from lfr.sources.base import SourceSettings
+from lfr.tracking import TrackerSettings
 
 Positive = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -43,17 +44,9 @@ class MatchingConfig(Section, frozen=True):
     top_k: Positive = 5
     # A person who leaves and comes back raises at most one alert per camera per cooldown.
     cooldown_s: Annotated[float, Meta(ge=0)] = 60.0
-    # Person tracks (lfr.tracking): a camera's faces are linked across frames and each track
-    # decides once, from its best faces; "frame" decides on any single face over the threshold.
-    fusion: Literal["embedding", "score", "frigate", "frame"] = "embedding"
-    fusion_frames: Positive = 5  # best-quality faces a decision uses
-    min_track_frames: Positive = 2  # faces before a track may decide (a shorter one: at its end)
-    confirm_frames: Positive = 2  # consecutive frames over the threshold before a track decides
-    # Faces smaller than this are tracked but never decided on (they give chance likenesses).
-    decision_min_face_px: Annotated[float, Meta(ge=0)] = 40.0
-    track_iou: Annotated[float, Meta(ge=0, le=1)] = 0.1  # least overlap with the predicted box
-    track_max_missed: Positive = 8  # camera frames without the face before its track ends
-    track_max_age_s: PositiveFloat = 3.0  # capture-time seconds without it before it ends
+    # Person tracks ([matching.tracking], lfr.tracking): a camera's faces are linked across frames
+    # and each track decides once, from its best faces.
+    tracking: TrackerSettings = msgspec.field(default_factory=TrackerSettings)
 
 
 class QualityConfig(Section, frozen=True):

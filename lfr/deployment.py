@@ -21,14 +21,15 @@ import msgspec
 from lfr.audit import AuditLog, audit_records
 from lfr.config import Backends, Config, resolve_backends
 from lfr.decisions import DecisionLog
-from lfr.matching import Matcher, MatchResult
+from lfr.matching import Matcher, configured_matcher, configured_watchlist
 from lfr.messages import Adjudication, Alert, Decision, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
-from lfr.pipeline.matcher import MatcherActor, MatcherStats
+from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherActor, MatcherStats
 from lfr.plugins import BackendSettings, BuildContext, ConfigError, Registry
+from lfr.policy import AlertPolicy
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -37,10 +38,9 @@ from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
-from lfr.tracking import TrackerSettings
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.quality import QualityGate
-from lfr.watchlist import Watchlist, load_bundle
+from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.deployment")
 
@@ -104,17 +104,6 @@ class Snapshot(msgspec.Struct, frozen=True):
     operator: str
 
 
-class FrameReport(msgspec.Struct, frozen=True):
-    """One frame that went through detection and matching, for viewers: its faces, per face the
-    person its track decided on (None: not on the watchlist) and the alerts it raised. Lives in
-    memory only, in the subscribers' bounded buffers."""
-
-    faces: FrameFaces
-    persons: list[MatchResult | None]
-    alerts: list[Alert]
-    decided_mono: float  # when the matcher was done with it (monotonic): latency = this - capture
-
-
 class RunSummary(msgspec.Struct, frozen=True):
     name: str
     location: str
@@ -127,6 +116,7 @@ class RunSummary(msgspec.Struct, frozen=True):
     dropped_frames: int
     restarts: int
     failed_actors: list[str]
+    latency_ms: LatencyMs  # capture to decision, every camera (per camera: in ``cameras``)
     stuck: list[str]  # watchdog reports: "detect:cam2 stuck in detect for 31.0 s (limit 30 s)"
     abandoned_threads: int  # worker threads left hung by those restarts
     photo_errors: list[str]
@@ -252,15 +242,11 @@ class Deployment:
         backends = resolve_backends(cfg, self.registry)
         context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
         analyzer = self._analyzer or build_analyzer(cfg, self.registry, backends=backends)
-        if cfg.watchlist is None:
-            raise ConfigError(f"{cfg.source_file or '<config>'}: $.watchlist: no watchlist bundle "
-                             "configured")
-        self.watchlist = load_bundle(cfg.resolve_path(cfg.watchlist.bundle))
+        self.watchlist = configured_watchlist(cfg)
+        assert cfg.watchlist is not None
         check_bundle_embedder(self.watchlist, analyzer, cfg.watchlist.bundle)
-        index = self.registry.create("index", backends.index, context)
-        index.build(self.watchlist.vectors)
-        matcher = Matcher(self.watchlist.labels, index, cfg.matching.threshold,
-                          top_k=cfg.matching.top_k)
+        matcher = configured_matcher(cfg, self.registry, self.watchlist, backends=backends,
+                                     context=context)
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
         self._camera_sources = [self.registry.create("source", self._camera_settings(s), context)
                                 for s in backends.sources]
@@ -304,9 +290,9 @@ class Deployment:
             outs.append(send)
             self.actors.append(NotifierActor(notifier, recv, outbox))
         self.matcher_actor = MatcherActor(
-            faces_recv, outs, matcher, self.watchlist, outbox, audit,  # type: ignore[arg-type]
-            [n.name for n in notifiers], cfg.matching.cooldown_s, self.alerts.publish,
-            self._frame_done, tracking=TrackerSettings.from_matching(cfg.matching))
+            faces_recv, outs, AlertPolicy.configured(cfg.matching, matcher.rank),
+            self.watchlist, outbox, audit,  # type: ignore[arg-type]
+            [n.name for n in notifiers], self.alerts, self.frames)
         self.actors.append(self.matcher_actor)
 
     def camera_names(self) -> tuple[str, ...]:
@@ -324,10 +310,6 @@ class Deployment:
         if is_live_url(settings.url) or "://" in settings.url:
             return settings
         return msgspec.structs.replace(settings, url=str(self.config.resolve_path(settings.url)))
-
-    def _frame_done(self, item: FrameFaces, results: list[MatchResult | None],
-                    alerts: list[Alert]) -> None:
-        self.frames.publish(FrameReport(item, results, alerts, time.monotonic()))
 
     def _audit_stuck(self, event: SupervisorEvent) -> None:
         """A worker the watchdog restarted is an operational fact the audit log keeps."""
@@ -474,6 +456,9 @@ class Deployment:
                    if a.kind == "camera" and a.writes and a.writes[0] in channels}
         for name, n in dropped.items():
             cameras.setdefault(name, {})["dropped_frames"] = n
+        for name, decided in (matcher.cameras if matcher else {}).items():
+            if name in cameras:  # cameras, not stills
+                cameras[name]["latency_ms"] = msgspec.to_builtins(decided.latency_ms)
         photo_errors = [e for s in self.sources if isinstance(s, StillsSource) for e in s.failures]
         sup = self.supervisor.statistics()
         return RunSummary(
@@ -484,6 +469,7 @@ class Deployment:
             alerts_by_person=matcher.alerts_by_person if matcher else {},
             dropped_frames=sum(dropped.values()), restarts=sup.restarts,
             failed_actors=list(sup.failed),
+            latency_ms=matcher.latency_ms if matcher else LatencyMs(None, None, None),
             stuck=[e.describe() for e in snap.events if e.event == "stuck"],
             abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
         )

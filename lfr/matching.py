@@ -1,4 +1,5 @@
-"""Person-level matching of face embeddings against a watchlist index. Pure: no I/O, no state.
+"""Person-level matching of face embeddings against a watchlist index. ``Matcher`` is pure (no I/O,
+no state); ``configured_watchlist`` and ``configured_matcher`` load and build a config's, at start.
 
 A person's score is the best cosine over that person's rows. The index is asked for
 ``top_k * (most rows of any one person)`` rows, so a person enrolled with many pictures cannot
@@ -13,8 +14,10 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
+from lfr.config import Backends, Config, resolve_backends
 from lfr.messages import Candidate
-from lfr.watchlist.bundle import Watchlist
+from lfr.plugins import BuildContext, ConfigError, Registry
+from lfr.watchlist.bundle import Watchlist, load_bundle
 from lfr.watchlist.index import ExactIndex, IndexBackend
 
 
@@ -81,3 +84,24 @@ class Matcher:
             )
             for best in self.rank(embeddings)
         ]
+
+
+def configured_watchlist(config: Config) -> Watchlist:
+    """The config's watchlist bundle, loaded (a ConfigError when it names none)."""
+    if config.watchlist is None:
+        raise ConfigError(f"{config.source_file or '<config>'}: $.watchlist: no watchlist bundle "
+                          "configured")
+    return load_bundle(config.resolve_path(config.watchlist.bundle))
+
+
+def configured_matcher(config: Config, registry: Registry, watchlist: Watchlist, *,
+                       backends: Backends | None = None,
+                       context: BuildContext | None = None) -> Matcher:
+    """The config's watchlist search: its ``[index]`` backend, built through the registry over
+    ``watchlist``'s rows, with the ``[matching]`` threshold and top_k. A deployment and
+    `lfr eval video` build it here, so both search alike."""
+    backends = backends or resolve_backends(config, registry)
+    context = context or BuildContext(data_dir=config.resolved_data_dir(),
+                                      threads=config.pipeline.inference_threads)
+    index = registry.create("index", backends.index, context)
+    return Matcher.for_watchlist(watchlist, config.matching.threshold, config.matching.top_k, index)

@@ -43,7 +43,8 @@ class Detection(msgspec.Struct, frozen=True):
 
 
 class Face(msgspec.Struct, frozen=True):
-    """A detected, aligned and embedded face of one frame. Never persisted unless it matches."""
+    """A detected and aligned face of one frame, embedded or not (a node may embed only some of
+    a track's faces). Never persisted unless it matches."""
 
     camera: str
     frame_index: int
@@ -51,7 +52,7 @@ class Face(msgspec.Struct, frozen=True):
     mono_time: float
     detection: Detection
     quality: float  # 0..1, combined quality (size, detector score, sharpness)
-    embedding: np.ndarray  # L2-normalised float32
+    embedding: np.ndarray | None  # L2-normalised float32; None: not embedded
     crop: np.ndarray  # BGR crop around the face (context for the officer), uint8
 
 

@@ -1,4 +1,4 @@
-"""Person tracks: one camera's faces linked across frames, and one decision per track.
+"""Person tracks: one camera's faces linked across frames, and one verdict per track.
 
 A face alone is weak evidence (small, blurred, turned away); the same person over a second of
 video is strong evidence. Each camera gets a tracker that links a face to the track it continues
@@ -21,6 +21,11 @@ that ends sooner decides with what it has. Measured on two 1,000-passer walk-pas
 as many listed people as the best of the other rules (with no false alert, more than Frigate's
 weighted score: 44 vs 41 and 48 vs 47 of 50); the confirmation costs about 0.6 s to alert.
 
+Faces need not all carry an embedding (a node may embed only some of a track's faces): a face
+without one continues the track its box overlaps when that pairing is unambiguous (no other track
+and no other face of the frame overlap either of them), and only faces with an embedding are
+searched and fused. With an embedding on every face, linking is as described above.
+
 A track's state (embeddings, the best face's crop) lives in memory only and is dropped when the
 track ends, so a non-matching person leaves nothing behind.
 
@@ -35,10 +40,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
+from msgspec import Meta
 
 from lfr.messages import Candidate, Face
 
@@ -57,48 +63,44 @@ FRIGATE_MAX_AREA = 4000.0
 FRIGATE_UNKNOWN_MARGIN = 0.1
 
 
-class TrackerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How faces are linked into tracks and how a track decides."""
+Count = Annotated[int, Meta(ge=1)]
+Cosine = Annotated[float, Meta(ge=-1.0, le=1.0)]
+NonNegative = Annotated[float, Meta(ge=0)]
 
-    iou: float = 0.1  # least overlap with a track's predicted box to continue it
+
+class TrackerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How faces are linked into tracks and how a track decides (``[matching.tracking]``)."""
+
+    iou: Annotated[float, Meta(ge=0, le=1)] = 0.1  # least overlap with the predicted box
     # Least cosine to the track's recent faces, with overlap. Different people score under 0.36
     # in 999 of 1,000 pairs (walk-past faces); at a shot cut in the demo clip Obama's face
     # landed on Miranda's box at 0.29 and inherited his decided name at the old 0.2. 0.2 to
     # 0.45 identify the same walk-past passers with the same false alerts.
-    link_similarity: float = 0.4
-    reid_similarity: float = 0.5  # least cosine to continue a track without overlap (a jump)
-    reid_distance: float = 2.0  # ...within this many face widths of the predicted box
-    max_missed: int = 8  # frames of the camera without the track's face before it ends
-    max_age_s: float = 3.0  # capture-time seconds without its face before it ends
-    min_frames: int = 2  # faces before a track may decide
-    confirm: int = 2  # consecutive updates over the threshold, same person, before deciding
-    decision_px: float = 40.0  # no decision until the track's largest face is this large (px)
+    link_similarity: Cosine = 0.4
+    reid_similarity: Cosine = 0.5  # least cosine to continue a track without overlap (a jump)
+    reid_distance: NonNegative = 2.0  # ...within this many face widths of the predicted box
+    max_missed: Count = 8  # frames of the camera without the track's face before it ends
+    max_age_s: Annotated[float, Meta(gt=0)] = 3.0  # capture-time seconds without its face
+    min_frames: Count = 2  # faces before a track may decide (a shorter one: at its end)
+    confirm: Count = 2  # consecutive updates over the threshold, same person, before deciding
+    # No decision until the track's largest face is this large (px): smaller faces give chance
+    # likenesses, they are tracked, not judged.
+    decision_px: NonNegative = 40.0
+    # "frame" decides on any single face over the threshold (the behaviour without fusion).
     fusion: Fusion = "embedding"
-    fusion_frames: int = 5  # best-quality faces a decision uses
-
-    @classmethod
-    def from_matching(cls, matching: Any) -> TrackerSettings:
-        """From a config's ``[matching]`` table (``lfr.config.MatchingConfig``)."""
-        return cls(
-            iou=matching.track_iou,
-            max_missed=matching.track_max_missed,
-            max_age_s=matching.track_max_age_s,
-            min_frames=matching.min_track_frames,
-            confirm=matching.confirm_frames,
-            decision_px=matching.decision_min_face_px,
-            fusion=matching.fusion,
-            fusion_frames=matching.fusion_frames,
-        )
+    fusion_frames: Count = 5  # best-quality faces (with an embedding) a verdict fuses
 
     def __post_init__(self) -> None:
+        # Decoding checks the constraints above; this catches settings built in code.
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion: {self.fusion!r} is not one of {', '.join(FUSIONS)}")
         if min(self.max_missed, self.min_frames, self.fusion_frames, self.confirm) < 1:
             raise ValueError("max_missed, min_frames, fusion_frames and confirm must be >= 1")
 
 
-class Decision(msgspec.Struct, frozen=True):
-    """A track's verdict: the person, the fused score and its best face (crop, box, frame)."""
+class Verdict(msgspec.Struct, frozen=True):
+    """What a track decided: the person, the fused score and its best face (crop, box, frame).
+    (Not an officer's ``lfr.messages.Decision`` on the alert it becomes.)"""
 
     camera: str
     track_id: int
@@ -128,11 +130,13 @@ def iou(a: Box, b: Box) -> float:
 class _Seen(msgspec.Struct):
     quality: float
     face: Face
+    embedding: np.ndarray  # the face's: only faces with one are evidence
     candidates: list[Candidate]
 
 
 class Track:
-    """One person in one camera's view. Holds at most ``fusion_frames`` faces (the best)."""
+    """One person in one camera's view. Holds at most ``fusion_frames`` faces (the best of those
+    with an embedding)."""
 
     def __init__(self, track_id: int, face: Face, step: int) -> None:
         self.id = track_id
@@ -142,7 +146,7 @@ class Track:
         self.first_step = self.last_step = step
         self.last_mono = face.mono_time
         self.count = 0
-        self.template = np.zeros_like(face.embedding)  # recent faces, for linking
+        self.template: np.ndarray | None = None  # recent faces' embeddings, for linking
         self.best: list[_Seen] = []
         self.decided = False
         self.person_id: str | None = None
@@ -155,6 +159,7 @@ class Track:
         return _box(v + d * gap for v, d in zip(self.box, self.velocity, strict=True))
 
     def similarity(self, embedding: np.ndarray) -> float:
+        assert self.template is not None
         norm = float(np.linalg.norm(self.template))
         return float(embedding @ self.template) / norm if norm else 0.0
 
@@ -170,9 +175,14 @@ class Track:
         self.largest = max(self.largest, min(face.detection.box[2], face.detection.box[3]))
         self.last_step, self.last_mono = step, face.mono_time
         self.count += 1
+        embedding = face.embedding
+        if embedding is None:
+            return  # linked by its box: no evidence of who it is
+        if self.template is None:
+            self.template = np.zeros_like(embedding)
         # Recent faces weigh most: a person turning changes the embedding gradually.
-        self.template = 0.6 * self.template + 0.4 * face.embedding
-        self.best.append(_Seen(face.quality, face, candidates))
+        self.template = 0.6 * self.template + 0.4 * embedding
+        self.best.append(_Seen(face.quality, face, embedding, candidates))
         self.best.sort(key=lambda s: -s.quality)
         del self.best[keep:]
 
@@ -186,11 +196,11 @@ class FrameOutcome(msgspec.Struct, frozen=True):
 
     track_ids: list[int]
     persons: list[tuple[str, float] | None]
-    decisions: list[Decision]  # tracks of this camera that decided now (continuing or ending)
+    verdicts: list[Verdict]  # tracks of this camera that decided now (continuing or ending)
 
 
 class PersonTracker:
-    """Tracks for every camera, and their decisions. Pure: no I/O, no clock of its own."""
+    """Tracks for every camera, and their verdicts. Pure: no I/O, no clock of its own."""
 
     def __init__(self, settings: TrackerSettings, threshold: float, search: Search) -> None:
         self.settings = settings
@@ -210,30 +220,35 @@ class PersonTracker:
         candidates: Sequence[list[Candidate]],
         mono_time: float,
     ) -> FrameOutcome:
-        """One frame of ``camera``: link its faces, end stale tracks, decide where possible."""
+        """One frame of ``camera``: link its faces, end stale tracks, decide where possible.
+        ``candidates``: per face, its search result (empty for a face without an embedding)."""
         step = self.steps.get(camera, -1) + 1
         self.steps[camera] = step
         tracks = self.tracks.setdefault(camera, [])
         assigned = self._associate(tracks, faces, step)
-        decisions: list[Decision] = []
+        verdicts: list[Verdict] = []
         ids: list[int] = []
         persons: list[tuple[str, float] | None] = []
         touched: list[Track] = []
+        updated: list[Track] = []  # tracks with new evidence (a face with an embedding)
         for face, cands, track in zip(faces, candidates, assigned, strict=True):
             if track is None:
                 track = Track(next(self._ids), face, step)
                 tracks.append(track)
             track.add(face, list(cands), step, self.settings.fusion_frames)
             touched.append(track)
-        for track in touched:
+            if face.embedding is not None:
+                updated.append(track)
+        # Only new evidence counts towards a confirmation: a box-linked face adds none.
+        for track in updated:
             if not track.decided and track.count >= self.settings.min_frames:
-                decision = self._decide(track)
-                if decision is not None:
-                    decisions.append(decision)
+                verdict = self._judge(track)
+                if verdict is not None:
+                    verdicts.append(verdict)
         for track in touched:
             ids.append(track.id)
             persons.append((track.person_id, track.score) if track.person_id else None)
-        decisions += self._end(
+        verdicts += self._end(
             camera,
             lambda t: (
                 step - t.last_step > self.settings.max_missed
@@ -241,38 +256,38 @@ class PersonTracker:
             ),
         )
         self._forget_idle(camera)
-        return FrameOutcome(track_ids=ids, persons=persons, decisions=decisions)
+        return FrameOutcome(track_ids=ids, persons=persons, verdicts=verdicts)
 
-    def expire(self, mono_time: float) -> list[Decision]:
+    def expire(self, mono_time: float) -> list[Verdict]:
         """End the tracks of every camera unseen for ``max_age_s`` (a camera that went quiet)."""
-        out: list[Decision] = []
+        out: list[Verdict] = []
         for camera in list(self.tracks):
             out += self._end(camera, lambda t: mono_time - t.last_mono > self.settings.max_age_s)
         return out
 
-    def flush(self) -> list[Decision]:
+    def flush(self) -> list[Verdict]:
         """End every track (the input has ended); tracks that never decided decide now."""
-        out: list[Decision] = []
+        out: list[Verdict] = []
         for camera in list(self.tracks):
             out += self._end(camera, lambda t: True)
         return out
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _end(self, camera: str, stale: Callable[[Track], bool]) -> list[Decision]:
+    def _end(self, camera: str, stale: Callable[[Track], bool]) -> list[Verdict]:
         tracks = self.tracks.get(camera, [])
         ended = [t for t in tracks if stale(t)]
         if not ended:
             return []
-        decisions = []
+        verdicts = []
         for track in ended:
             if not track.decided:
-                decision = self._decide(track, ending=True)
-                if decision is not None:
-                    decisions.append(decision)
+                verdict = self._judge(track, ending=True)
+                if verdict is not None:
+                    verdicts.append(verdict)
         self.tracks[camera] = [t for t in tracks if not any(t is e for e in ended)]
         self._forget_idle(camera)
-        return decisions
+        return verdicts
 
     def _forget_idle(self, camera: str) -> None:
         """A camera without tracks keeps no entry (each still photo is a camera of its own)."""
@@ -283,15 +298,28 @@ class PersonTracker:
     def _associate(
         self, tracks: list[Track], faces: Sequence[Face], step: int
     ) -> list[Track | None]:
-        """Greedy matching on overlap + similarity; pairs outside the gates never link."""
+        """Greedy matching on overlap + similarity; pairs outside the gates never link.
+
+        Where the face or the track has no embedding, overlap alone links them, and only when
+        neither overlaps anything else in this frame (an unambiguous pairing)."""
         s = self.settings
         pairs: list[tuple[float, int, int]] = []
+        by_box: list[tuple[float, int, int]] = []  # pairs without a similarity to check
+        track_overlaps = [0] * len(tracks)
+        face_overlaps = [0] * len(faces)
         for ti, track in enumerate(tracks):
             box = track.predicted(step)
             size = max(box[2], box[3], 1.0)
             cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
             for fi, face in enumerate(faces):
                 overlap = iou(box, face.detection.box)
+                if overlap >= s.iou:
+                    track_overlaps[ti] += 1
+                    face_overlaps[fi] += 1
+                if face.embedding is None or track.template is None:
+                    if overlap >= s.iou:
+                        by_box.append((overlap, ti, fi))
+                    continue
                 sim = track.similarity(face.embedding)
                 fb = face.detection.box
                 dist = math.hypot(fb[0] + fb[2] / 2 - cx, fb[1] + fb[3] / 2 - cy) / size
@@ -300,6 +328,7 @@ class PersonTracker:
                 )
                 if linked:
                     pairs.append((overlap + sim, ti, fi))
+        pairs += [p for p in by_box if track_overlaps[p[1]] == 1 and face_overlaps[p[2]] == 1]
         pairs.sort(key=lambda p: -p[0])
         result: list[Track | None] = [None] * len(faces)
         used: set[int] = set()
@@ -310,7 +339,7 @@ class PersonTracker:
             result[fi] = tracks[ti]
         return result
 
-    def _decide(self, track: Track, ending: bool = False) -> Decision | None:
+    def _judge(self, track: Track, ending: bool = False) -> Verdict | None:
         if track.largest < self.settings.decision_px:
             return None  # too small to trust yet: wait for the person to come closer
         fused = fuse(track.best, self.settings.fusion, self.threshold, self.search)
@@ -323,7 +352,7 @@ class PersonTracker:
         if streak < self.settings.confirm and not ending:
             return None
         track.decided, track.person_id, track.score = True, person, score
-        return Decision(
+        return Verdict(
             camera=track.camera,
             track_id=track.id,
             person_id=person,
@@ -342,7 +371,7 @@ def fuse(
         return None
     if fusion == "embedding":
         weights = np.array([max(s.quality, 1e-3) for s in seen], np.float32)
-        stacked = np.stack([s.face.embedding for s in seen]).astype(np.float32)
+        stacked = np.stack([s.embedding for s in seen]).astype(np.float32)
         template = weights @ stacked
         norm = float(np.linalg.norm(template))
         if norm == 0:
@@ -410,20 +439,3 @@ def _frigate(seen: Sequence[_Seen], threshold: float) -> tuple[str, float, list[
         [Candidate(person_id=n, score=v) for n, v in ranked],
     )
 
-
-class Cooldown:
-    """At most one alert per (camera, person) within ``seconds`` of capture time: a person who
-    leaves and comes back (a new track) is not announced again at once. The matcher applies it
-    to every decision; `lfr eval video --compare` replays it with the tracker."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._last: dict[tuple[str, str], float] = {}
-
-    def admit(self, decision: Decision, now: float) -> bool:
-        key = (decision.camera, decision.person_id)
-        last = self._last.get(key)
-        if last is not None and now - last < self.seconds:
-            return False
-        self._last[key] = now
-        return True

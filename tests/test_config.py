@@ -87,3 +87,25 @@ def test_secrets_are_redacted(tmp_path):
     assert "hunter2" not in dumped
     assert "rtsp://admin:***@10.0.0.5/s" in dumped
     assert "hunter2" not in repr(config.cameras[0])
+
+
+def test_tracking_settings_are_one_nested_table(tmp_path):
+    path = write(tmp_path, BASE + '[matching.tracking]\nfusion = "frigate"\nreid_distance = 3.0\n')
+    tracking = load_config(path).matching.tracking
+    assert (tracking.fusion, tracking.reid_distance, tracking.confirm) == ("frigate", 3.0, 2)
+    path = write(tmp_path, BASE + "[matching.tracking]\nconfirm = 0\n")
+    with pytest.raises(ConfigError, match=r"x.toml: \$\.matching\.tracking\.confirm: Expected "
+                                          r"`int` >= 1"):
+        load_config(path)
+    path = write(tmp_path, BASE + "[matching.tracking]\nfusion = \"vote\"\n")
+    with pytest.raises(ConfigError, match=r"\$\.matching\.tracking\.fusion: Invalid enum value"):
+        load_config(path)
+    # The old flat copies are gone: one name per setting.
+    path = write(tmp_path, BASE + "[matching]\nconfirm_frames = 2\n")
+    with pytest.raises(ConfigError, match=r"\$\.matching: Object contains unknown field "
+                                          r"`confirm_frames`"):
+        load_config(path)
+    path = write(tmp_path, BASE + "[matching.tracking]\nlink_similarty = 0.4\n")
+    with pytest.raises(ConfigError, match=r"\$\.matching\.tracking: Object contains unknown "
+                                          r"field `link_similarty`"):
+        load_config(path)

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from lfr.audit import audit_records
 from lfr.config import parse_config
-from lfr.dashboard import CameraFlow, DashboardService, DashboardView, render
+from lfr.dashboard import CameraFlow, DashboardService, DashboardView, flows, render
 from lfr.dashboard.render import thumbnail_lines
 from lfr.dashboard.terminal import LogCapture, cbreak, parse_keys, terminal_keys
 from lfr.deployment import Counters, Deployment, DeploymentView, Snapshot
@@ -32,7 +32,7 @@ from lfr.messages import Adjudication, Alert, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.console import ConsoleNotifier, terminal_owned
 from lfr.pipeline.detector import DetectorStats
-from lfr.pipeline.matcher import MatcherStats
+from lfr.pipeline.matcher import CameraDecisions, LatencyMs, MatcherStats
 from lfr.plugins import load_plugins
 from lfr.runtime.actor import ActorStats
 from lfr.runtime.channels import ChannelStats
@@ -122,6 +122,8 @@ def snapshot(
                 matches=3,
                 alerts=3,
                 alerts_by_person={"obama": 3},
+                latency_ms=LatencyMs(120.0, 480.0, 900.0),
+                cameras={},
             ),
             NotifierStats(
                 **base("notify:jsonl", "notifier", reads="alerts:jsonl"),
@@ -364,6 +366,8 @@ def test_pipeline_shows_depth_against_capacity_restarts_and_supervisor_events() 
             matches=0,
             alerts=0,
             alerts_by_person={},
+            latency_ms=LatencyMs(None, None, None),
+            cameras={},
         ),
     )
     channels = (channel("faces", 64, depth=16), channel("frames:hall", 2, depth=2, dropped=9))
@@ -779,3 +783,17 @@ async def test_a_live_camera_whose_stream_dies_shows_reconnecting_while_the_othe
             deployment.stop()
     finally:
         await server.stop()
+
+
+def test_camera_flows_come_from_the_matchers_statistics() -> None:
+    hall = CameraDecisions(frames=40, faces=12, alerts=1, faces_per_s=3.25,
+                           latency_ms=LatencyMs(120.4, 480.0, 900.0))
+    matcher = MatcherStats(
+        **base("matcher", "matcher", reads="faces"), frames=40, faces=12, matches=1, alerts=1,
+        alerts_by_person={"obama": 1}, latency_ms=LatencyMs(120.4, 480.0, 900.0),
+        cameras={"hall": hall},
+    )
+    assert flows(snapshot(actors=(camera("hall", "live", 25.0), matcher))) == {
+        "hall": CameraFlow(faces_per_s=3.25, latency_p50_ms=120.4, latency_p95_ms=480.0)
+    }
+    assert flows(snapshot(actors=(camera("hall", "live", 25.0),))) == {}  # no matcher yet

@@ -28,3 +28,8 @@ def test_watchlist_csv_builds(tmp_path, capsys):
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["persons_enrolled"] == 2
+
+
+def test_street_config_sets_its_tracking_in_one_table():
+    tracking = load_config(EXAMPLES / "street.toml").matching.tracking
+    assert (tracking.fusion, tracking.confirm, tracking.decision_px) == ("embedding", 2, 40.0)

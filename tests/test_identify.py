@@ -304,7 +304,7 @@ def test_write_threshold_validates_and_names_the_file(tmp_path) -> None:
 
 
 def test_tracker_settings_follow_the_config_defaults() -> None:
-    assert TrackerSettings.from_matching(MatchingConfig()) == TrackerSettings()
+    assert MatchingConfig().tracking == TrackerSettings()
 
 
 # -- the commands, on a small slice of lfw-dev ----------------------------------------------------

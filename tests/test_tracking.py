@@ -12,6 +12,8 @@ from lfr.matching import Matcher
 from lfr.messages import Candidate, Detection, Face, Frame, FrameFaces
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.matcher import MatcherActor
+from lfr.policy import AlertPolicy
+from lfr.runtime.broadcast import Broadcast
 from lfr.runtime.channels import open_channel
 from lfr.tracking import PersonTracker, TrackerSettings, iou
 from lfr.watchlist.index import ExactIndex
@@ -76,7 +78,7 @@ def feed(tracker: PersonTracker, frames: list[list[Face]], camera: str = "cam"):
         ranked = RANK(np.stack([f.embedding for f in faces])) if faces else []
         out = tracker.update(camera, faces, ranked, n / 10)
         ids.append(out.track_ids)
-        decisions += out.decisions
+        decisions += out.verdicts
     return ids, decisions
 
 
@@ -205,7 +207,7 @@ def test_short_track_decides_when_it_ends() -> None:
         RANK(LISTED[None, :]),
         0.0,
     )
-    assert out.decisions == []
+    assert out.verdicts == []
     assert [d.person_id for d in tracker.expire(10.0)] == ["listed"]
     assert tracker.open_tracks() == 0
 
@@ -243,27 +245,26 @@ def frame_of(n: int, faces: list[Face], camera: str = "cam") -> FrameFaces:
 def run_matcher(tmp_path, items: list[FrameFaces], cooldown_s: float = 60.0):
     watchlist = bundle(tmp_path)
     matcher = Matcher.for_watchlist(watchlist, 0.5)
-    seen: list = []
-    alerts: list = []
+    alert_broadcast: Broadcast = Broadcast("alerts")
+    frame_broadcast: Broadcast = Broadcast("frames")
+    alerts = alert_broadcast.record()
+    frames = frame_broadcast.record()
 
     async def main() -> MatcherActor:
         faces_send, faces_recv = open_channel("faces", 64)
         alert_send, alert_recv = open_channel("alerts", 64)
         with Outbox(tmp_path / "data") as outbox, AuditLog(tmp_path / "data") as audit:
+            policy = AlertPolicy(matcher.rank, 0.5, TrackerSettings(max_missed=3), cooldown_s)
             actor = MatcherActor(
                 faces_recv,
                 [alert_send],
-                matcher,
+                policy,
                 watchlist,
                 outbox,
                 audit,
                 ["test"],
-                cooldown_s,
-                on_alert=alerts.append,
-                on_frame=lambda item, results, raised: seen.append(
-                    (item.frame.index, results, raised)
-                ),
-                tracking=TrackerSettings(max_missed=3),
+                alert_broadcast,
+                frame_broadcast,
             )
 
             async def run_actor() -> None:
@@ -281,7 +282,8 @@ def run_matcher(tmp_path, items: list[FrameFaces], cooldown_s: float = 60.0):
             return actor
 
     actor = anyio.run(main)
-    return actor, alerts, seen
+    seen = [(r.faces.frame.index, r.persons, r.alerts) for r in frames.items]
+    return actor, alerts.items, seen
 
 
 def test_matcher_alerts_once_per_person_with_results_for_viewers(tmp_path) -> None:
@@ -296,7 +298,7 @@ def test_matcher_alerts_once_per_person_with_results_for_viewers(tmp_path) -> No
     assert [a.person_id for a in alerts] == ["listed"]  # 20 frames, one alert
     # Viewers get one result per face: the listed person named once their track decided.
     decided = next(n for n, _, raised in seen if raised)
-    assert decided == 2  # min_frames = 2, then confirm_frames = 2 updates over the threshold
+    assert decided == 2  # min_frames = 2, then confirm = 2 updates over the threshold
     # The evidence is the best-quality face so far (frame 1), with its crop and box.
     assert alerts[0].frame_index == 1 and alerts[0].box == items[1].faces[0].detection.box
     assert alerts[0].crop_jpeg.startswith(b"\xff\xd8")
@@ -306,7 +308,7 @@ def test_matcher_alerts_once_per_person_with_results_for_viewers(tmp_path) -> No
         assert (results[0] is not None) == (n >= decided)
     stats = actor.statistics()
     assert stats.alerts == 1 and stats.faces == 40
-    assert actor.tracker.open_tracks() == 0  # the input ended: every track ended with it
+    assert actor.policy.open_tracks() == 0  # the input ended: every track ended with it
 
 
 def test_matcher_cooldown_spans_tracks(tmp_path) -> None:
@@ -321,7 +323,7 @@ def test_matcher_cooldown_spans_tracks(tmp_path) -> None:
 
 
 def test_deployment_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
-    """`[matching]` tracking fields reach the running tracker (not its defaults)."""
+    """`[matching.tracking]` reaches the running tracker (not its defaults)."""
     from lfr.config import parse_config
     from lfr.deployment import Deployment
     from lfr.plugins import load_plugins
@@ -330,15 +332,15 @@ def test_deployment_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
     config = parse_config({
         "name": "t", "data_dir": str(tmp_path / "data"),
         "watchlist": {"bundle": str(watchlist.path)},
-        "matching": {"fusion": "frigate", "confirm_frames": 3, "decision_min_face_px": 64,
-                     "track_max_missed": 5},
+        "matching": {"tracking": {"fusion": "frigate", "confirm": 3, "decision_px": 64,
+                                  "max_missed": 5}},
     })
     deployment = Deployment(config, load_plugins(), offline=True, once=True)
     deployment.watchlist = watchlist
     deployment._wire(None, Matcher.for_watchlist(watchlist, 0.5), [], None, None)  # type: ignore[arg-type]
     assert deployment.matcher_actor is not None
     deployment.matcher_actor.faces.close()
-    settings = deployment.matcher_actor.tracker.settings
-    assert settings == TrackerSettings.from_matching(config.matching)
+    settings = deployment.matcher_actor.policy.settings
+    assert settings == config.matching.tracking
     assert (settings.fusion, settings.confirm, settings.decision_px, settings.max_missed) == (
         "frigate", 3, 64, 5)

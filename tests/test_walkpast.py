@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from paths import LFW, REPO
 
+import lfr.eval.video
 from lfr.cli import main
 from lfr.eval.video import Truth, TruthError, TruthPasser, VideoAlert, load_truth, score_video
 
@@ -136,8 +137,17 @@ def test_walkpast_same_seed_same_video(walkpast, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
+def test_eval_video_identifies_people_not_frames(walkpast, capsys, monkeypatch) -> None:
     out, _ = walkpast
+    replays: list[tuple[Any, Any, float, list[VideoAlert]]] = []
+    replay_alerts = lfr.eval.video.replay_alerts
+
+    def recorded_replay(recording: Any, settings: Any, threshold: float) -> list[VideoAlert]:
+        alerts = replay_alerts(recording, settings, threshold)
+        replays.append((recording, settings, threshold, alerts))
+        return alerts
+
+    monkeypatch.setattr(lfr.eval.video, "replay_alerts", recorded_replay)
     assert (
         main(
             [
@@ -173,3 +183,12 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys) -> None:
     for key in ("identified", "false_alerts", "duplicate_alerts", "late_alerts"):
         assert same[key] == report[key], key
     assert same["time_to_alert_median_s"] == report["time_to_alert_s"]["median"]
+    # Alert by alert: the deployment's matcher actor and the replay decide through the same
+    # `AlertPolicy.observe`, so the same person, score, evidence frame and box, decided frame.
+    (configured,) = [(rec, alerts) for rec, settings, threshold, alerts in replays
+                     if settings == rec.tracking and threshold == 0.42]
+    recording, replayed = configured
+    assert len(recording.frames) == truth.frames
+    assert len(recording.alerts) == report["alerts"] >= report["identified"]
+    assert replayed == recording.alerts
+

@@ -20,9 +20,10 @@ from paths import CLIP, PEOPLE, SCENES
 import lfr.web.tracks
 from lfr.audit import audit_records
 from lfr.config import WebConfig, parse_config
-from lfr.deployment import Deployment, FrameReport
+from lfr.deployment import Deployment
 from lfr.matching import MatchResult
 from lfr.messages import Detection, Face, Frame, FrameFaces
+from lfr.pipeline.matcher import FrameReport
 from lfr.plugins import load_plugins
 from lfr.vision.defaults import default_analyzer
 from lfr.vision.privacy import padded_box

@@ -2,6 +2,6 @@
 with half-block thumbnails, deployment counters, and adjudication by keys."""
 
 from lfr.dashboard.render import CameraFlow, DashboardView, LogLine, render
-from lfr.dashboard.service import DashboardService, FlowMeters
+from lfr.dashboard.service import DashboardService, flows
 
-__all__ = ["CameraFlow", "DashboardService", "DashboardView", "FlowMeters", "LogLine", "render"]
+__all__ = ["CameraFlow", "DashboardService", "DashboardView", "LogLine", "flows", "render"]

@@ -48,7 +48,7 @@ THUMB_SIZES = (24, 16)  # pixels per side; each takes px columns and px / 2 line
 
 
 class CameraFlow(msgspec.Struct, frozen=True):
-    """Per camera, measured where decisions are made (the matcher's frame callback)."""
+    """Per camera, measured where decisions are made (the matcher's statistics)."""
 
     faces_per_s: float
     latency_p50_ms: float | None  # capture to decision

@@ -20,42 +20,25 @@ from lfr.dashboard.render import DECISION_LABELS, CameraFlow, DashboardView, ren
 from lfr.dashboard.terminal import LogCapture, cbreak, stdin_terminal, terminal_keys
 from lfr.messages import Alert, Decision
 from lfr.notify.console import terminal_owned
-from lfr.runtime.metrics import LatencyWindow, RateMeter
+from lfr.pipeline.matcher import MatcherStats
 
 if TYPE_CHECKING:
-    from lfr.deployment import DeploymentView, FrameReport
-    from lfr.runtime.broadcast import Subscription
+    from lfr.deployment import DeploymentView, Snapshot
 
 log = logging.getLogger("lfr.dashboard")
 
+
+def flows(snapshot: Snapshot) -> dict[str, CameraFlow]:
+    """Per camera, as the matcher measured it: faces per second, capture-to-decision latency."""
+    matcher = next((a for a in snapshot.actors if isinstance(a, MatcherStats)), None)
+    if matcher is None:
+        return {}
+    return {name: CameraFlow(c.faces_per_s, c.latency_ms.p50, c.latency_ms.p95)
+            for name, c in matcher.cameras.items()}
+
+
 KEY_DECISIONS: dict[str, Decision] = {"c": "confirmed", "f": "false_alert", "n": "no_action"}
 NEWER, OLDER = ("up", "k"), ("down", "j")
-
-
-class FlowMeters:
-    """Faces per second and capture-to-decision latency per camera, fed by the deployment's frame
-    broadcast (the matcher stamps when it was done with each frame, so a dashboard that lags does
-    not inflate the latency it shows)."""
-
-    def __init__(self) -> None:
-        self._faces: dict[str, RateMeter] = {}
-        self._latency: dict[str, LatencyWindow] = {}
-
-    def on_frame(self, report: FrameReport) -> None:
-        frame = report.faces.frame
-        camera = frame.camera
-        if camera not in self._faces:
-            self._faces[camera], self._latency[camera] = RateMeter(), LatencyWindow()
-        self._faces[camera].mark(len(report.faces.faces))
-        self._latency[camera].add(report.decided_mono - frame.mono_time)
-
-    def snapshot(self) -> dict[str, CameraFlow]:
-        return {
-            camera: CameraFlow(
-                meter.rate(), self._latency[camera].p50_ms(), self._latency[camera].p95_ms()
-            )
-            for camera, meter in self._faces.items()
-        }
 
 
 class DashboardService:
@@ -83,7 +66,6 @@ class DashboardService:
         self.selected: str | None = None  # the alert id the operator's keys act on
         self.status = ""
         self.stopping = False
-        self.flows = FlowMeters()
         self.logs = LogCapture()
         self._wake = anyio.Event()
 
@@ -92,15 +74,16 @@ class DashboardService:
     def view(self, deployment: DeploymentView) -> DashboardView:
         """What the screen shows now. Pins the selection to a concrete alert, so an alert that
         arrives later never slides under the operator's keys."""
+        snapshot = deployment.snapshot()
         alerts = tuple(reversed(deployment.recent_alerts()))
         if alerts and all(a.id != self.selected for a in alerts):
             self.selected = alerts[0].id
         return DashboardView(
-            snapshot=deployment.snapshot(),
+            snapshot=snapshot,
             alerts=alerts,
             decisions={k: v.decision for k, v in deployment.decisions().items()},
             selected=self.selected,
-            flows=self.flows.snapshot(),
+            flows=flows(snapshot),
             log=tuple(self.logs.lines),
             operator=deployment.operator_name(self.operator),
             status=self.status,
@@ -148,7 +131,6 @@ class DashboardService:
         fd = stdin_terminal() if self.keys is None and screen else None
         keys = self.keys if self.keys is not None else terminal_keys(fd) if fd is not None else None
         with contextlib.ExitStack() as stack:
-            frames = stack.enter_context(deployment.subscribe_frames())
             stack.enter_context(self.logs.installed(take_terminal=screen))
             if screen:
                 stack.enter_context(terminal_owned())
@@ -171,12 +153,7 @@ class DashboardService:
                     tg.start_soon(self._read_keys, keys, deployment)
                 if screen:
                     tg.start_soon(self._watch_resize)
-                tg.start_soon(self._take_frames, frames)
                 await self._refresh_forever(live, deployment)
-
-    async def _take_frames(self, frames: Subscription[FrameReport]) -> None:
-        async for report in frames:
-            self.flows.on_frame(report)
 
     async def _refresh_forever(self, live: Live, deployment: DeploymentView) -> None:
         failed: set[str] = set()

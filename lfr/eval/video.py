@@ -29,8 +29,10 @@ import numpy as np
 from rich.table import Table
 
 from lfr.eval.tables import metric_table
-from lfr.messages import Candidate, Face
-from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
+from lfr.matching import configured_matcher, configured_watchlist
+from lfr.messages import Face
+from lfr.policy import AlertPolicy
+from lfr.tracking import Search, TrackerSettings, Verdict
 
 
 class TruthError(ValueError):
@@ -220,16 +222,16 @@ class RecordedFrame(msgspec.Struct, frozen=True):
 
     camera: str
     index: int
-    mono_time: float
+    mono_time: float  # its capture time, as the matcher's policy saw it
     faces: tuple[Face, ...]
-    ranked: list[list[Candidate]]  # per face, the best persons whatever their scores
 
 
 class Recording(msgspec.Struct):
     frames: list[RecordedFrame]
-    rank: Callable[[np.ndarray], list[list[Candidate]]]  # the deployment's watchlist search
+    search: Search  # the config's watchlist search
     cooldown_s: float
     tracking: TrackerSettings
+    alerts: list[VideoAlert]  # what the deployment raised, in order
 
 
 _NO_CROP = np.zeros((1, 1, 3), np.uint8)
@@ -265,7 +267,7 @@ def run_video(
         if record:
             faces = tuple(msgspec.structs.replace(f, crop=_NO_CROP) for f in item.faces)
             frames.append(RecordedFrame(item.frame.camera, item.frame.index, item.frame.mono_time,
-                                        faces, []))
+                                        faces))
         if progress is not None:
             progress(item.frame.index)
 
@@ -295,29 +297,47 @@ def run_video(
         )
         for a in raised.items
     ]
-    # What the matcher actually ran with (the deployment decides how tracks are configured).
-    actor = deployment.matcher_actor
-    fusion = actor.tracker.settings.fusion if actor is not None else "?"
+    matching = config.matching
     report = score_video(
         truth,
         alerts,
         frames=summary.frames,
-        threshold=config.matching.threshold,
-        fusion=fusion,
+        threshold=matching.threshold,
+        fusion=matching.tracking.fusion,
         min_face_px=config.quality.min_face_px,
     )
     recording = None
-    if record and actor is not None:
-        rank = actor.matcher.rank
-        frames = [
-            msgspec.structs.replace(
-                f, ranked=rank(np.stack([x.embedding for x in f.faces])) if f.faces else []
-            )
-            for f in frames
-        ]
-        recording = Recording(frames, rank, actor.cooldown.seconds, actor.tracker.settings)
+    if record:
+        # The same search the deployment built from this config (bundle and index backend).
+        matcher = configured_matcher(config, registry, configured_watchlist(config))
+        recording = Recording(frames, matcher.rank, matching.cooldown_s, matching.tracking,
+                              alerts)
     report = msgspec.structs.replace(report, seconds=round(time.perf_counter() - start, 1))
     return report, recording
+
+
+def replay_alerts(
+    recording: Recording, settings: TrackerSettings, threshold: float
+) -> list[VideoAlert]:
+    """The alerts the matcher would have raised on the recorded faces with these track settings
+    and this threshold: the recorded frames go through `AlertPolicy.observe`, as in the
+    deployment's matcher actor, and the policy is flushed at the end of the input as it is."""
+    policy = AlertPolicy(recording.search, threshold, settings, recording.cooldown_s)
+    alerts: list[VideoAlert] = []
+
+    def add(verdicts: list[Verdict], frame: int) -> None:
+        alerts.extend(
+            VideoAlert(person_id=v.person_id, score=v.score, frame_index=v.face.frame_index,
+                       box=v.face.detection.box, decided_frame=frame)
+            for v in verdicts
+        )
+
+    for f in recording.frames:
+        add(policy.observe(f.camera, f.faces, f.mono_time).verdicts, f.index)
+    if recording.frames:
+        last = recording.frames[-1]
+        add(policy.flush(last.mono_time), last.index + 1)
+    return alerts
 
 
 def replay_video(
@@ -327,25 +347,8 @@ def replay_video(
     threshold: float,
     min_face_px: float = 24.0,
 ) -> VideoReport:
-    """The alerts the matcher would have raised on the recorded faces with these track settings
-    and this threshold (the same tracker, expiry and cooldown as `MatcherActor`), scored."""
-    tracker = PersonTracker(settings, threshold, recording.rank)
-    cooldown = Cooldown(recording.cooldown_s)
-    alerts: list[VideoAlert] = []
-
-    def admit(decisions: list[Decision], now: float, frame: int) -> None:
-        alerts.extend(
-            VideoAlert(person_id=d.person_id, score=d.score, frame_index=d.face.frame_index,
-                       box=d.face.detection.box, decided_frame=frame)
-            for d in decisions if cooldown.admit(d, now)
-        )
-
-    for f in recording.frames:
-        outcome = tracker.update(f.camera, f.faces, f.ranked, f.mono_time)
-        admit(outcome.decisions + tracker.expire(f.mono_time), f.mono_time, f.index)
-    if recording.frames:
-        last = recording.frames[-1]
-        admit(tracker.flush(), last.mono_time, last.index + 1)
+    """`replay_alerts`, scored."""
+    alerts = replay_alerts(recording, settings, threshold)
     return score_video(truth, alerts, frames=len(recording.frames), threshold=threshold,
                        fusion=settings.fusion, min_face_px=min_face_px)
 

@@ -1,25 +1,47 @@
-"""The matcher actor: turns faces into decided alerts, persists them and sends them on."""
+"""The matcher actor: turns the alert policy's verdicts into alerts, persists and sends them."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import anyio
 import cv2
+import msgspec
 import numpy as np
 
 from lfr.audit import AuditLog
-from lfr.matching import Matcher, MatchResult
-from lfr.messages import Alert, Face, FrameFaces, utc_iso
+from lfr.matching import MatchResult
+from lfr.messages import Alert, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
+from lfr.policy import AlertPolicy
 from lfr.runtime.actor import Actor, ActorState, ActorStats
+from lfr.runtime.broadcast import Broadcast
 from lfr.runtime.channels import Receiver, Sender
-from lfr.tracking import Cooldown, Decision, PersonTracker, TrackerSettings
+from lfr.runtime.metrics import LatencyWindow, RateMeter
+from lfr.tracking import Verdict
 from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.pipeline")
+
+
+class LatencyMs(msgspec.Struct, frozen=True):
+    """Capture to decision, over the latest frames (milliseconds; None before any frame)."""
+
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+class CameraDecisions(msgspec.Struct, frozen=True):
+    """One camera's frames as the matcher decided on them."""
+
+    frames: int
+    faces: int
+    alerts: int
+    faces_per_s: float
+    latency_ms: LatencyMs
 
 
 class MatcherStats(ActorStats, frozen=True, kw_only=True):
@@ -28,6 +50,30 @@ class MatcherStats(ActorStats, frozen=True, kw_only=True):
     matches: int  # faces above the threshold on their own (before tracks decide)
     alerts: int
     alerts_by_person: dict[str, int]
+    latency_ms: LatencyMs  # every camera together
+    cameras: dict[str, CameraDecisions]
+
+
+class FrameReport(msgspec.Struct, frozen=True):
+    """One frame that went through detection and matching, for viewers: its faces, per face the
+    person its track decided on (None: not on the watchlist) and the alerts it raised. Lives in
+    memory only, in the subscribers' bounded buffers."""
+
+    faces: FrameFaces
+    persons: list[MatchResult | None]
+    alerts: list[Alert]
+    decided_mono: float  # when the matcher was done with it (monotonic): latency = this - capture
+
+
+class _CameraMeters:
+    def __init__(self) -> None:
+        self.frames = self.faces = self.alerts = 0
+        self.rate = RateMeter()
+        self.latency = LatencyWindow()
+
+
+def _latency(window: LatencyWindow) -> LatencyMs:
+    return LatencyMs(window.p50_ms(), window.p95_ms(), window.max_ms())
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -37,81 +83,68 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return data.tobytes()
 
 
-# Called for every frame that went through detection: the faces' match results (None: not on the
-# watchlist) in the faces' order, and the alerts this frame raised. Viewers draw from this.
-FrameCallback = Callable[[FrameFaces, list["MatchResult | None"], list[Alert]], None]
-
-
 class MatcherActor(Actor):
-    """Searches the watchlist for every face and decides per person, not per frame.
+    """Runs the alert policy (``lfr.policy``) on every frame's faces and raises its verdicts.
 
-    Faces are linked into tracks per camera (``lfr.tracking``); a track decides at most once, from
-    its best frames, and a decision becomes an Alert (with the track's best face as evidence) that
-    is written to the durable outbox and the audit log before any notifier sees it. A cooldown per
-    (camera, person) stops a person who leaves and comes back from raising an alert per track.
-    Faces of people not on the watchlist live only in their track, in memory, and go with it.
+    The policy searches the watchlist, links faces into tracks per camera, lets each track decide
+    at most once from its best frames and applies the (camera, person) cooldown. This actor turns
+    each verdict into an Alert (with the track's best face as evidence), writes it to the durable
+    outbox and the audit log before any notifier sees it, then sends it to the notifiers and
+    publishes it on ``alerts``; every frame goes to ``frames`` for viewers. Both broadcasts
+    never wait for their subscribers. Faces of people not on the watchlist live only in their
+    track, in memory, and go with it.
     """
 
     def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
-                 matcher: Matcher, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
-                 notifier_names: Sequence[str], cooldown_s: float,
-                 on_alert: Callable[[Alert], None] | None = None,
-                 on_frame: FrameCallback | None = None,
-                 tracking: TrackerSettings | None = None) -> None:
+                 policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
+                 notifier_names: Sequence[str], alerts: Broadcast[Alert] | None = None,
+                 frames: Broadcast[FrameReport] | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
-        self.matcher, self.watchlist = matcher, watchlist
+        self.policy, self.watchlist = policy, watchlist
         self.outbox, self.audit = outbox, audit
         self.notifier_names = list(notifier_names)
-        self.on_alert, self.on_frame = on_alert, on_frame
-        self.tracker = PersonTracker(tracking or TrackerSettings(), matcher.threshold, matcher.rank)
-        self.cooldown = Cooldown(cooldown_s)
+        self.alerts = alerts if alerts is not None else Broadcast("alerts")
+        self.frames = frames if frames is not None else Broadcast("frames")
         self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
+        self._cameras: dict[str, _CameraMeters] = {}
+        self._latency = LatencyWindow()
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
         async for item in self.faces:
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
-            ranked = (self.matcher.rank(np.stack([f.embedding for f in item.faces]))
-                      if item.faces else [])
+            step = self.policy.observe(item.frame.camera, item.faces, now)
             self.face_count += len(item.faces)
-            self.match_count += sum(r[0].score >= self.matcher.threshold for r in ranked if r)
-            outcome = self.tracker.update(item.frame.camera, item.faces, ranked, now)
-            decisions = outcome.decisions + self.tracker.expire(now)
-            alerts = [a for a in (self._alert(d, now) for d in decisions) if a is not None]
+            self.match_count += step.matches
+            alerts = [self._make_alert(v, now) for v in step.verdicts]
             for alert in alerts:
                 await self._raise(alert)
-            if self.on_frame is not None:
-                results: list[MatchResult | None] = [
-                    None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
-                    for p in outcome.persons]
-                self.on_frame(item, results, alerts)
-            self.metrics.processed(latency_s=time.monotonic() - now)
+            done = time.monotonic()
+            self._count(item, len(alerts), done - now)
+            results: list[MatchResult | None] = [
+                None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
+                for p in step.persons]
+            self.frames.publish(FrameReport(item, results, alerts, done))
+            self.metrics.processed(latency_s=done - now)
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).
         now = self._last_mono if self._last_mono is not None else time.monotonic()
-        for decision in self.tracker.flush():
-            last = self._alert(decision, now)
-            if last is not None:
-                await self._raise(last)
+        for verdict in self.policy.flush(now):
+            await self._raise(self._make_alert(verdict, now))
 
-    def _alert(self, decision: Decision, now: float) -> Alert | None:
-        """The alert for a track's decision, or None within the (camera, person) cooldown."""
-        if not self.cooldown.admit(decision, now):
-            return None
-        return self._make_alert(decision.face, decision.person_id, decision.score, now)
-
-    def _make_alert(self, face: Face, person_id: str, score: float, decided: float) -> Alert:
+    def _make_alert(self, verdict: Verdict, decided: float) -> Alert:
         # The evidence is the track's best face: its crop, box, frame and capture time.
+        face, person_id = verdict.face, verdict.person_id
         return Alert(
             id=Alert.new_id(), camera=face.camera, time=utc_iso(face.wall_time),
             wall_time=face.wall_time, person_id=person_id,
-            name=self.watchlist.name(person_id), score=float(score),
-            threshold=self.matcher.threshold, box=face.detection.box,
+            name=self.watchlist.name(person_id), score=float(verdict.score),
+            threshold=self.policy.threshold, box=face.detection.box,
             frame_index=face.frame_index, latency_s=max(0.0, time.monotonic() - decided),
             crop_jpeg=encode_jpeg(face.crop),
             watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
@@ -123,8 +156,7 @@ class MatcherActor(Actor):
         await anyio.to_thread.run_sync(self.outbox.add_alert, alert, self.notifier_names)
         await anyio.to_thread.run_sync(self.audit.record_alert, alert)
         self.alerts_by_person[alert.person_id] = self.alerts_by_person.get(alert.person_id, 0) + 1
-        if self.on_alert is not None:
-            self.on_alert(alert)
+        self.alerts.publish(alert)
         for out in self.outs:
             await out.send(alert)
 
@@ -133,8 +165,23 @@ class MatcherActor(Actor):
         for out in self.outs:
             out.close()
 
+    def _count(self, item: FrameFaces, alerts: int, latency_s: float) -> None:
+        meters = self._cameras.get(item.frame.camera)
+        if meters is None:
+            meters = self._cameras[item.frame.camera] = _CameraMeters()
+        meters.frames += 1
+        meters.faces += len(item.faces)
+        meters.alerts += alerts
+        meters.rate.mark(len(item.faces))
+        meters.latency.add(latency_s)
+        self._latency.add(latency_s)
+
     def statistics(self) -> MatcherStats:
+        cameras = {name: CameraDecisions(m.frames, m.faces, m.alerts, m.rate.rate(),
+                                         _latency(m.latency))
+                   for name, m in self._cameras.items()}
         return MatcherStats(**self._base_stats_fields(), frames=self.frame_count,
                             faces=self.face_count, matches=self.match_count,
                             alerts=sum(self.alerts_by_person.values()),
-                            alerts_by_person=dict(self.alerts_by_person))
+                            alerts_by_person=dict(self.alerts_by_person),
+                            latency_ms=_latency(self._latency), cameras=cameras)

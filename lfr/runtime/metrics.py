@@ -65,6 +65,9 @@ class LatencyWindow:
     def p95_ms(self) -> float | None:
         return self.percentile_ms(0.95)
 
+    def max_ms(self) -> float | None:
+        return max(self._values) * 1000.0 if self._values else None
+
 
 class ActorMetrics:
     """What an actor counts: items processed (rate, latency) and errors."""
