@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -93,11 +93,11 @@ class SnapshotCollector:
     what goes up and down (rates, queue depths, undelivered alerts, latest decisions).
     """
 
-    def __init__(self, snapshot: Any) -> None:
-        self._snapshot = snapshot  # () -> Snapshot | None (None: not running yet)
+    def __init__(self, snapshot: Callable[[], Snapshot | None]) -> None:
+        self._snapshot = snapshot  # None: the deployment is not running yet
 
     def collect(self) -> Iterator[Metric]:
-        snap: Snapshot | None = self._snapshot()
+        snap = self._snapshot()
         if snap is None:
             return
         yield from _deployment_families(snap)

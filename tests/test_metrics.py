@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import lfr
+from lfr.cli import main
 from lfr.config import MetricsConfig, parse_config
 from lfr.deployment import Counters, Deployment, Snapshot
 from lfr.monitoring import JsonLogFormatter, MetricsService, SnapshotCollector, health
@@ -196,6 +197,9 @@ def test_listen_address_is_checked_and_loopback_by_default():
     assert MetricsConfig().listen.startswith("127.0.0.1:") and not MetricsConfig().enabled
     with pytest.raises(ConfigError, match=r"\$\.metrics: listen: expected HOST:PORT"):
         parse_config({"name": "x", "metrics": {"listen": "9108"}}, "x.toml")
+    with pytest.raises(SystemExit) as usage:  # argparse: exit 2 before anything runs
+        main(["run", "x.toml", "--metrics", "127.0.0.1"])
+    assert usage.value.code == 2
     service = MetricsService("[::1]:0")
     assert (service.host, service.port) == ("::1", 0)
     with pytest.raises(ValueError, match=r"metrics\.listen"):
