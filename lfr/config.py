@@ -94,6 +94,26 @@ class WebConfig(Section, frozen=True):
     stun_servers: list[str] = msgspec.field(default_factory=list)  # none unless configured
 
 
+def parse_listen(listen: str, what: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9108`` for IPv6) -> (host, port); ValueError naming ``what``."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what}: expected HOST:PORT (port 0-65535), got {listen!r}")
+    return host, int(port)
+
+
+class MetricsConfig(Section, frozen=True):
+    """Prometheus metrics (``/metrics``) and health (``/healthz``) on their own address
+    (``lfr run --metrics HOST:PORT``). Off unless enabled; loopback unless told otherwise."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9108"  # the address examples/prometheus.yml scrapes
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen, "listen")
+
+
 class Config(Section, frozen=True):
     name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     location: str = ""
@@ -110,6 +130,7 @@ class Config(Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
     embedder: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "sface"})
     index: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "exact"})

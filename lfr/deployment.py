@@ -35,7 +35,7 @@ from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.broadcast import Broadcast, Subscription
 from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
-from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent
+from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent, SupervisorStats
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
 from lfr.vision.analyzer import FaceAnalyzer
@@ -102,6 +102,9 @@ class Snapshot(msgspec.Struct, frozen=True):
     threshold: float
     counters: Counters
     operator: str
+    # Totals that outlive the bounded event list: restarts, failed actors, stuck workers.
+    supervisor: SupervisorStats = msgspec.field(
+        default_factory=lambda: SupervisorStats(0, (), 0, 0))
 
 
 class RunSummary(msgspec.Struct, frozen=True):
@@ -442,6 +445,7 @@ class Deployment:
             threshold=self.config.matching.threshold,
             counters=self.counters(matcher),
             operator=self.config.operator_name(),
+            supervisor=self.supervisor.statistics(),
         )
 
     def summary(self) -> RunSummary:

@@ -63,6 +63,10 @@ def print_run(alerts: list[Any], summary: Any, as_json: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from lfr.config import load_config
 
+    if args.log_format == "json":
+        from lfr.monitoring import use_json_logs
+
+        use_json_logs()
     config = load_config(Path(args.config))
     if args.operator:
         config = msgspec.structs.replace(config, operator=args.operator)
@@ -74,6 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         web = config.web if not args.web else msgspec.structs.replace(config.web, listen=args.web)
         services.append(WebService(web, operator=args.operator).run)
+    if args.metrics or config.metrics.enabled:
+        from lfr.monitoring import MetricsService
+
+        services.append(MetricsService(args.metrics or config.metrics.listen).run)
     if args.dashboard:
         from lfr.dashboard import DashboardService
 
@@ -123,6 +131,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listen_address(value: str) -> str:
+    from lfr.config import parse_listen
+
+    try:
+        parse_listen(value, "--metrics")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="run a deployment from a TOML config until stopped")
     run.add_argument("config", help="deployment config (TOML), e.g. configs/demo.toml")
@@ -133,6 +151,10 @@ def register(sub: Any) -> None:
                      help="live terminal dashboard: cameras, queues, alerts; adjudicate by keys")
     run.add_argument("--web", metavar="HOST:PORT",
                      help="serve the browser viewer (WebRTC) here, e.g. 127.0.0.1:8080")
+    run.add_argument("--metrics", metavar="HOST:PORT", type=_listen_address,
+                     help="serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9108")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="json: one JSON object per log line on stderr, for log shippers")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.set_defaults(func=cmd_run)
 
