@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from rich.markup import escape
 
 from lfr.cli import EXIT_FAILED, EXIT_OK, UserError, _print_json, stderr
 
@@ -36,19 +37,44 @@ def _add_location(parser: argparse.ArgumentParser, required: bool) -> None:
 # -- audit verify -------------------------------------------------------------------------------
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from lfr.audit import LOG_NAME, verify
+def _public_key(args: argparse.Namespace) -> Any:
+    """The key the seals are checked with: ``--public-key``, else None (the data directory's
+    audit.pub)."""
+    from lfr.keys import KeyFileError, load_public_key
+
+    if not getattr(args, "public_key", None):
+        return None
+    try:
+        return load_public_key(Path(args.public_key))
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _verified_log(args: argparse.Namespace) -> tuple[Path, Any]:
+    """(audit.jsonl, VerifyResult) of the data directory the arguments name."""
+    from lfr.audit import LOG_NAME, OUTBOX_NAME, verify
 
     data_dir = _data_dir(args)
     log_file = data_dir / LOG_NAME
-    if not log_file.is_file():
+    # An emptied data directory with alerts still in its outbox is verified (and fails), not
+    # waved through as "no log here".
+    if not log_file.is_file() and not (data_dir / OUTBOX_NAME).is_file():
         raise UserError(f"{data_dir}: no audit log ({LOG_NAME}) here")
-    result = verify(log_file)
+    return log_file, verify(log_file, _public_key(args))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from lfr.keys import PUBLIC_KEY_NAME
+
+    log_file, result = _verified_log(args)
+    key_source = args.public_key or str(log_file.with_name(PUBLIC_KEY_NAME))
     if args.json:
-        _print_json({"path": str(log_file), **msgspec.to_builtins(result)})
+        _print_json({"path": str(log_file), "public_key_file": key_source,
+                     **msgspec.to_builtins(result)})
     elif result.ok:
         stderr.print(
-            f"{log_file}: [green]verified[/], {result.records} records",
+            f"{log_file}: [green]verified[/], {result.records} records, {result.seals} seals "
+            f"(public key {result.public_key or 'none'} from {key_source})",
             highlight=False,
             soft_wrap=True,
         )
@@ -60,10 +86,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             where.append(f"line {result.first_bad_line}")
         stderr.print(
             f"{log_file}: [red]FAILS verification[/] at {', '.join(where) or 'the head file'}: "
-            f"{result.reason} ({result.records} good records before it)",
+            f"{escape(result.reason)} ({result.records} good records before it)",
             highlight=False,
             soft_wrap=True,
         )
+    for warning in result.warnings:
+        stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -73,21 +101,24 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lfr.report import render_report, report_for
 
-    try:
-        report = report_for(_data_dir(args))
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
+    log_file, result = _verified_log(args)
+    if not result.ok:
+        # A report from a log that does not verify would publish figures nobody can stand by.
+        if args.json:
+            _print_json({"path": str(log_file), "audit": msgspec.to_builtins(result)})
+        stderr.print(
+            f"[red]no report: the audit log {log_file} fails verification "
+            f"({escape(result.reason)}); "
+            f"run lfr audit verify for details[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
+    report = report_for(log_file.parent, _public_key(args))
     if args.json:
         _print_json(report)
     else:
         stderr.print(render_report(report))
-    if not report.audit.ok:
-        stderr.print(
-            f"[red]the audit log fails verification ({report.audit.reason}): the report covers "
-            f"the {report.audit.records} records before the first bad one[/]",
-            highlight=False,
-        )
-        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -95,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
-    from lfr.audit import AuditError, AuditLog
+    from lfr.audit import AuditError, AuditLog, Kind
     from lfr.watchlist import WatchlistError, destroy_bundle
 
     bundle = Path(args.bundle)
@@ -105,7 +136,8 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir) if args.data_dir else config.resolved_data_dir()
         try:
             # Open the log first: if it cannot record the destruction, nothing is deleted.
-            audit = AuditLog(data_dir)
+            options = config.audit_log_options() if config is not None else {}
+            audit = AuditLog(data_dir, **options)
         except AuditError as exc:
             raise UserError(f"{exc}; nothing deleted") from None
     record: dict[str, Any] = {"path": str(bundle.resolve())}
@@ -118,7 +150,7 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
             from lfr.config import Config
 
             operator = (config or Config(name="cli")).operator_name(args.operator)
-            audit.append("watchlist_destroyed", {**record, "operator": operator})
+            audit.append(Kind.WATCHLIST_DESTROYED, {**record, "operator": operator})
             record["audited_in"] = str(audit.path)
     finally:
         if audit is not None:
@@ -143,6 +175,9 @@ def register(sub: Any) -> None:
         help="verify the chain and head; exit 1 naming the first bad record (seq, line, reason)",
     )
     _add_location(verify, required=True)
+    verify.add_argument("--public-key", metavar="FILE",
+                        help="the deployment's public key (PEM) to check the seals with; "
+                        "default: audit.pub in the data directory")
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(func=cmd_audit_verify)
 
@@ -152,6 +187,8 @@ def register(sub: Any) -> None:
         "faces, alerts, decisions, false alerts per 1,000 faces, camera uptime",
     )
     _add_location(report, required=True)
+    report.add_argument("--public-key", metavar="FILE",
+                        help="the deployment's public key (PEM); default: audit.pub beside the log")
     report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     report.set_defaults(func=cmd_report)
 

@@ -73,6 +73,15 @@ class PipelineConfig(Section, frozen=True):
     checkpoint_s: PositiveFloat = 60.0
 
 
+class AuditConfig(Section, frozen=True):
+    """The audit log's seals (lfr.audit): signatures that anchor its hash chain."""
+
+    seal_every: Positive = 100  # records between two seals: at most this many are unsigned
+    # Ed25519 private key (PEM) that signs the seals; default: the user's key in lfr's key
+    # directory (lfr.keys), created at first use. Never inside the data directory.
+    signing_key: str | None = None
+
+
 class PrivacyConfig(Section, frozen=True):
     blur_non_matches: bool = True
     alert_retention_days: PositiveFloat = 31.0
@@ -108,6 +117,7 @@ class Config(Section, frozen=True):
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
     embedder: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "sface"})
@@ -115,6 +125,12 @@ class Config(Section, frozen=True):
     notifiers: list[dict[str, Any]] = msgspec.field(
         default_factory=lambda: [{"kind": "console"}, {"kind": "jsonl"}])
     source_file: str | None = None  # where it was loaded from (set by load_config)
+
+    def audit_log_options(self) -> dict[str, Any]:
+        """Keyword arguments of lfr.audit.AuditLog for this deployment."""
+        key = self.audit.signing_key
+        return {"key_file": self.resolve_path(key) if key else None,
+                "seal_every": self.audit.seal_every}
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:

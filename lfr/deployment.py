@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from lfr.audit import AuditLog, audit_records
+from lfr.audit import AuditLog, Kind, audit_records
 from lfr.config import Backends, Config, resolve_backends
 from lfr.matching import Matcher, MatchResult
 from lfr.messages import DECISIONS, Adjudication, Alert, Decision, Frame, FrameFaces
@@ -257,21 +257,22 @@ class Deployment:
         server) run beside the pipeline and are cancelled once it has drained."""
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        audit = self.audit = AuditLog(self.data_dir)
+        audit = self.audit = AuditLog(self.data_dir, **cfg.audit_log_options())
         outbox = self.outbox = Outbox(self.data_dir)
         try:
             analyzer, matcher, notifiers = self._build()
             assert self.watchlist is not None
             from lfr.config import redacted
 
-            audit.append("deployment_start", {"name": cfg.name, "location": cfg.location,
-                                              "operator": cfg.operator_name()})
-            audit.append("config", redacted(cfg))
-            audit.append("watchlist_loaded", {"digest": self.watchlist.digest(),
-                                              "persons": len(self.watchlist.persons),
-                                              "images": len(self.watchlist.labels),
-                                              "threshold": cfg.matching.threshold})
-            audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
+            audit.append(Kind.DEPLOYMENT_START, {"name": cfg.name, "location": cfg.location,
+                                                 "operator": cfg.operator_name()})
+            audit.append(Kind.CONFIG, redacted(cfg))
+            audit.append(Kind.WATCHLIST_LOADED, {"digest": self.watchlist.digest(),
+                                                 "persons": len(self.watchlist.persons),
+                                                 "images": len(self.watchlist.labels),
+                                                 "threshold": cfg.matching.threshold})
+            audit.append(Kind.PRIVACY_SETTING,
+                         {"blur_non_matches": cfg.privacy.blur_non_matches})
             self._audit_unrecorded_alerts(outbox, audit)
             self._wire(analyzer, matcher, notifiers, outbox, audit)
             self.retention.purge(outbox)  # images past their retention, left by earlier runs
@@ -288,7 +289,7 @@ class Deployment:
                         self.supervisor.start_soon(pipeline, actor)
                 tg.cancel_scope.cancel()  # services and the signal watcher
             summary = self.summary()
-            audit.append("deployment_stop", self._counts(summary))
+            audit.append(Kind.DEPLOYMENT_STOP, self._counts(summary))
             return summary
         finally:
             self.outbox = self.audit = None
@@ -308,13 +309,13 @@ class Deployment:
             await anyio.sleep(self.config.pipeline.checkpoint_s)
             if self.audit is not None:
                 counts = self._counts(self.summary())
-                await anyio.to_thread.run_sync(self.audit.append, "checkpoint", counts)
+                await anyio.to_thread.run_sync(self.audit.append, Kind.CHECKPOINT, counts)
 
     @staticmethod
     def _audit_unrecorded_alerts(outbox: Outbox, audit: AuditLog) -> None:
         """An alert reaches the outbox before the audit log: a crash between the two (kill -9)
         leaves one the log lacks. Record it now, so every alert ever raised is audited."""
-        audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == "alert"}
+        audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == Kind.ALERT}
         for alert_id in outbox.alert_ids():  # oldest first; only the missing ones are decoded
             alert = outbox.get_alert(alert_id) if alert_id not in audited else None
             if alert is not None:
