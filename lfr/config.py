@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from lfr.plugins import BackendSettings, ConfigError, Registry
-from lfr.sources.base import SourceSettings
+from lfr.sources.base import SourceSettings, redact_url
 
 Positive = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -246,21 +246,20 @@ def resolve_backends(config: Config, registry: Registry) -> Backends:
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The config as a dict with secrets (keys naming a secret, token, password or key) masked."""
+    """The config as a dict with secrets masked: values of keys naming a secret, token, password
+    or key, and in every URL its user info and secret query parameters (one redactor,
+    lfr.sources.base.redact_url, for every place a camera URL is written)."""
     def scrub(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ("***" if _is_secret(k) and v else scrub(v)) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
-        if isinstance(value, str):
-            return _USERINFO.sub(r"\1***@", value)  # rtsp://user:password@host
+        if isinstance(value, str) and "://" in value:
+            return redact_url(value)
         return value
 
     result: dict[str, Any] = scrub(msgspec.to_builtins(config))
     return result
-
-
-_USERINFO = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
 
 
 def _is_secret(key: str) -> bool:
