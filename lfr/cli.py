@@ -170,12 +170,14 @@ def _report(alerts: list[Any], summary: Any, as_json: bool) -> None:
         _print_json({"alerts": [a.summary() for a in alerts],
                      "summary": msgspec.to_builtins(summary)})
         return
+    from lfr.textsafe import safe_text
+
     table = Table(title=f"{len(alerts)} alerts", title_justify="left")
     for column in ("time", "camera", "person", "score", "frame"):
         table.add_column(column)
     for a in alerts:
-        table.add_row(a.time, a.camera, f"{a.name} ({a.person_id})", f"{a.score:.3f}",
-                      str(a.frame_index))
+        table.add_row(a.time, safe_text(a.camera), safe_text(f"{a.name} ({a.person_id})"),
+                      f"{a.score:.3f}", str(a.frame_index))
     stderr.print(table)
     stderr.print(
         f"frames {summary.frames}, faces {summary.faces}, alerts {summary.alerts}, "

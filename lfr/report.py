@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lfr.audit import AuditError, AuditRecord, Kind, VerifyResult, audit_records, verify
+from lfr.textsafe import safe_text
 
 
 class WatchlistUse(msgspec.Struct, frozen=True):
@@ -348,7 +349,7 @@ def render_report(report: DeploymentReport) -> Group:
         ),
     ]
     for key, value in rows:
-        head.add_row(key, value)
+        head.add_row(key, safe_text(value))  # names and places come from the config: not markup
     runs = Table(title="runs", title_justify="left")
     for column in ("start", "end", "seconds", "operator", "faces", "alerts", "complete"):
         runs.add_column(column, overflow="fold")
@@ -357,7 +358,7 @@ def render_report(report: DeploymentReport) -> Group:
             r.start,
             r.end,
             f"{r.seconds:.0f}",
-            r.operator,
+            safe_text(r.operator),
             "unknown" if r.faces is None else str(r.faces),
             str(r.alerts),
             "yes" if r.complete else "no (no stop record)",
@@ -367,7 +368,7 @@ def render_report(report: DeploymentReport) -> Group:
         cams.add_column(column, overflow="fold")
     for c in report.cameras:
         cams.add_row(
-            c.name,
+            safe_text(c.name),
             _pct(c.uptime_pct),
             f"{c.footage_s:.0f}",
             f"{c.run_seconds:.0f}",
