@@ -6,8 +6,14 @@ before it, so a changed, deleted, inserted or reordered record breaks the chain.
 truncated tail. Images are never stored, only their SHA-256, so purging alert images after their
 retention leaves the chain intact.
 
-A hash chain is tamper-evident, not tamper-proof: whoever can rewrite the whole file and its head
-can forge a consistent log. Ship the head hash elsewhere (report, remote log) to anchor it.
+A hash chain alone is tamper-evident, not tamper-proof: whoever can rewrite the whole file and its
+head can forge a consistent log. So the chain is anchored by **seals**: records of kind ``seal``
+holding an Ed25519 signature (key from ``lfr.keys``, never kept in the data directory) over the
+seq and hash of the record before them and the alerts and decisions recorded so far. A writer seals
+when it opens the log, every ``seal_every`` records, and when it closes. ``verify`` checks every
+seal with the public key (``audit.pub`` in the data directory, or the auditor's own copy), refuses
+records appended after a closing seal, and compares the log with the outbox beside it. The rules,
+and what an attacker holding the key can still hide, are in docs/security.md.
 """
 
 from __future__ import annotations
@@ -16,31 +22,58 @@ import fcntl
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lfr import keys
 from lfr.messages import Adjudication, Alert, utc_iso
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
+OUTBOX_NAME = "outbox.sqlite"  # lfr.notify.outbox.DB_NAME: the alerts the log must account for
 ZERO_HASH = "0" * 64
-KINDS = (
-    "deployment_start",
-    "deployment_stop",
-    "config",
-    "watchlist_loaded",
-    "alert",
-    "adjudication",
-    "privacy_setting",
-    "watchlist_destroyed",
-)
+
+
+class Kind(StrEnum):
+    """Every kind of record lfr writes; ``AuditLog.append`` refuses any other."""
+
+    DEPLOYMENT_START = "deployment_start"
+    DEPLOYMENT_STOP = "deployment_stop"
+    CONFIG = "config"  # the effective config, secrets redacted
+    WATCHLIST_LOADED = "watchlist_loaded"
+    PRIVACY_SETTING = "privacy_setting"
+    CHECKPOINT = "checkpoint"  # a running deployment's counts, every pipeline.checkpoint_s
+    ALERT = "alert"
+    ADJUDICATION = "adjudication"
+    WATCHLIST_DESTROYED = "watchlist_destroyed"
+    WORKER_STUCK = "worker_stuck"  # the watchdog restarted an actor whose call hung
+    SEAL = "seal"  # a signature over the chain so far (lfr.audit writes these itself)
+
+
+class SealReason(StrEnum):
+    OPEN = "open"  # a writer opened a cleanly closed (or new) log
+    RESUME = "resume"  # a writer opened a log whose last run was killed: its tail is sealed late
+    INTERVAL = "interval"  # seal_every records since the last seal
+    CLOSE = "close"  # the writer closed the log: nothing may follow but another writer's open
+
+
+DEFAULT_SEAL_EVERY = 100
+
+
+_KIND_VALUES = frozenset(k.value for k in Kind)
+_SEAL_REASONS = frozenset(r.value for r in SealReason)
 
 
 class AuditError(Exception):
@@ -67,6 +100,10 @@ class VerifyResult(msgspec.Struct, frozen=True):
     first_bad_seq: int | None = None
     first_bad_line: int | None = None  # 1-based line of audit.jsonl
     reason: str = ""
+    warnings: tuple[str, ...] = ()  # accepted, but said: a killed run's unsigned tail
+    seals: int = 0  # seals whose signature held
+    unsigned_tail: int = 0  # records after the last seal
+    public_key: str = ""  # fingerprint of the key the seals were checked with
 
 
 class _Head(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -173,24 +210,181 @@ def _read_head(head_file: Path) -> bytes | None:
         return None
 
 
-def verify(path: Path) -> VerifyResult:
-    """Check the whole chain and the head of a log (data directory or audit.jsonl)."""
+class _OutboxFigures(msgspec.Struct, frozen=True):
+    alert_ids: list[str]
+    decisions: int
+
+
+def _outbox_figures(data_dir: Path) -> _OutboxFigures | str | None:
+    """What the outbox beside the log holds (None without one; a string saying why it is
+    unreadable). Read with plain SQL: the audit module stays below the outbox."""
+    path = data_dir / OUTBOX_NAME
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(path)
+        try:
+            ids = [alert_id for (alert_id,) in db.execute("SELECT id FROM alerts ORDER BY rowid")]
+            (decisions,) = db.execute("SELECT COUNT(*) FROM adjudications").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"{path}: unreadable: {exc}"
+    return _OutboxFigures(ids, int(decisions))
+
+
+def _seal_message(data: Mapping[str, Any]) -> bytes:
+    """What a seal signs: every field of its data but the signature (a field left unsigned could
+    be changed by whoever re-chains the records after the last seal)."""
+    signed = {k: v for k, v in data.items() if k != "signature"}
+    return msgspec.json.encode(signed, order="deterministic")
+
+
+def _seal_problem(rec: AuditRecord, key: Ed25519PublicKey, alerts: int, decisions: int) -> str:
+    d = rec.data
+    if d.get("reason") not in _SEAL_REASONS:
+        return f"seal at seq {rec.seq} has no known reason ({d.get('reason')!r})"
+    if d.get("seq") != rec.seq - 1 or d.get("hash") != rec.prev:
+        return (f"seal at seq {rec.seq} signs another place in the chain (seq {d.get('seq')}): "
+                "a seal was moved or copied")
+    if not keys.signature_holds(key, _seal_message(d), str(d.get("signature", ""))):
+        return (f"seal at seq {rec.seq}: the signature does not hold with public key "
+                f"{keys.fingerprint(key)} (the seal names key {d.get('key')}): the records before "
+                "it were rewritten, or signed with another key")
+    if d.get("alerts") != alerts or d.get("decisions") != decisions:
+        return (f"seal at seq {rec.seq} counts {d.get('alerts')} alerts and {d.get('decisions')} "
+                f"decisions; the log before it holds {alerts} and {decisions}")
+    return ""
+
+
+def _check_anchors(records: list[AuditRecord], key: Ed25519PublicKey | None,
+                   outbox: _OutboxFigures | str | None) -> VerifyResult:
+    """The seals, the unsigned tail and the outbox of a log whose chain and head hold."""
+    fingerprint = keys.fingerprint(key) if key is not None else ""
+    seals = 0
+
+    def fail(reason: str, rec: AuditRecord | None = None) -> VerifyResult:
+        # Lines and seqs coincide once the chain holds (seq n is line n).
+        where = rec.seq if rec is not None else None
+        good = rec.seq - 1 if rec is not None else len(records)
+        return VerifyResult(False, good, where, where, reason, seals=seals,
+                            public_key=fingerprint)
+
+    alert_ids: set[str] = set()
+    alerts = decisions = 0
+    last_seal: AuditRecord | None = None
+    tail: list[AuditRecord] = []  # records after the last seal
+    for rec in records:
+        if rec.kind == Kind.SEAL:
+            if key is None:
+                return fail(f"no public key to check the seals with ({keys.PUBLIC_KEY_NAME} is "
+                            "missing: pass the deployment's public key)", rec)
+            problem = _seal_problem(rec, key, alerts, decisions)
+            if problem:
+                return fail(problem, rec)
+            seals += 1
+            last_seal, tail = rec, []
+            continue
+        if last_seal is None:
+            return fail("the log does not begin with a seal: it is unsigned (written before lfr "
+                        "signed its logs) or was rewritten", rec)
+        if last_seal.data.get("reason") == SealReason.CLOSE:
+            return fail(f"record appended after the log was sealed at close (seq "
+                        f"{last_seal.seq}): a new writer always seals before it appends", rec)
+        tail.append(rec)
+        if rec.kind == Kind.ALERT:
+            alerts += 1
+            alert_ids.add(str(rec.data.get("id")))
+        elif rec.kind == Kind.ADJUDICATION:
+            decisions += 1
+    warnings: list[str] = []
+    closed = last_seal is not None and last_seal.data.get("reason") == SealReason.CLOSE
+    if last_seal is not None and tail:
+        every = int(last_seal.data.get("every") or DEFAULT_SEAL_EVERY)
+        stop = next((r for r in tail if r.kind == Kind.DEPLOYMENT_STOP), None)
+        if stop is not None:
+            return fail("a deployment_stop record that no seal follows: a clean stop always "
+                        "seals the log, so it was appended or the closing seal cut off", stop)
+        if len(tail) > every:
+            return fail(f"{len(tail)} unsigned records after the last seal (seq "
+                        f"{last_seal.seq}), more than a writer leaves (it seals every {every})",
+                        tail[every])
+        warnings.append(f"unsigned tail after a crash: the {len(tail)} records after the last "
+                        f"seal (seq {last_seal.seq}) are hash-chained only (the run was killed, "
+                        "or is still going; the next start seals them)")
+    elif last_seal is not None and not closed:
+        warnings.append(f"the log ends with a seal of reason {last_seal.data.get('reason')!r}, "
+                        "not a closing one: the run was killed, or is still going")
+    if isinstance(outbox, str):
+        return fail(outbox)
+    if outbox is not None:
+        # A kill between the outbox write and the audit write leaves one alert (or decision)
+        # the log lacks; the next start records it. More than that, or any after a clean close,
+        # means records were removed.
+        allowance = 0 if closed or last_seal is None else 1
+        missing = [a for a in outbox.alert_ids if a not in alert_ids]
+        if len(missing) > allowance:
+            return fail(f"the outbox holds {len(missing)} alert(s) that the log lacks (first "
+                        f"{missing[0]}): records were removed or the log replaced")
+        if missing:
+            warnings.append(f"alert {missing[0]} is in the outbox but not yet in the log "
+                            "(a kill between the two writes; the next start records it)")
+        if outbox.decisions - decisions > allowance:
+            return fail(f"the outbox holds {outbox.decisions} decisions, the log "
+                        f"{decisions}: records were removed or the log replaced")
+        lost = alert_ids.difference(outbox.alert_ids)
+        if lost:
+            return fail(f"the log records {len(lost)} alert(s) that the outbox lacks (first "
+                        f"{sorted(lost)[0]}): alerts deleted from the outbox")
+    return VerifyResult(True, len(records), warnings=tuple(warnings), seals=seals,
+                        unsigned_tail=len(tail), public_key=fingerprint)
+
+
+def verify(path: Path, public_key: Ed25519PublicKey | None = None, *,
+           outbox: bool = True) -> VerifyResult:
+    """Check a log (data directory or audit.jsonl): the chain, the head, every seal's signature
+    (with ``public_key``, else the ``audit.pub`` beside the log), the unsigned tail and, with
+    ``outbox``, the alerts and decisions of the outbox beside it."""
     log_file, head_file = _files(path)
     try:
         data = log_file.read_bytes()
     except FileNotFoundError:
         data = b""
-    return _verify(data, _read_head(head_file))
+    chain = _verify(data, _read_head(head_file))
+    if not chain.ok:
+        return chain
+    if public_key is None:
+        published = log_file.with_name(keys.PUBLIC_KEY_NAME)
+        if published.is_file():
+            try:
+                public_key = keys.load_public_key(published)
+            except keys.KeyFileError as exc:
+                return VerifyResult(False, chain.records, reason=str(exc))
+    records = [_record_decoder.decode(line) for line in data.splitlines()]
+    figures = _outbox_figures(log_file.parent) if outbox else None
+    return _check_anchors(records, public_key, figures)
 
 
 class AuditLog:
     """Appends records to ``<data_dir>/audit.jsonl``; thread-safe; every append is fsynced.
 
-    Opening an existing log verifies it and resumes its chain; a log that fails verification raises
-    AuditError (move it aside and start a new data directory: never append to a broken chain).
+    Opening an existing log verifies it (seals included) and resumes its chain; a log that fails
+    verification raises AuditError (move it aside and start a new data directory: never append to
+    a broken chain). The log is sealed with the signing key (``key_file``, else the user's key
+    from ``lfr.keys``) at open, every ``seal_every`` records and at close; the public key is
+    copied to ``<data_dir>/audit.pub``.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, key_file: Path | None = None,
+                 seal_every: int = DEFAULT_SEAL_EVERY) -> None:
+        if seal_every < 1:
+            raise ValueError(f"seal_every must be >= 1, got {seal_every}")
+        try:
+            self._key = keys.load_signing_key(key_file)
+        except keys.KeyFileError as exc:
+            raise AuditError(str(exc)) from None
+        self._seal_every = seal_every
+        self._fingerprint = keys.fingerprint(self._key.public_key())
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / LOG_NAME
         self.head_path = data_dir / HEAD_NAME
@@ -202,10 +396,23 @@ class AuditLog:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise AuditError(f"{self.path}: in use by another process") from None
+            self._publish_public_key(data_dir)
             self._resume()
         except BaseException:
             self._file.close()
             raise
+
+    def _publish_public_key(self, data_dir: Path) -> None:
+        pem = keys.public_pem(self._key.public_key())
+        published = data_dir / keys.PUBLIC_KEY_NAME
+        if published.is_file():
+            if published.read_bytes() != pem:
+                raise AuditError(
+                    f"{self.path}: this log is sealed with another key ({published}); this "
+                    f"writer's key is {self._fingerprint}: use that deployment's key "
+                    "([audit] signing_key) or a new data directory")
+            return
+        keys.write_private(published, pem)
 
     def _resume(self) -> None:
         data = self.path.read_bytes()
@@ -223,12 +430,26 @@ class AuditLog:
                     os.fsync(f.fileno())
                 data = data[:keep]
                 result = _verify(data, head_raw)
+        records = [_record_decoder.decode(line) for line in data.splitlines()] if result.ok else []
+        if result.ok:
+            result = _check_anchors(records, self._key.public_key(), None)
         if not result.ok:
             where = f" at line {result.first_bad_line}" if result.first_bad_line else ""
             raise AuditError(f"{self.path}: audit log fails verification{where}: {result.reason}")
         self._seq, self._prev = result.records, ZERO_HASH
-        if data:
-            self._prev = _record_decoder.decode(data[:-1].rsplit(b"\n", 1)[-1]).hash
+        if records:
+            self._prev = records[-1].hash
+        self._alerts = sum(r.kind == Kind.ALERT for r in records)
+        self._decisions = sum(r.kind == Kind.ADJUDICATION for r in records)
+        self._since_seal = result.unsigned_tail
+        last = records[-1] if records else None
+        clean = last is None or (last.kind == Kind.SEAL
+                                 and last.data.get("reason") == SealReason.CLOSE)
+        if not clean:
+            log.warning("%s: the last run was not closed (killed?): sealing its %d unsigned "
+                        "records now", self.path, result.unsigned_tail)
+        with self._lock:
+            self._seal(SealReason.OPEN if clean else SealReason.RESUME)
 
     @property
     def seq(self) -> int:
@@ -240,21 +461,51 @@ class AuditLog:
         """Hash of the last record: anchor it outside the data directory to detect a rewrite."""
         return self._prev
 
-    def append(self, kind: str, data: Mapping[str, Any]) -> AuditRecord:
-        """Write one record and fsync it (and the head) before returning."""
+    @property
+    def public_key_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def append(self, kind: Kind, data: Mapping[str, Any]) -> AuditRecord:
+        """Write one record and fsync it (and the head) before returning; seal every
+        ``seal_every`` records."""
+        if kind not in _KIND_VALUES or kind == Kind.SEAL:
+            raise ValueError(f"undeclared audit record kind {kind!r} (see lfr.audit.Kind; "
+                             "seals are written by the log itself)")
         # Round-trip through JSON so the record holds exactly what verify() will decode.
         plain = msgspec.json.decode(msgspec.json.encode(data))
         with self._lock:
-            if self._file.closed:
-                raise AuditError(f"{self.path}: audit log is closed")
-            body = _Body(self._seq + 1, utc_iso(time.time()), kind, plain, self._prev)
-            rec = AuditRecord(**msgspec.structs.asdict(body), hash=_hash(body))
-            self._file.write(_encode(rec) + b"\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._write_head(rec)
-            self._seq, self._prev = rec.seq, rec.hash
+            rec = self._write(kind, plain)
+            if kind == Kind.ALERT:
+                self._alerts += 1
+            elif kind == Kind.ADJUDICATION:
+                self._decisions += 1
+            self._since_seal += 1
+            if self._since_seal >= self._seal_every:
+                self._seal(SealReason.INTERVAL)
             return rec
+
+    def _seal(self, reason: SealReason) -> AuditRecord:
+        """Sign the chain so far (caller holds the lock)."""
+        data: dict[str, Any] = {"reason": str(reason), "seq": self._seq, "hash": self._prev,
+                                "alerts": self._alerts, "decisions": self._decisions,
+                                "every": self._seal_every, "key": self._fingerprint}
+        data["signature"] = keys.sign(self._key, _seal_message(data))
+        rec = self._write(Kind.SEAL, data)
+        self._since_seal = 0
+        self._last_seal_reason = reason
+        return rec
+
+    def _write(self, kind: Kind, plain: dict[str, Any]) -> AuditRecord:
+        if self._file.closed:
+            raise AuditError(f"{self.path}: audit log is closed")
+        body = _Body(self._seq + 1, utc_iso(time.time()), str(kind), plain, self._prev)
+        rec = AuditRecord(**msgspec.structs.asdict(body), hash=_hash(body))
+        self._file.write(_encode(rec) + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._write_head(rec)
+        self._seq, self._prev = rec.seq, rec.hash
+        return rec
 
     def _write_head(self, rec: AuditRecord) -> None:
         tmp = self.head_path.with_name(HEAD_NAME + ".tmp")
@@ -270,14 +521,22 @@ class AuditLog:
         data = msgspec.structs.asdict(alert)
         data["crop_sha256"] = image_digest(data.pop("crop_jpeg"))
         data["watchlist_sha256"] = image_digest(data.pop("watchlist_jpeg"))
-        return self.append("alert", data)
+        return self.append(Kind.ALERT, data)
 
     def record_adjudication(self, adj: Adjudication) -> AuditRecord:
-        return self.append("adjudication", msgspec.structs.asdict(adj))
+        return self.append(Kind.ADJUDICATION, msgspec.structs.asdict(adj))
 
     def close(self) -> None:
+        """Seal the log (a closing seal: nothing may follow it but another writer's opening seal)
+        and close it."""
         with self._lock:
-            self._file.close()
+            if self._file.closed:
+                return
+            try:
+                if self._last_seal_reason != SealReason.CLOSE or self._since_seal:
+                    self._seal(SealReason.CLOSE)
+            finally:
+                self._file.close()
 
     def __enter__(self) -> Self:
         return self

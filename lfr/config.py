@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from lfr.plugins import BackendSettings, ConfigError, Registry
-from lfr.sources.base import SourceSettings
+from lfr.sources.base import SourceSettings, redact_url
 from lfr.tracking import TrackerSettings
 
 Positive = Annotated[int, Meta(ge=1)]
@@ -71,6 +71,15 @@ class PipelineConfig(Section, frozen=True):
     # Counts (frames, faces, alerts, cameras) go to the audit log this often, so a run that is
     # killed still reports its faces up to the last checkpoint.
     checkpoint_s: PositiveFloat = 60.0
+
+
+class AuditConfig(Section, frozen=True):
+    """The audit log's seals (lfr.audit): signatures that anchor its hash chain."""
+
+    seal_every: Positive = 100  # records between two seals: at most this many are unsigned
+    # Ed25519 private key (PEM) that signs the seals; default: the user's key in lfr's key
+    # directory (lfr.keys), created at first use. Never inside the data directory.
+    signing_key: str | None = None
 
 
 class PrivacyConfig(Section, frozen=True):
@@ -129,6 +138,7 @@ class Config(Section, frozen=True):
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
@@ -137,6 +147,12 @@ class Config(Section, frozen=True):
     notifiers: list[dict[str, Any]] = msgspec.field(
         default_factory=lambda: [{"kind": "console"}, {"kind": "jsonl"}])
     source_file: str | None = None  # where it was loaded from (set by load_config)
+
+    def audit_log_options(self) -> dict[str, Any]:
+        """Keyword arguments of lfr.audit.AuditLog for this deployment."""
+        key = self.audit.signing_key
+        return {"key_file": self.resolve_path(key) if key else None,
+                "seal_every": self.audit.seal_every}
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:
@@ -257,21 +273,20 @@ def resolve_backends(config: Config, registry: Registry) -> Backends:
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The config as a dict with secrets (keys naming a secret, token, password or key) masked."""
+    """The config as a dict with secrets masked: values of keys naming a secret, token, password
+    or key, and in every URL its user info and secret query parameters (one redactor,
+    lfr.sources.base.redact_url, for every place a camera URL is written)."""
     def scrub(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ("***" if _is_secret(k) and v else scrub(v)) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
-        if isinstance(value, str):
-            return _USERINFO.sub(r"\1***@", value)  # rtsp://user:password@host
+        if isinstance(value, str) and "://" in value:
+            return redact_url(value)
         return value
 
     result: dict[str, Any] = scrub(msgspec.to_builtins(config))
     return result
-
-
-_USERINFO = re.compile(r"(://[^/@:\s]+:)[^/@\s]+@")
 
 
 def _is_secret(key: str) -> bool:

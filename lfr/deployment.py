@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from lfr.audit import AuditLog, audit_records
+from lfr.audit import AuditLog, Kind, audit_records
 from lfr.config import Backends, Config, resolve_backends
 from lfr.decisions import DecisionLog
 from lfr.matching import Matcher, configured_matcher, configured_watchlist
@@ -317,7 +317,7 @@ class Deployment:
     def _audit_stuck(self, event: SupervisorEvent) -> None:
         """A worker the watchdog restarted is an operational fact the audit log keeps."""
         if event.event == "stuck" and self._audit is not None:
-            self._audit.append("worker_stuck", {"actor": event.actor, "call": event.call,
+            self._audit.append(Kind.WORKER_STUCK, {"actor": event.actor, "call": event.call,
                                                "detail": event.error})
 
     # -- running -----------------------------------------------------------------------------
@@ -336,7 +336,8 @@ class Deployment:
         server) get the deployment's view, run beside the pipeline and are cancelled once it has
         drained."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with AuditLog(self.data_dir) as audit, Outbox(self.data_dir) as outbox:
+        with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit, \
+                Outbox(self.data_dir) as outbox:
             try:
                 self.outbox, self._audit = outbox, audit
                 self.decision_log = DecisionLog(outbox, audit, self.config.operator_name)
@@ -353,14 +354,14 @@ class Deployment:
         assert self.watchlist is not None
         from lfr.config import redacted
 
-        audit.append("deployment_start", {"name": cfg.name, "location": cfg.location,
-                                          "operator": cfg.operator_name()})
-        audit.append("config", redacted(cfg))
-        audit.append("watchlist_loaded", {"digest": self.watchlist.digest(),
-                                          "persons": len(self.watchlist.persons),
-                                          "images": len(self.watchlist.labels),
-                                          "threshold": cfg.matching.threshold})
-        audit.append("privacy_setting", {"blur_non_matches": cfg.privacy.blur_non_matches})
+        audit.append(Kind.DEPLOYMENT_START, {"name": cfg.name, "location": cfg.location,
+                                             "operator": cfg.operator_name()})
+        audit.append(Kind.CONFIG, redacted(cfg))
+        audit.append(Kind.WATCHLIST_LOADED, {"digest": self.watchlist.digest(),
+                                             "persons": len(self.watchlist.persons),
+                                             "images": len(self.watchlist.labels),
+                                             "threshold": cfg.matching.threshold})
+        audit.append(Kind.PRIVACY_SETTING, {"blur_non_matches": cfg.privacy.blur_non_matches})
         self._audit_unrecorded_alerts(outbox, audit)
         self._wire(analyzer, matcher, notifiers, outbox, audit)
         self.retention.purge(outbox)  # images past their retention, left by earlier runs
@@ -379,7 +380,7 @@ class Deployment:
                     self.supervisor.start_soon(pipeline, actor)
             tg.cancel_scope.cancel()  # services and the signal watcher
         summary = self.summary()
-        audit.append("deployment_stop", self._counts(summary))
+        audit.append(Kind.DEPLOYMENT_STOP, self._counts(summary))
         return summary
 
     def _counts(self, summary: RunSummary) -> dict[str, Any]:
@@ -394,13 +395,13 @@ class Deployment:
         while True:
             await anyio.sleep(self.config.pipeline.checkpoint_s)
             counts = self._counts(self.summary())
-            await anyio.to_thread.run_sync(audit.append, "checkpoint", counts)
+            await anyio.to_thread.run_sync(audit.append, Kind.CHECKPOINT, counts)
 
     @staticmethod
     def _audit_unrecorded_alerts(outbox: Outbox, audit: AuditLog) -> None:
         """An alert reaches the outbox before the audit log: a crash between the two (kill -9)
         leaves one the log lacks. Record it now, so every alert ever raised is audited."""
-        audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == "alert"}
+        audited = {r.data.get("id") for r in audit_records(audit.path) if r.kind == Kind.ALERT}
         for alert_id in outbox.alert_ids():  # oldest first; only the missing ones are decoded
             alert = outbox.get_alert(alert_id) if alert_id not in audited else None
             if alert is not None:

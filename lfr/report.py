@@ -18,13 +18,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.console import Group
 from rich.table import Table
 
-from lfr.audit import AuditError, AuditRecord, VerifyResult, audit_records, verify
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lfr.audit import AuditError, AuditRecord, Kind, VerifyResult, audit_records, verify
+from lfr.textsafe import safe_text
 
 
 class WatchlistUse(msgspec.Struct, frozen=True):
@@ -135,28 +139,28 @@ def _runs(records: Iterable[AuditRecord], sink: dict[str, Any]) -> list[_Run]:
     runs: list[_Run] = []
     current: _Run | None = None
     for rec in records:
-        if rec.kind == "deployment_start":
+        if rec.kind == Kind.DEPLOYMENT_START:
             current = _Run(rec)
             runs.append(current)
             continue
         if current is not None and current.stop is None:
             current.end = rec.time
-        if rec.kind == "deployment_stop" and current is not None:
+        if rec.kind == Kind.DEPLOYMENT_STOP and current is not None:
             current.stop = rec.data
             current = None
-        elif rec.kind == "checkpoint" and current is not None:
+        elif rec.kind == Kind.CHECKPOINT and current is not None:
             current.checkpoint = rec.data
-        elif rec.kind == "watchlist_loaded" and current is not None:
+        elif rec.kind == Kind.WATCHLIST_LOADED and current is not None:
             current.watchlist = rec.data
-        elif rec.kind == "alert":
+        elif rec.kind == Kind.ALERT:
             sink["alerts"].add(str(rec.data.get("id")))
             if current is not None:
                 current.alerts += 1
-        elif rec.kind == "adjudication":
+        elif rec.kind == Kind.ADJUDICATION:
             sink["decisions"][str(rec.data.get("alert_id"))] = rec.data.get("decision")
-        elif rec.kind == "privacy_setting":
+        elif rec.kind == Kind.PRIVACY_SETTING:
             sink["privacy"].append({"time": rec.time, **rec.data})
-        elif rec.kind == "watchlist_destroyed":
+        elif rec.kind == Kind.WATCHLIST_DESTROYED:
             sink["destroyed"].append({"time": rec.time, **rec.data})
     return runs
 
@@ -275,18 +279,19 @@ def _readable(path: Path, upto_line: int | None) -> Iterator[AuditRecord]:
         return
 
 
-def report_for(data_dir: Path) -> DeploymentReport:
+def report_for(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> DeploymentReport:
     """Verify the data directory's audit log and report from the records that verify.
 
     Raises FileNotFoundError when there is no audit log. A log that fails verification still gets
-    a report of the records before the first bad one, with ``audit.ok`` False.
+    a report of the records before the first bad one, with ``audit.ok`` False: ``lfr report``
+    publishes none of it (it refuses such a log); this is for diagnosis.
     """
     from lfr.audit import LOG_NAME
 
     log_file = data_dir / LOG_NAME
     if not log_file.is_file():
         raise FileNotFoundError(f"{data_dir}: no audit log ({LOG_NAME}) here")
-    result: VerifyResult = verify(log_file)
+    result: VerifyResult = verify(log_file, public_key)
     upto = result.first_bad_line if not result.ok else None
     records = list(_readable(log_file, upto))
     status = AuditStatus(
@@ -344,7 +349,7 @@ def render_report(report: DeploymentReport) -> Group:
         ),
     ]
     for key, value in rows:
-        head.add_row(key, value)
+        head.add_row(key, safe_text(value))  # names and places come from the config: not markup
     runs = Table(title="runs", title_justify="left")
     for column in ("start", "end", "seconds", "operator", "faces", "alerts", "complete"):
         runs.add_column(column, overflow="fold")
@@ -353,7 +358,7 @@ def render_report(report: DeploymentReport) -> Group:
             r.start,
             r.end,
             f"{r.seconds:.0f}",
-            r.operator,
+            safe_text(r.operator),
             "unknown" if r.faces is None else str(r.faces),
             str(r.alerts),
             "yes" if r.complete else "no (no stop record)",
@@ -363,7 +368,7 @@ def render_report(report: DeploymentReport) -> Group:
         cams.add_column(column, overflow="fold")
     for c in report.cameras:
         cams.add_row(
-            c.name,
+            safe_text(c.name),
             _pct(c.uptime_pct),
             f"{c.footage_s:.0f}",
             f"{c.run_seconds:.0f}",

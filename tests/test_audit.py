@@ -37,6 +37,7 @@ def make_alert(i: int = 0) -> Alert:
 
 
 def build(tmp_path: Path, n: int = 5) -> Path:
+    """An opening seal (seq 1), n records (seq 2..n+1), a closing seal (seq n+2)."""
     with AuditLog(tmp_path) as log:
         log.append("deployment_start", {"location": "Station Sud", "operator": "ofc1"})
         log.append("config", {"threshold": 0.45, "cameras": ["cam1", "cam2"], "nested": {"b": 1}})
@@ -58,14 +59,16 @@ def test_chain_verifies_and_records_read_back(tmp_path: Path) -> None:
     build(tmp_path)
     result = verify(tmp_path)
     assert result.ok, result.reason
-    assert result.records == 5
+    assert result.records == 7 and result.seals == 2
     assert verify(tmp_path / LOG_NAME).ok  # the file itself works as well as its directory
     records = list(audit_records(tmp_path))
-    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
-    assert [r.kind for r in records][:3] == ["deployment_start", "config", "watchlist_loaded"]
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.kind for r in records][:4] == ["seal", "deployment_start", "config",
+                                             "watchlist_loaded"]
+    assert [records[0].data["reason"], records[-1].data["reason"]] == ["open", "close"]
     assert records[0].prev == "0" * 64
     assert all(b.prev == a.hash for a, b in itertools.pairwise(records))
-    assert records[2].data["name"] == "Zoë"
+    assert records[3].data["name"] == "Zoë"
 
 
 def test_alert_record_holds_image_hashes_never_images(tmp_path: Path) -> None:
@@ -81,7 +84,7 @@ def test_alert_record_holds_image_hashes_never_images(tmp_path: Path) -> None:
     assert rec.data["watchlist_sha256"] == image_digest(alert.watchlist_jpeg)
     assert "crop_jpeg" not in rec.data and "watchlist_jpeg" not in rec.data
     assert rec.data["person_id"] == "p7" and rec.data["box"] == [10.0, 20.0, 64.0, 64.0]
-    adj = list(audit_records(tmp_path))[1]
+    adj = list(audit_records(tmp_path))[2]
     assert (adj.kind, adj.data["decision"], adj.data["operator"]) == (
         "adjudication",
         "confirmed",
@@ -118,7 +121,7 @@ def field_positions(line: bytes) -> dict[str, int]:
 def test_every_single_byte_change_is_detected(tmp_path: Path) -> None:
     build(tmp_path, n=6)
     original = lines(tmp_path)
-    target = 4  # an alert record in the middle of the chain
+    target = 5  # an alert record in the middle of the chain
     line = original[target - 1]
     offset = sum(len(x) for x in original[: target - 1])
     positions = field_positions(line)
@@ -188,7 +191,7 @@ def test_truncated_tail_is_detected(tmp_path: Path) -> None:
     write_lines(tmp_path, original[:-1])
     result = verify(tmp_path)
     assert not result.ok
-    assert (result.first_bad_seq, result.first_bad_line, result.records) == (5, 5, 4)
+    assert (result.first_bad_seq, result.first_bad_line, result.records) == (7, 7, 6)
     assert "truncated" in result.reason
     (tmp_path / LOG_NAME).unlink()  # the whole log gone
     result = verify(tmp_path)
@@ -202,11 +205,11 @@ def test_missing_or_lagging_head(tmp_path: Path) -> None:
     records = list(audit_records(tmp_path))
     head = tmp_path / HEAD_NAME
     # A crash between the log fsync and the head update leaves the head one record behind.
-    head.write_bytes(msgspec.json.encode({"seq": 4, "hash": records[3].hash}))
+    head.write_bytes(msgspec.json.encode({"seq": 6, "hash": records[5].hash}))
     assert verify(tmp_path).ok
-    head.write_bytes(msgspec.json.encode({"seq": 3, "hash": records[2].hash}))
+    head.write_bytes(msgspec.json.encode({"seq": 5, "hash": records[4].hash}))
     assert not verify(tmp_path).ok
-    head.write_bytes(msgspec.json.encode({"seq": 5, "hash": records[3].hash}))
+    head.write_bytes(msgspec.json.encode({"seq": 7, "hash": records[5].hash}))
     assert not verify(tmp_path).ok
     head.unlink()
     result = verify(tmp_path)
@@ -218,28 +221,30 @@ def test_reopen_resumes_the_chain(tmp_path: Path) -> None:
     build(tmp_path)
     last = list(audit_records(tmp_path))[-1]
     with AuditLog(tmp_path) as log:
-        assert (log.seq, log.head_hash) == (5, last.hash)
+        opening = list(audit_records(tmp_path))[-1]  # the new writer's opening seal
+        assert (opening.kind, opening.data["reason"], opening.prev) == ("seal", "open", last.hash)
+        assert (log.seq, log.head_hash) == (8, opening.hash)
         rec = log.append("deployment_stop", {"reason": "end of shift"})
-    assert (rec.seq, rec.prev) == (6, last.hash)
+    assert (rec.seq, rec.prev) == (9, opening.hash)
     result = verify(tmp_path)
-    assert result.ok and result.records == 6
+    assert result.ok and result.records == 10
 
 
 def test_reopen_refuses_a_tampered_log(tmp_path: Path) -> None:
     original = lines(build(tmp_path))
-    write_lines(tmp_path, [*original[:1], original[1].replace(b"0.45", b"0.25"), *original[2:]])
-    with pytest.raises(AuditError, match="line 2"):
+    write_lines(tmp_path, [*original[:2], original[2].replace(b"0.45", b"0.25"), *original[3:]])
+    with pytest.raises(AuditError, match="line 3"):
         AuditLog(tmp_path)
 
 
 def test_torn_last_write_is_dropped_on_reopen(tmp_path: Path) -> None:
     build(tmp_path)
     with (tmp_path / LOG_NAME).open("ab") as f:
-        f.write(b'{"seq":6,"time":"2024-')  # the process died mid-append
+        f.write(b'{"seq":8,"time":"2024-')  # the process died mid-append
     result = verify(tmp_path)
-    assert not result.ok and (result.first_bad_seq, result.first_bad_line) == (6, 6)
+    assert not result.ok and (result.first_bad_seq, result.first_bad_line) == (8, 8)
     with AuditLog(tmp_path) as log:
-        assert log.append("deployment_stop", {}).seq == 6
+        assert log.append("deployment_stop", {}).seq == 9  # after the new opening seal
     assert verify(tmp_path).ok
 
 
@@ -257,7 +262,8 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
         t.join()
     log.close()
     result = verify(tmp_path)
-    assert result.ok and result.records == 90
+    # 90 records, an opening and a closing seal (fewer than 100 records: no seal in between)
+    assert result.ok and result.records == 92 and result.seals == 2
     with pytest.raises(AuditError, match="closed"):
         log.append("alert", {})
 
@@ -276,4 +282,4 @@ def test_one_writer_at_a_time(tmp_path: Path) -> None:
             AuditLog(tmp_path)
         assert verify(tmp_path).ok  # reading needs no lock
     with AuditLog(tmp_path) as log:
-        assert log.append("deployment_stop", {}).seq == 2
+        assert log.append("deployment_stop", {}).seq == 5  # seal, start, seal, seal, stop

@@ -52,16 +52,22 @@ def test_good_log_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     build(tmp_path)
     code, out = verify_json(tmp_path, capsys)
     assert code == 0
+    fingerprint = out.pop("public_key")
     assert out == {
         "path": str(tmp_path / LOG_NAME),
+        "public_key_file": str(tmp_path / "audit.pub"),
         "ok": True,
-        "records": 5,
+        "records": 7,  # 5 and an opening and a closing seal
         "first_bad_seq": None,
         "first_bad_line": None,
         "reason": "",
+        "warnings": [],
+        "seals": 2,
+        "unsigned_tail": 0,
     }
     assert main(["audit", "verify", "--data-dir", str(tmp_path)]) == 0
-    assert "verified, 5 records" in capsys.readouterr().err
+    assert f"verified, 7 records, 2 seals (public key {fingerprint}" in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_config_names_the_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,7 +75,7 @@ def test_config_names_the_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     config = tmp_path / "site.toml"
     config.write_text('name = "t"\ndata_dir = "data"\n')  # relative to the config's folder
     assert main(["audit", "verify", "--config", str(config), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["records"] == 5
+    assert json.loads(capsys.readouterr().out)["records"] == 7
 
 
 def test_every_single_byte_change_fails_naming_its_record(
@@ -100,12 +106,12 @@ def test_human_output_names_seq_line_and_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = build(tmp_path)
-    lines[2] = lines[2].replace(b'"score":0.61', b'"score":0.99')
+    lines[3] = lines[3].replace(b'"score":0.61', b'"score":0.99')
     (tmp_path / LOG_NAME).write_bytes(b"".join(lines))
     assert main(["audit", "verify", "--data-dir", str(tmp_path)]) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "FAILS verification at record seq 3, line 3: hash mismatch" in err
-    assert "(2 good records before it)" in err
+    assert "FAILS verification at record seq 4, line 4: hash mismatch" in err
+    assert "(3 good records before it)" in err
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -129,7 +135,7 @@ def test_deleted_last_record_is_a_truncated_tail(
     (tmp_path / LOG_NAME).write_bytes(b"".join(lines[:-1]))
     code, out = verify_json(tmp_path, capsys)
     assert code == 1
-    assert (out["first_bad_line"], out["first_bad_seq"]) == (5, 5)
+    assert (out["first_bad_line"], out["first_bad_seq"]) == (7, 7)
     assert "tail truncated" in out["reason"]
 
 
@@ -155,7 +161,7 @@ def test_inserted_copy_and_truncation_fail(
     cut = b"".join(lines)[:-20]  # torn in the middle of the last record
     (tmp_path / LOG_NAME).write_bytes(cut)
     code, out = verify_json(tmp_path, capsys)
-    assert (code, out["first_bad_line"], out["first_bad_seq"]) == (1, 5, 5)
+    assert (code, out["first_bad_line"], out["first_bad_seq"]) == (1, 7, 7)
     assert "incomplete" in out["reason"]
 
 
@@ -163,7 +169,7 @@ def test_tampered_head_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     build(tmp_path)
     head = tmp_path / HEAD_NAME
     text = head.read_bytes()
-    head.write_bytes(text.replace(b'"seq":5', b'"seq":6'))
+    head.write_bytes(text.replace(b'"seq":7', b'"seq":8'))
     code, out = verify_json(tmp_path, capsys)
     assert code == 1 and "truncated" in out["reason"]
     head.unlink()

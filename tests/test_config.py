@@ -85,7 +85,7 @@ def test_secrets_are_redacted(tmp_path):
     config = load_config(write(tmp_path, text))
     dumped = str(redacted(config))
     assert "hunter2" not in dumped
-    assert "rtsp://admin:***@10.0.0.5/s" in dumped
+    assert "rtsp://***@10.0.0.5/s" in dumped and "admin" not in dumped
     assert "hunter2" not in repr(config.cameras[0])
 
 

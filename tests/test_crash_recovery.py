@@ -171,7 +171,9 @@ def wait_until(
 
 
 def start_lfr(config: Path, plugin: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(plugin), "COLUMNS": "200"}
+    # The caller's PYTHONPATH stays behind the plugin's: the lfr under test, not an installed one.
+    path = os.pathsep.join(p for p in (str(plugin), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
     env.pop("LFR_PLUGINS", None)
     with log.open("ab") as out:
         return subprocess.Popen(

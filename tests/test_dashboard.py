@@ -662,7 +662,8 @@ async def test_keys_adjudicate_a_real_alert_into_counters_and_audit_log(
             "time": decided[0]["time"],
         }
     ]
-    assert records[-1].kind == "deployment_stop"  # 'q' drained the pipeline cleanly
+    # 'q' drained the pipeline cleanly (the log's closing seal follows the stop)
+    assert [r.kind for r in records[-2:]] == ["deployment_stop", "seal"]
     assert deployment.frames.statistics().subscribers == ()  # the dashboard unsubscribed
     final = out.getvalue()  # a file console gets the last frame, at stop
     assert "confirmed 1" in final and "STOPPING" in final and "operator carol" in final

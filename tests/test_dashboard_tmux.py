@@ -157,5 +157,6 @@ kind = "jsonl"
     tmux("send-keys", "-t", "lfr", "q")
     assert wait_for_file(exit_file, 60) == "0"
     log = records(data)
-    assert log[-1].kind == "deployment_stop"  # the pipeline drained and the run ended cleanly
+    # the pipeline drained and the run ended cleanly (the log's closing seal follows the stop)
+    assert [r.kind for r in log[-2:]] == ["deployment_stop", "seal"]
     assert [r.kind for r in log].count("alert") >= 1

@@ -60,5 +60,6 @@ def test_demo_stdout_is_only_json_and_records_are_kept(demo_run):
     assert proc.stdout.count("\n") == 1  # one JSON object, nothing else
     audit = (out / "data" / "audit.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["kind"] for line in audit]
-    assert kinds[0] == "deployment_start" and kinds[-1] == "deployment_stop"
+    # Seals (signatures over the chain) open and close the log around the run's records.
+    assert kinds[:2] == ["seal", "deployment_start"] and kinds[-2:] == ["deployment_stop", "seal"]
     assert kinds.count("alert") == len(result["alerts"])

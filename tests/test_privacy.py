@@ -322,7 +322,7 @@ def test_destroy_removes_the_bundle_and_audits_it(
     out = json.loads(capsys.readouterr().out)["destroyed"]
     assert not bundle.exists()
     assert out["digest"] == digest and out["audited_in"] == str(data / "audit.jsonl")
-    (record,) = list(audit_records(data))
+    (record,) = [r for r in audit_records(data) if r.kind != "seal"]  # seals sign, hold no event
     assert record.kind == "watchlist_destroyed"
     assert record.data == {"path": str(bundle.resolve()), "digest": digest, "operator": "inspector"}
     assert verify(data).ok
@@ -374,11 +374,12 @@ def test_expired_bundle_refuses_to_load_and_can_be_destroyed(
         f"watchlist {bundle} expired at 2001-01-02T00:00:00.000+00:00: it may no longer be "
         "used; destroy it"
     ) in run.stderr.decode()
-    # It never ran: no deployment_start, no watchlist_loaded.
-    assert [r.kind for r in audit_records(tmp_path / "data")] == []
+    # It never ran: no deployment_start, no watchlist_loaded (only the log's own seals).
+    assert [r.kind for r in audit_records(tmp_path / "data") if r.kind != "seal"] == []
     assert main(["watchlist", "destroy", str(bundle), "--config", str(config)]) == 0
     assert not bundle.exists()
-    assert [r.kind for r in audit_records(tmp_path / "data")] == ["watchlist_destroyed"]
+    kinds = [r.kind for r in audit_records(tmp_path / "data") if r.kind != "seal"]
+    assert kinds == ["watchlist_destroyed"]
 
 
 # --- retention ---------------------------------------------------------------------------------
@@ -555,9 +556,9 @@ kind = "jsonl"
                 process.kill()
                 process.wait(10)
     stderr = err_file.read_bytes()
-    assert b"rtsp://user:***@127.0.0.1:1/x" in stderr  # the camera is named, its password not
+    assert b"rtsp://***@127.0.0.1:1/x" in stderr  # the camera is named, its password not
     summary = json.loads(out_file.read_bytes())["summary"]
-    assert summary["cameras"]["door"]["url"] == "rtsp://user:***@127.0.0.1:1/x"
+    assert summary["cameras"]["door"]["url"] == "rtsp://***@127.0.0.1:1/x"
     report = subprocess.run(
         [str(LFR), "report", "--data-dir", str(tmp_path / "data"), "--json"],
         capture_output=True,

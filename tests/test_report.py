@@ -96,7 +96,7 @@ def write_two_runs(data_dir: Path) -> None:
 def test_known_answers(tmp_path: Path) -> None:
     write_two_runs(tmp_path)
     report = report_for(tmp_path)
-    assert report.audit.ok and report.audit.records == 20
+    assert report.audit.ok and report.audit.records == 22  # and an opening and a closing seal
     assert (report.name, report.location) == ("kx", "King's Cross")
     assert [(w.digest, w.persons, w.images, w.threshold) for w in report.watchlists] == [
         (DIGEST, 120, 150, 0.5)
@@ -194,19 +194,23 @@ def test_destroyed_watchlists_are_listed(tmp_path: Path) -> None:
     assert (destroyed["digest"], destroyed["operator"]) == (DIGEST, "sgt")
 
 
-def test_tampered_log_reports_the_good_part_and_exits_1(
+def test_tampered_log_is_refused_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_two_runs(tmp_path)
     lines = (tmp_path / LOG_NAME).read_bytes().splitlines(keepends=True)
-    lines[6] = lines[6].replace(b'"north"', b'"south"')  # an alert's camera changed
+    lines[7] = lines[7].replace(b'"north"', b'"south"')  # an alert's camera changed
     (tmp_path / LOG_NAME).write_bytes(b"".join(lines))
     assert main(["report", "--data-dir", str(tmp_path), "--json"]) == 1
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert out["audit"]["ok"] is False and out["audit"]["first_bad_line"] == 7
-    assert out["audit"]["records"] == 6 and out["alerts"] == 2  # records 1-6 only
-    assert "fails verification" in captured.err
+    # No figures are published from a log that does not verify: only why.
+    assert set(out) == {"path", "audit"}
+    assert out["audit"]["ok"] is False and out["audit"]["first_bad_line"] == 8
+    assert "no report" in captured.err and "fails verification" in captured.err
+    # The library call still reports the part before the first bad record, for diagnosis.
+    diagnosis = report_for(tmp_path)
+    assert diagnosis.audit.records == 7 and diagnosis.alerts == 2  # records 1-7 only
 
 
 def test_missing_log_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ def test_settings_defaults_and_validation() -> None:
 
 
 def test_url_helpers() -> None:
-    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/s1") == "rtsp://admin:***@10.0.0.5:554/s1"
+    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/s1") == "rtsp://***@10.0.0.5:554/s1"
     assert redact_url("rtsp://10.0.0.5/s1") == "rtsp://10.0.0.5/s1"
     assert redact_url("/videos/a.mp4") == "/videos/a.mp4"
     assert [is_live_url(u) for u in ("rtsp://h/x", "HTTPS://h/x.ts", "/a.mp4", "a.mp4")] == [

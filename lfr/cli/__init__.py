@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 
 from rich.logging import RichHandler
@@ -34,7 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Faces, alert crops, embeddings and the audit trail are nobody else's business: every folder lfr
+# creates is 0700 and every file 0600 from its first write.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous_umask = os.umask(PRIVATE_UMASK)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous_umask)  # in-process callers (tests, embedding) get theirs back
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=stderr, show_path=False)])

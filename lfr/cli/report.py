@@ -6,28 +6,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lfr.cli.options import add_location, location_data_dir
-from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, stderr
+import msgspec
+from rich.markup import escape
+
+from lfr.cli.audit import public_key, verified_log
+from lfr.cli.options import add_location
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, print_json, stderr
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lfr.report import render_report, report_for
 
-    try:
-        report = report_for(location_data_dir(args))
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
+    log_file, result = verified_log(args)
+    if not result.ok:
+        # A report from a log that does not verify would publish figures nobody can stand by.
+        if args.json:
+            print_json({"path": str(log_file), "audit": msgspec.to_builtins(result)})
+        stderr.print(
+            f"[red]no report: the audit log {log_file} fails verification "
+            f"({escape(result.reason)}); run lfr audit verify for details[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
+    report = report_for(log_file.parent, public_key(args))
     if args.json:
         print_json(report)
     else:
         stderr.print(render_report(report))
-    if not report.audit.ok:
-        stderr.print(
-            f"[red]the audit log fails verification ({report.audit.reason}): the report covers "
-            f"the {report.audit.records} records before the first bad one[/]",
-            highlight=False,
-        )
-        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -38,5 +44,7 @@ def register(sub: Any) -> None:
         "faces, alerts, decisions, false alerts per 1,000 faces, camera uptime",
     )
     add_location(report, required=True)
+    report.add_argument("--public-key", metavar="FILE",
+                        help="the deployment's public key (PEM); default: audit.pub beside the log")
     report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     report.set_defaults(func=cmd_report)

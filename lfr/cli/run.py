@@ -15,6 +15,7 @@ from rich.table import Table
 from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, print_warning, stderr
 from lfr.cli.plugins import load_registry
 from lfr.cli.watchlist import enrol, outcome_table, prepare_watchlist
+from lfr.textsafe import safe_text
 
 if TYPE_CHECKING:
     from lfr.config import Config
@@ -45,8 +46,8 @@ def print_run(alerts: list[Any], summary: Any, as_json: bool) -> None:
     for column in ("time", "camera", "person", "score", "frame"):
         table.add_column(column)
     for a in alerts:
-        table.add_row(a.time, a.camera, f"{a.name} ({a.person_id})", f"{a.score:.3f}",
-                      str(a.frame_index))
+        table.add_row(a.time, safe_text(a.camera), safe_text(f"{a.name} ({a.person_id})"),
+                      f"{a.score:.3f}", str(a.frame_index))
     stderr.print(table)
     stderr.print(
         f"frames {summary.frames}, faces {summary.faces}, alerts {summary.alerts}, "

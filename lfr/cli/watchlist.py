@@ -99,7 +99,7 @@ def cmd_watchlist_info(args: argparse.Namespace) -> int:
 
 
 def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
-    from lfr.audit import AuditError, AuditLog
+    from lfr.audit import AuditError, AuditLog, Kind
     from lfr.watchlist import WatchlistError, destroy_bundle
 
     bundle = Path(args.bundle)
@@ -111,7 +111,8 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
     if data_dir is not None:
         try:
             # Open the log first: if it cannot record the destruction, nothing is deleted.
-            audit = AuditLog(data_dir)
+            options = config.audit_log_options() if config is not None else {}
+            audit = AuditLog(data_dir, **options)
         except AuditError as exc:
             raise UserError(f"{exc}; nothing deleted") from None
     record: dict[str, Any] = {"path": str(bundle.resolve())}
@@ -124,7 +125,7 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
             from lfr.config import Config
 
             operator = (config or Config(name="cli")).operator_name(args.operator)
-            audit.append("watchlist_destroyed", {**record, "operator": operator})
+            audit.append(Kind.WATCHLIST_DESTROYED, {**record, "operator": operator})
             record["audited_in"] = str(audit.path)
     finally:
         if audit is not None:

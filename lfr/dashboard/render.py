@@ -30,6 +30,7 @@ from lfr.messages import Alert
 from lfr.runtime.actor import ActorStats
 from lfr.runtime.channels import ChannelStats
 from lfr.sources.base import CameraStats
+from lfr.textsafe import plain, safe_text
 
 # Keys and what they do, as the help line shows them.
 HELP: tuple[tuple[str, str], ...] = (
@@ -253,7 +254,7 @@ def counter_items(view: DashboardView) -> list[Text]:
 def help_items(view: DashboardView) -> list[Text]:
     items = [Text.assemble((key, "bold cyan"), " ", what) for key, what in HELP]
     if view.status:
-        items.append(Text(view.status, style="italic"))
+        items.append(safe_text(view.status, style="italic"))
     return items
 
 
@@ -346,14 +347,14 @@ def cameras_panel(view: DashboardView, width: int, lines: int) -> Panel:
     shown = rows if len(rows) <= room else rows[: max(room - 1, 0)]
     for row in shown:
         table.add_row(
-            row.name,
+            safe_text(row.name),
             Text(row.state, style=STATE_STYLES.get(row.state, "")),
             _num(row.fps_in),
             _num(row.fps_processed),
             _num(row.dropped, "{:,}"),
             _num(row.faces_per_s),
             _latency(row.latency_p50_ms, row.latency_p95_ms),
-            row.reason,
+            safe_text(row.reason),
         )
     if len(shown) < len(rows):
         table.add_row(Text(f"… {len(rows) - len(shown)} more", style="dim"))
@@ -391,13 +392,13 @@ def pipeline_panel(view: DashboardView, width: int, lines: int) -> Panel:
     table.add_column("dropped", justify="right", no_wrap=True)
     for row in shown:
         cells: list[RenderableType] = [
-            row.name or Text("(no reader)", style="dim"),
+            safe_text(row.name) if row.name else Text("(no reader)", style="dim"),
             Text(row.state, style=STATE_STYLES.get(row.state, "")),
             Text(str(row.restarts), style="bold yellow" if row.restarts else ""),
             _num(row.rate_per_s),
         ]
         if not compact:
-            cells.append(row.queue.name if row.queue else "")
+            cells.append(safe_text(row.queue.name) if row.queue else "")
         cells += [
             _queue_bar(row.queue, 6 if compact else 10) if row.queue else Text(""),
             _num(row.queue.dropped, "{:,}") if row.queue else "",
@@ -419,16 +420,17 @@ def event_lines(view: DashboardView) -> list[Text]:
                 e.time,
                 Text.assemble(
                     (e.time[11:19] + " ", "dim"),
-                    (e.actor + " ", "bold"),
+                    (plain(e.actor) + " ", "bold"),
                     (e.event, style),
-                    (f": {e.error}" if e.error else "", style),
+                    (f": {plain(e.error, newlines=True)}" if e.error else "", style),
                 ),
             )
         )
     for line in view.log:
         style = {"warning": "yellow", "error": "red", "critical": "bold red"}.get(line.level, "")
         merged.append(
-            (line.time, Text.assemble((line.time[11:19] + " ", "dim"), (line.message, style)))
+            (line.time, Text.assemble((line.time[11:19] + " ", "dim"),
+                                      (plain(line.message, newlines=True), style)))
         )
     merged.sort(key=lambda item: item[0], reverse=True)
     return [text for _, text in merged]
@@ -471,8 +473,8 @@ def alerts_table(view: DashboardView, width: int, rows: int) -> RenderableType:
         table.add_row(
             "▶" if i == selected else "",
             _clock(alert),
-            alert.camera,
-            person,
+            safe_text(alert.camera),
+            safe_text(person),
             f"{alert.score:.3f}",
             Text(DECISION_LABELS.get(decision, decision), style=DECISION_STYLES.get(decision, "")),
             style="reverse" if i == selected else "",
@@ -492,9 +494,9 @@ def preview(alert: Alert, decision: str, px: int | None) -> RenderableType:
         parts.append(grid)
     parts.append(
         Text.assemble(
-            (alert.name or alert.person_id, "bold"),
-            f"  {alert.person_id}",
-            (f"  {alert.category}" if alert.category else "", "dim"),
+            (plain(alert.name or alert.person_id), "bold"),
+            f"  {plain(alert.person_id)}",
+            (f"  {plain(alert.category)}" if alert.category else "", "dim"),
             no_wrap=True,
             overflow="ellipsis",
         )
@@ -504,7 +506,7 @@ def preview(alert: Alert, decision: str, px: int | None) -> RenderableType:
             ("score ", "dim"),
             (f"{alert.score:.3f}", "bold"),
             (f" ≥ {alert.threshold:.3f}  ", "dim"),
-            alert.camera,
+            plain(alert.camera),
             f" {_clock(alert)}  ",
             (DECISION_LABELS.get(decision, decision), DECISION_STYLES.get(decision, "")),
             no_wrap=True,
@@ -547,12 +549,12 @@ def _header(view: DashboardView) -> Table:
     grid = Table.grid(expand=True)
     grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
     grid.add_column(no_wrap=True, justify="right")
-    left = Text.assemble(("LFR ", "bold white on blue"), " ", (snap.name, "bold"))
+    left = Text.assemble(("LFR ", "bold white on blue"), " ", (plain(snap.name), "bold"))
     if snap.location:
-        left.append(f"  {snap.location}", style="dim")
+        left.append(f"  {plain(snap.location)}", style="dim")
     right = Text.assemble(
         ("operator ", "dim"),
-        (view.operator or snap.operator, "bold"),
+        (plain(view.operator or snap.operator), "bold"),
         ("   running ", "dim"),
         (hms(snap.running_s), "bold"),
     )

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.text import Text
 
 from lfr.messages import Alert
+from lfr.textsafe import plain
 
 _screen_owners = 0  # full-screen views (the dashboard) drawing on the terminal now
 
@@ -38,9 +39,9 @@ class ConsoleNotifier:
         line = Text.assemble(
             ("ALERT ", "bold red"),
             (f"{alert.time}  ", "dim"),
-            (f"{alert.camera}  ", "cyan"),
-            (alert.name or alert.person_id, "bold"),
-            f" ({alert.person_id})  ",
+            (f"{plain(alert.camera)}  ", "cyan"),
+            (plain(alert.name or alert.person_id), "bold"),
+            f" ({plain(alert.person_id)})  ",
             (f"score {alert.score:.3f}", "bold yellow"),
             f" >= {alert.threshold:.3f}  ",
             (f"id {alert.id[:8]}", "dim"),

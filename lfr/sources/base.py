@@ -81,13 +81,39 @@ def is_live_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in LIVE_SCHEMES
 
 
+# Query parameters whose values are credentials (compared lower-case, without - and _).
+SECRET_QUERY_KEYS = frozenset({
+    "password", "passwd", "pass", "pwd", "token", "accesstoken", "authtoken", "key", "apikey",
+    "secret", "clientsecret", "auth", "authorization", "signature", "sig", "credential",
+    "credentials", "session", "sessionid",
+})
+
+
+def _secret_query_key(key: str) -> bool:
+    plain = key.lower().replace("-", "").replace("_", "")
+    return plain in SECRET_QUERY_KEYS or plain.endswith(("password", "token", "secret", "apikey"))
+
+
 def redact_url(url: str) -> str:
-    """rtsp://user:secret@host/x -> rtsp://user:***@host/x."""
+    """A camera URL fit to be written anywhere: user info and secret-looking query values masked.
+
+    rtsp://admin:p@ss@cam/x -> rtsp://***@cam/x; https://apikey@cam -> https://***@cam;
+    ?user=a&password=b&token=c -> ?user=a&password=***&token=***. Paths are kept.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if not parts.scheme or not parts.netloc:
+        return url  # a file path
+    netloc = parts.netloc
+    if "@" in netloc:  # the host follows the last @: a password may hold @ itself
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            pairs.append(f"{key}=***" if eq and _secret_query_key(key) else pair)
+        query = "&".join(pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:

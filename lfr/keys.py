@@ -1,0 +1,111 @@
+"""lfr's key directory: the keys that sign the audit log, kept per user and outside every data
+directory.
+
+The directory is ``$LFR_KEY_DIR`` when set, else ``<platformdirs user data dir>/lfr/keys``. It is
+created at first use with mode 0700 and each key file with 0600, so ``lfr demo`` and ``lfr run``
+need no set-up. A key kept beside the log it signs would protect nothing: whoever rewrites the log
+could re-sign it, so keys never live in a data directory (``audit.pub``, the public half, is copied
+there so a copied directory can be checked).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from platformdirs import user_data_dir
+
+KEY_DIR_ENV = "LFR_KEY_DIR"
+AUDIT_KEY_NAME = "audit-signing.key"  # Ed25519 private key, PEM (PKCS8), 0600
+PUBLIC_KEY_NAME = "audit.pub"  # the public half, PEM: beside the private key and in data dirs
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be read, is of the wrong type, or is open to other users."""
+
+
+def key_dir() -> Path:
+    """The current user's key directory (not created)."""
+    configured = os.environ.get(KEY_DIR_ENV)
+    return Path(configured) if configured else Path(user_data_dir("lfr")) / "keys"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is cut by the umask and ignored for an existing folder
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file that only its owner may read: 0600 from its creation, replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_signing_key(path: Path | None = None) -> Ed25519PrivateKey:
+    """The audit signing key: ``path`` (a config's own key file) or the key directory's, created
+    with its public half on first use."""
+    if path is None:
+        directory = key_dir()
+        path = directory / AUDIT_KEY_NAME
+        if not path.exists():
+            _private_dir(directory)
+            key = Ed25519PrivateKey.generate()
+            write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                                  serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+            write_private(directory / PUBLIC_KEY_NAME, public_pem(key.public_key()))
+            return key
+    try:
+        if path.stat().st_mode & 0o077:
+            raise KeyFileError(f"{path}: signing key is readable by other users (chmod 600 it)")
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: cannot read the audit signing key: {exc}") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
+    return loaded
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: cannot read the public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw public key, hex, first 32 digits: what a seal names its key by."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> str:
+    return base64.b64encode(key.sign(message)).decode("ascii")
+
+
+def signature_holds(key: Ed25519PublicKey, message: bytes, signature: str) -> bool:
+    try:
+        key.verify(base64.b64decode(signature, validate=True), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
