@@ -81,7 +81,7 @@ def _config_analyzer(config: Any | None, registry: Any | None = None) -> Any:
 
 
 def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progress: bool,
-                     analyzer: Any | None = None) -> Any:
+                     analyzer: Any | None = None, **options: Any) -> Any:
     from lfr.watchlist import WatchlistError, build_watchlist, count_images
 
     analyzer = analyzer or _config_analyzer(None)
@@ -89,7 +89,7 @@ def _build_watchlist(source: Path, output: Path, expiry: str | None, show_progre
         total = count_images(source)
         with _progress(f"enrolling {source}", total, show_progress) as advance:
             return build_watchlist(source, output, analyzer, expiry=expiry,
-                                   progress=lambda outcome: advance(1))
+                                   progress=lambda outcome: advance(1), **options)
     except WatchlistError as exc:
         raise UserError(str(exc)) from None
 
@@ -107,8 +107,11 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     from lfr.config import load_config
 
     config = load_config(Path(args.config)) if args.config else None
+    from lfr.vision.image_file import ImageLimits
+
     report = _build_watchlist(Path(args.source), Path(args.output), args.expiry, not args.json,
-                              _config_analyzer(config))
+                              _config_analyzer(config), allow_outside=args.allow_outside,
+                              limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -311,6 +314,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # -- parser -------------------------------------------------------------------------------------
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfr", description="Live facial recognition with "
                                      "audited alerts: cameras, watchlist matching, adjudication.")
@@ -349,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--config", help="deployment config whose detector and embedder enrol "
                        "(default: lfr's defaults); a deployment refuses a bundle from another "
                        "embedder")
+    build.add_argument("--allow-outside", action="store_true",
+                       help="a CSV may name images outside its own folder")
+    build.add_argument("--max-megapixels", type=_positive_float, default=50.0, metavar="MP",
+                       help="refuse images larger than this, from their header (default 50)")
     build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     build.set_defaults(func=cmd_watchlist_build)
     info = wl_sub.add_parser("info", help="describe a bundle")
