@@ -14,7 +14,7 @@ own modules import their protocols from here and a plugin importing it pulls in 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -61,6 +61,14 @@ class BuildContext:
 
     data_dir: Path
     threads: int = 1
+    # The config file's folder: a relative path in a backend's settings starts here, as every
+    # path in a config does (resolve_path).
+    config_dir: Path = field(default_factory=Path)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from a backend's settings: ``~`` expanded, relative to the config's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.config_dir / path
 
 
 Factory = Callable[[Any, BuildContext], Any]

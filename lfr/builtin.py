@@ -55,8 +55,8 @@ def lfr_register_detectors(register: Register) -> None:
         from lfr.vision.detect import YuNetDetector
         from lfr.vision.models import BUNDLED_DETECTOR, resolve_model
 
-        return YuNetDetector(resolve_model(settings.model, BUNDLED_DETECTOR),
-                             score_threshold=settings.score_threshold,
+        model = resolve_model(settings.model, BUNDLED_DETECTOR, context.config_dir)
+        return YuNetDetector(model, score_threshold=settings.score_threshold,
                              nms_threshold=settings.nms_threshold, max_side=settings.max_side,
                              threads=context.threads)
 
@@ -69,9 +69,9 @@ def lfr_register_embedders(register: Register) -> None:
         from lfr.vision.embed import OnnxEmbedder
         from lfr.vision.models import BUNDLED_EMBEDDER, resolve_model
 
-        return OnnxEmbedder(resolve_model(settings.model, BUNDLED_EMBEDDER), rgb=settings.rgb,
-                            mean=settings.mean, std=settings.std, threads=context.threads,
-                            flip=settings.flip)
+        model = resolve_model(settings.model, BUNDLED_EMBEDDER, context.config_dir)
+        return OnnxEmbedder(model, rgb=settings.rgb, mean=settings.mean, std=settings.std,
+                            threads=context.threads, flip=settings.flip)
 
     register("sface", sface, settings=SFaceSettings)
 

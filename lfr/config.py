@@ -1,5 +1,10 @@
 """The deployment configuration: one msgspec schema, loaded from TOML.
 
+Every relative path in a config (``data_dir`` and its default ``lfr-data/<name>``, camera files,
+the watchlist's ``bundle`` and ``source``) is relative to the config file's folder, never to the
+working directory: ``Config.resolve_path``. Files a backend writes for the deployment (a jsonl
+notifier's ``path``) are named inside ``data_dir``.
+
 Backend sections (``detector``, ``embedder``, ``index``, each of ``notifiers``) carry a ``kind`` and
 that backend's own settings; they are validated against the settings types that plugins register
 (see ``lfr.plugins``), so a plugin's settings get the same ``file: $.path: message`` errors.
@@ -126,7 +131,7 @@ class MetricsConfig(Section, frozen=True):
 class Config(Section, frozen=True):
     name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     location: str = ""
-    data_dir: str | None = None  # default ./lfr-data/<name>
+    data_dir: str | None = None  # default lfr-data/<name> beside the config file
     operator: str | None = None
     # [[cameras]] entries without a `kind`: lfr's PyAV camera (source "video"), checked here.
     cameras: list[SourceSettings] = msgspec.field(default_factory=list)
@@ -155,19 +160,21 @@ class Config(Section, frozen=True):
                 "seal_every": self.audit.seal_every}
 
     def resolved_data_dir(self) -> Path:
-        if self.data_dir:
-            base = Path(self.data_dir).expanduser()
-            if not base.is_absolute() and self.source_file:
-                base = Path(self.source_file).parent / base
-            return base
-        return Path("lfr-data") / self.name
+        """``data_dir``, by default ``lfr-data/<name>``: relative to the config file's folder like
+        every other path, so a config finds the same audit log and outbox wherever it is run
+        from."""
+        return self.resolve_path(self.data_dir or f"lfr-data/{self.name}")
+
+    def config_dir(self) -> Path:
+        """Where relative paths start: the config file's folder (the working directory for a
+        config built without a file)."""
+        return Path(self.source_file).parent if self.source_file else Path()
 
     def resolve_path(self, value: str) -> Path:
-        """A path from the config, relative to the config file's folder."""
+        """A path from the config: ``~`` expanded, a relative one taken from the config file's
+        folder (from the working directory for a config built without a file)."""
         path = Path(value).expanduser()
-        if not path.is_absolute() and self.source_file:
-            path = Path(self.source_file).parent / path
-        return path
+        return path if path.is_absolute() else self.config_dir() / path
 
     def operator_name(self, override: str | None = None) -> str:
         if override:

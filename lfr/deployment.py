@@ -53,7 +53,8 @@ def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None 
     ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
     backends = backends or resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads)
+                           threads=config.pipeline.inference_threads,
+                           config_dir=config.config_dir())
     if gate is None:
         gate = QualityGate(min_face_px=config.quality.min_face_px,
                            min_sharpness=config.quality.min_sharpness)
@@ -243,7 +244,8 @@ class Deployment:
     def _build(self) -> tuple[FaceAnalyzer, Matcher, list[Any]]:
         cfg = self.config
         backends = resolve_backends(cfg, self.registry)
-        context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads)
+        context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads,
+                               config_dir=cfg.config_dir())
         analyzer = self._analyzer or build_analyzer(cfg, self.registry, backends=backends)
         self.watchlist = configured_watchlist(cfg)
         assert cfg.watchlist is not None

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
-import pytest
-from paths import REPO
+import shutil
+from pathlib import Path
 
+import pytest
+from clips import make_clip
+from paths import PEOPLE, REPO
+
+from lfr.audit import audit_records
+from lfr.cli import main
 from lfr.config import load_config, redacted, resolve_backends
-from lfr.plugins import ConfigError, load_plugins
+from lfr.plugins import BuildContext, ConfigError, load_plugins
+from lfr.vision.models import BUNDLED_DETECTOR, ModelError, resolve_model
 
 
 def write(tmp_path, text):
@@ -109,3 +116,55 @@ def test_tracking_settings_are_one_nested_table(tmp_path):
     with pytest.raises(ConfigError, match=r"\$\.matching\.tracking: Object contains unknown "
                                           r"field `link_similarty`"):
         load_config(path)
+# --- one rule for relative paths: from the config file's folder --------------------------------
+
+
+def test_relative_paths_start_at_the_config_folder_whatever_the_working_directory(
+    tmp_path, monkeypatch
+):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "plain.toml").write_text(BASE)
+    (site / "named.toml").write_text('data_dir = "records"\n' + BASE)
+    (tmp_path / "elsewhere").mkdir()
+    seen = []
+    for cwd, path in [(tmp_path, "site/plain.toml"), (tmp_path / "elsewhere", "../site/plain.toml"),
+                      (site, "plain.toml")]:
+        monkeypatch.chdir(cwd)
+        config = load_config(Path(path))
+        seen.append((config.resolved_data_dir().resolve(), config.resolve_path("a.mp4").resolve(),
+                     load_config(Path(path).with_name("named.toml")).resolved_data_dir().resolve()))
+    assert set(seen) == {(site / "lfr-data" / "t", site / "a.mp4", site / "records")}
+
+
+def test_backend_settings_paths_start_at_the_config_folder(tmp_path, monkeypatch):
+    model = tmp_path / "models" / "det.onnx"
+    config = load_config(write(tmp_path, BASE + '[detector]\nkind = "yunet"\nmodel = "models/'
+                                                'det.onnx"\n'))
+    context = BuildContext(data_dir=config.resolved_data_dir(), config_dir=config.config_dir())
+    monkeypatch.chdir(REPO)
+    assert context.resolve_path("models/det.onnx").resolve() == model
+    assert context.resolve_path(str(model)) == model
+    # A model that is not there is named where lfr looked: beside the config, not in the cwd.
+    with pytest.raises(ModelError, match=f"{tmp_path}/models/det.onnx: model file not found"):
+        resolve_model(config.detector["model"], BUNDLED_DETECTOR, context.config_dir)
+
+
+def test_one_config_run_from_two_folders_keeps_one_data_dir(tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_clip(site / "clip.mp4", n=5)
+    shutil.copytree(PEOPLE / "obama", site / "people" / "obama")
+    (site / "site.toml").write_text(
+        'name = "site"\n[watchlist]\nbundle = "wl"\nsource = "people"\n'
+        '[[cameras]]\nname = "door"\nurl = "clip.mp4"\nrealtime = false\n'
+    )
+    (tmp_path / "elsewhere").mkdir()
+    for cwd, path in [(tmp_path, "site/site.toml"), (tmp_path / "elsewhere", "../site/site.toml")]:
+        monkeypatch.chdir(cwd)
+        assert main(["run", path, "--once", "--json"]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+    starts = [r for r in audit_records(site / "lfr-data" / "site") if r.kind == "deployment_start"]
+    assert len(starts) == 2  # both runs in one audit log, beside the config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "site"]
+    assert not any((tmp_path / "elsewhere").iterdir())  # nothing written where it was run from

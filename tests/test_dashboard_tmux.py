@@ -15,12 +15,18 @@ from pathlib import Path
 
 import pytest
 from paths import CLIP, PEOPLE
+from system_tools import require_tools
 
 from lfr.audit import AuditRecord, audit_records
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
 
 LFR = Path(sys.executable).parent / "lfr"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _system_tools() -> None:
+    require_tools("tmux")
 
 
 @pytest.fixture(scope="module")

@@ -238,9 +238,13 @@ def odd_images(folder: Path) -> dict[str, str]:
     files: dict[str, tuple[bytes, str]] = {
         "grey.jpg": (b"", "enrolled"),
         "cmyk.jpg": (b"", "enrolled"),
-        "huge.jpg": (
-            cv2.imencode(".jpg", cv2.resize(bgr, (w * 8000 // h, 8000)))[1].tobytes(),
+        "large.jpg": (  # 44 MP: under the 50 MP limit
+            cv2.imencode(".jpg", cv2.resize(bgr, (w * 5000 // h, 5000)))[1].tobytes(),
             "enrolled",
+        ),
+        "huge.jpg": (  # 114 MP: refused from its header, never decoded
+            cv2.imencode(".jpg", cv2.resize(bgr, (w * 8000 // h, 8000)))[1].tobytes(),
+            "unreadable",
         ),
         "16bit.png": (cv2.imencode(".png", bgr.astype(np.uint16) * 257)[1].tobytes(), "enrolled"),
         "alpha.png": (
@@ -276,6 +280,8 @@ def test_odd_images_each_get_their_outcome(tmp_path: Path, analyzer: FaceAnalyze
     reasons = {Path(o.source).name: o.reason for o in report.outcomes}
     assert reasons["empty.jpg"] == "empty file"
     assert reasons["truncated.jpg"] == "not a readable image (corrupt or truncated)"
+    assert reasons["huge.jpg"] == "14230x8000 pixels (113.84 MP), over the limit of 50 MP"
+    assert reasons["bomb.png"] == "100000x100000 pixels (10,000 MP), over the limit of 50 MP"
     assert report.persons_enrolled == 1
 
 
@@ -468,25 +474,30 @@ def test_csv_missing_columns_and_bad_paths(tmp_path: Path, analyzer: FaceAnalyze
     (tmp_path / "blank_cells.csv").write_text(f"id,name,image\n,X,{FACE}\nobama,,\n")
     with pytest.raises(WatchlistError, match="line 2: empty id; line 3: empty image"):
         build_watchlist(tmp_path / "blank_cells.csv", tmp_path / "wl", analyzer)
-    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.jpg").mkdir()
+    shutil.copy(FACE, tmp_path / "face.jpg")
     (tmp_path / "paths.csv").write_text(
         "id,name,image\n"
-        f"obama,Barack Obama,{FACE}\n"
+        f"obama,Barack Obama,{tmp_path / 'face.jpg'}\n"
         "obama,Barack Obama,missing.jpg\n"
-        "obama,Barack Obama,folder\n"
+        "obama,Barack Obama,folder.jpg\n"
         "obama,Barack Obama,../../../../../../nonexistent/x.jpg\n"
         f"ghost,Ghost,{tmp_path / 'paths.csv'}\n"
     )
     report = build_watchlist(tmp_path / "paths.csv", tmp_path / "wl", analyzer)
     got = [(o.person_id, o.source, o.outcome) for o in report.outcomes]
     assert got == [
-        ("obama", str(FACE), "enrolled"),
+        ("obama", str(tmp_path / "face.jpg"), "enrolled"),
         ("obama", "missing.jpg", "unreadable"),
-        ("obama", "folder", "unreadable"),
+        ("obama", "folder.jpg", "unreadable"),
         ("obama", "../../../../../../nonexistent/x.jpg", "unreadable"),
         ("ghost", str(tmp_path / "paths.csv"), "unreadable"),
     ]
-    assert "No such file or directory" in report.outcomes[1].reason
+    reasons = [o.reason for o in report.outcomes]
+    assert reasons[1] == "cannot read file: No such file or directory"
+    assert reasons[2] == "not a regular file (a folder)"
+    assert reasons[3].startswith("outside the CSV's folder")
+    assert reasons[4].startswith("not an image file name")
     assert report.persons_without_images == ("ghost",) and report.persons_enrolled == 1
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from system_tools import require_tools
 
 from lfr.messages import Frame
 from lfr.pipeline.camera import SourceActor
@@ -67,6 +68,11 @@ def free_udp_base(span: int = 40) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError("no free UDP port range")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _system_tools() -> None:
+    require_tools("ffmpeg", "rtsp-server-perl")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import anyio
 import pytest
 from anyio.from_thread import start_blocking_portal
 from paths import CLIP, PEOPLE, REPO
+from system_tools import require_tools
 
 sys.path.insert(0, str(REPO / "tools"))
 from screenshot_web import CHROMIUM_FLAGS as SCREENSHOT_FLAGS
@@ -30,6 +31,11 @@ OFFICER = "Officer Browser"
 SESSION_LIMIT_S = 90  # the browser session, from start-up to the recorded decision
 # The screenshot tool's flags (loopback WebRTC, autoplay, nothing fetched from the internet).
 CHROMIUM_FLAGS = [*SCREENSHOT_FLAGS, "--window-size=1400,900"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _system_tools() -> None:
+    require_tools("chromium", "chromedriver", "unshare", "ip")
 
 
 @pytest.fixture(scope="module")

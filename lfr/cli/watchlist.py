@@ -22,17 +22,28 @@ if TYPE_CHECKING:
 
 
 def enrol(source: Path, output: Path, expiry: str | None, show_progress: bool,
-          analyzer: FaceAnalyzer) -> BuildReport:
-    """``build_watchlist`` with a progress bar; its errors are the user's to fix."""
+          analyzer: FaceAnalyzer, **options: Any) -> BuildReport:
+    """``build_watchlist`` with a progress bar; its errors are the user's to fix. ``options``:
+    ``build_watchlist``'s (``limits``, ``allow_outside``)."""
     from lfr.watchlist import WatchlistError, build_watchlist, count_images
 
     try:
         total = count_images(source)
         with progress(f"enrolling {source}", total, show_progress) as advance:
             return build_watchlist(source, output, analyzer, expiry=expiry,
-                                   progress=lambda outcome: advance(1))
+                                   progress=lambda outcome: advance(1), **options)
     except WatchlistError as exc:
         raise UserError(str(exc)) from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
 
 
 def outcome_table(report: BuildReport) -> Table:
@@ -68,8 +79,11 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     from lfr.deployment import build_analyzer
 
     config = load_config(Path(args.config)) if args.config else default_config("watchlist")
+    from lfr.vision.image_file import ImageLimits
+
     report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
-                   build_analyzer(config, load_registry()))
+                   build_analyzer(config, load_registry()), allow_outside=args.allow_outside,
+                   limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)))
     if args.json:
         print_json(report.to_dict())
     else:
@@ -153,6 +167,10 @@ def register(sub: Any) -> None:
     build.add_argument("--config", help="deployment config whose detector and embedder enrol "
                        "(default: lfr's defaults); a deployment refuses a bundle from another "
                        "embedder")
+    build.add_argument("--allow-outside", action="store_true",
+                       help="a CSV may name images outside its own folder")
+    build.add_argument("--max-megapixels", type=positive_float, default=50.0, metavar="MP",
+                       help="refuse images larger than this, from their header (default 50)")
     build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     build.set_defaults(func=cmd_watchlist_build)
 

@@ -13,11 +13,11 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import cv2
 import msgspec
 import numpy as np
 from platformdirs import user_cache_dir
 
+from lfr.sources.stills import read_image
 from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
 
 # Lower detector thresholds tried, in order, on an image where none was found at the normal one.
@@ -115,6 +115,14 @@ def embed_image(image: np.ndarray, analyzer: FaceAnalyzer) -> tuple[np.ndarray, 
     return None
 
 
+def _read_image(path: Path) -> np.ndarray | None:
+    """The image, or None when it is not one within lfr's limits (see lfr.vision.image_file)."""
+    try:
+        return read_image(path)
+    except ValueError:
+        return None
+
+
 def _stamp(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -201,7 +209,7 @@ def embed_images(
         stamp = _stamp(file)
         hit: tuple[np.ndarray, float, str] | None = store.get(rel, stamp) if store else None
         if hit is None:
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR) if stamp else None
+            image = _read_image(file) if stamp else None
             found = embed_image(image, analyzer) if image is not None else None
             if found is not None:
                 hit = (found[0], found[1], "")

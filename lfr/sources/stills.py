@@ -14,21 +14,26 @@ import numpy as np
 from lfr.messages import Frame
 from lfr.runtime.actor import Actor, ActorState
 from lfr.runtime.channels import Sender
+from lfr.vision.image_file import (
+    DEFAULT_LIMITS,
+    IMAGE_SUFFIXES,
+    ImageLimits,
+    read_image_file,
+)
+
+__all__ = ["IMAGE_SUFFIXES", "StillsSource", "read_image"]
 
 log = logging.getLogger("lfr.sources")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
-
-def read_image(path: Path) -> np.ndarray:
-    """A BGR uint8 image, or ValueError naming the file and the problem."""
+def read_image(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A BGR uint8 image, or ValueError naming the file and the problem (a file that is not a
+    regular image file within ``limits`` is refused before decoding: see lfr.vision.image_file)."""
+    data = np.frombuffer(read_image_file(path, limits), np.uint8)
     try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not data.size:
-        raise ValueError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise ValueError(f"{path}: not a readable image")
     return image
@@ -37,9 +42,11 @@ def read_image(path: Path) -> np.ndarray:
 class StillsSource(Actor):
     """Emits each photo once; an unreadable photo is reported and skipped."""
 
-    def __init__(self, paths: Sequence[Path], out: Sender[Frame], name: str = "stills") -> None:
+    def __init__(self, paths: Sequence[Path], out: Sender[Frame], name: str = "stills",
+                 limits: ImageLimits = DEFAULT_LIMITS) -> None:
         super().__init__(name, "camera")
         self.paths = list(paths)
+        self.limits = limits
         self.out = out
         self.writes = (out.channel.name,)
         self.failures: list[str] = []
@@ -51,7 +58,7 @@ class StillsSource(Actor):
             path = self.paths[self._next]
             self._next += 1  # a restart goes on with the next photo
             try:
-                image = await anyio.to_thread.run_sync(read_image, path)
+                image = await anyio.to_thread.run_sync(read_image, path, self.limits)
             except ValueError as exc:
                 self.failures.append(str(exc))
                 self.metrics.error(exc)

@@ -150,11 +150,14 @@ def converted_bundled_model(filename: str) -> Path:
     return dst
 
 
-def resolve_model(path_or_bundled: str | None, bundled: str) -> Path:
-    """A user's ONNX file by path, or the converted bundled default when ``None``/``"bundled"``."""
+def resolve_model(path_or_bundled: str | None, bundled: str, base: Path | None = None) -> Path:
+    """A user's ONNX file by path (a relative one from ``base``: the config's folder), or the
+    converted bundled default when ``None``/``"bundled"``."""
     if path_or_bundled in (None, "", "bundled"):
         return converted_bundled_model(bundled)
     path = Path(path_or_bundled).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     return path

@@ -4,6 +4,12 @@ Every image gets an outcome (enrolled, no_face, several_faces, face_too_small or
 the quality gate, unreadable); a bad image never stops the batch. Policy for pictures with several
 faces: the largest face is enrolled when every other face has less than half its area (a bystander
 in the background); otherwise the picture is ambiguous and rejected as ``several_faces``.
+
+Inputs are bounded (``lfr.vision.image_file``): only regular files within a size cap whose header
+is an image's of at most ``max_pixels`` are read and decoded; a CSV's image paths must stay inside
+the CSV's folder (symbolic links resolved) unless ``allow_outside``, and must name an image file
+(by suffix), so nothing outside is even opened. A refused file is ``unreadable`` with the reason,
+nothing of it is hashed, and the batch goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ import numpy as np
 
 from lfr.messages import utc_iso
 from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
+from lfr.vision.image_file import (
+    DEFAULT_LIMITS,
+    IMAGE_SUFFIXES,
+    ImageLimits,
+    ImageRefused,
+    read_image_file,
+)
 from lfr.vision.privacy import context_crop
 from lfr.watchlist.bundle import (
     FORMAT_VERSION,
@@ -36,7 +49,6 @@ from lfr.watchlist.bundle import (
     write_bundle,
 )
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 CSV_REQUIRED = ("id", "name", "image")
 SECOND_FACE_MAX_AREA = 0.5  # a second face this large (vs the largest) makes a picture ambiguous
 THUMB_SIDE = 128
@@ -78,13 +90,19 @@ class BuildReport(msgspec.Struct, frozen=True):
         return data | {"counts": self.counts()}
 
 
+class _Image(msgspec.Struct, frozen=True):
+    given: str  # as written in the CSV, or person/file for a folder
+    path: Path
+    refused: str = ""  # why it is not even opened (a CSV path outside the CSV's folder)
+
+
 class _Person(msgspec.Struct):
     id: str
     name: str
     category: str = ""
     notes: str = ""
     expiry: str | None = None
-    images: list[tuple[str, Path]] = msgspec.field(default_factory=list)  # (as given, resolved)
+    images: list[_Image] = msgspec.field(default_factory=list)
 
 
 def display_name(person_id: str) -> str:
@@ -98,15 +116,29 @@ def _read_folder(source: Path) -> list[_Person]:
     for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
         person = _Person(id=folder.name, name=display_name(folder.name))
         for file in sorted(folder.iterdir()):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
-                person.images.append((f"{folder.name}/{file.name}", file))
+            # A FIFO or device named like an image is listed, and refused by name when read.
+            if file.suffix.lower() in IMAGE_SUFFIXES and not file.is_dir():
+                person.images.append(_Image(f"{folder.name}/{file.name}", file))
         persons.append(person)
     if not persons:
         raise WatchlistError(f"{source}: no person folders (expected one sub-folder per person)")
     return persons
 
 
-def _read_csv(source: Path) -> list[_Person]:
+def _csv_image(source: Path, given: str, allow_outside: bool) -> _Image:
+    path = Path(given)
+    path = path if path.is_absolute() else source.parent / path
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return _Image(given, path, "not an image file name "
+                                   f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    folder = source.parent.resolve()
+    if not allow_outside and not path.resolve().is_relative_to(folder):
+        return _Image(given, path, f"outside the CSV's folder {folder} "
+                                   "(--allow-outside allows it)")
+    return _Image(given, path)
+
+
+def _read_csv(source: Path, allow_outside: bool) -> list[_Person]:
     try:
         with source.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -150,8 +182,7 @@ def _read_csv(source: Path) -> list[_Person]:
                     f"line {line}: {key} {value!r} differs from"
                     f" {getattr(person, key)!r} given earlier for {pid!r}"
                 )
-        path = Path(image)
-        person.images.append((image, path if path.is_absolute() else source.parent / path))
+        person.images.append(_csv_image(source, image, allow_outside))
     if errors:
         raise WatchlistError(f"{source}: " + "; ".join(errors))
     if not persons:
@@ -224,11 +255,11 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     )
 
 
-def _read_source(source: Path) -> list[_Person]:
+def _read_source(source: Path, allow_outside: bool = False) -> list[_Person]:
     if source.is_dir():
         return _read_folder(source)
     if source.is_file():
-        return _read_csv(source)
+        return _read_csv(source, allow_outside)
     raise WatchlistError(f"{source}: no such folder or CSV file")
 
 
@@ -237,18 +268,21 @@ def count_images(source: Path) -> int:
     return sum(len(p.images) for p in _read_source(source))
 
 
-def _enrol_file(path: Path, analyzer: FaceAnalyzer) -> tuple[str, _Enrolled]:
-    """The sha256 of the file's bytes (empty when it cannot be read at all) and its outcome."""
+def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits
+                ) -> tuple[str, _Enrolled]:
+    """The sha256 of the file's bytes (empty when it was refused before decoding) and its
+    outcome."""
+    if image.refused:
+        return "", _Enrolled("unreadable", image.refused)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return "", _Enrolled("unreadable", f"cannot read file: {exc.strerror}")
+        data = read_image_file(image.path, limits)
+    except ImageRefused as exc:
+        return "", _Enrolled("unreadable", exc.reason)
     sha = hashlib.sha256(data).hexdigest()
-    image = decode_image(data)
-    if image is None:
-        reason = "not a readable image (corrupt or truncated)" if data else "empty file"
-        return sha, _Enrolled("unreadable", reason)
-    return sha, _enrol_image(image, analyzer)
+    decoded = decode_image(data)
+    if decoded is None:
+        return sha, _Enrolled("unreadable", "not a readable image (corrupt or truncated)")
+    return sha, _enrol_image(decoded, analyzer)
 
 
 def build_watchlist(
@@ -258,19 +292,24 @@ def build_watchlist(
     *,
     progress: Callable[[EnrolOutcome], None] | None = None,
     expiry: str | None = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    allow_outside: bool = False,
 ) -> BuildReport:
-    """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle."""
+    """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle.
+
+    ``allow_outside``: a CSV may name images outside its own folder."""
     if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
         raise WatchlistError(f"expiry {expiry} is in the past")
-    persons = _read_source(source)
+    persons = _read_source(source, allow_outside)
     records: list[PersonRecord] = []
     vectors: list[np.ndarray] = []
     thumbs: dict[str, bytes] = {}
     outcomes: list[EnrolOutcome] = []
     for person in persons:
         images = []
-        for given, path in person.images:
-            sha, result = _enrol_file(path, analyzer)
+        for image in person.images:
+            given = image.given
+            sha, result = _enrol_file(image, analyzer, limits)
             row = thumb = None
             if result.embedding is not None and result.thumbnail is not None:
                 row, thumb = len(vectors), f"{len(vectors):05d}.jpg"
