@@ -117,6 +117,11 @@ class PluginError(ConfigError):
     """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 
 
+class BackendError(Exception):
+    """A backend's call raised while running; the message names the backend and the plugin that
+    provides it: "index backend 'broken' (plugin lfr-broken 0.1): search raised ValueError: ..."."""
+
+
 class Registry:
     """Backends by kind and name, filled by the plugins' register hooks."""
 
