@@ -116,7 +116,9 @@ class NotifierActor(Actor):
         log.warning("%s: drain time is up; alerts it has not delivered stay in the outbox and are "
                     "sent at the next start", self.name)
         async for _alert in self._receiver:
-            self._pending += 1
+            pass
+        self._pending = await anyio.to_thread.run_sync(self._outbox.pending_count,
+                                                       self.notifier.name)
         log.warning("%s: %d alerts left undelivered", self.name, self._pending)
 
     async def finish(self) -> None:

@@ -138,6 +138,14 @@ class Outbox:
         )
         return [_decoder.decode(payload) for (payload,) in rows]
 
+    def pending_count(self, notifier: str) -> int:
+        """How many alerts this notifier has not delivered yet."""
+        ((count,),) = self._read(
+            "SELECT COUNT(*) FROM deliveries WHERE notifier = ? AND delivered_at IS NULL",
+            (notifier,),
+        )
+        return int(count)
+
     def mark_delivered(self, alert_id: str, notifier: str) -> None:
         self._write(
             (
