@@ -464,7 +464,8 @@ class Deployment:
                 pipeline.start_soon(self._run_upstream,
                                     [a for a in self.actors if a not in self.notifier_actors])
             tg.cancel_scope.cancel()  # services and the signal watcher
-        self._undelivered = await anyio.to_thread.run_sync(lambda: outbox.counts().undelivered)
+        # Synchronous, like the stop record: a cancelled caller still gets both.
+        self._undelivered = outbox.counts().undelivered
         summary = self.summary()
         audit.append("deployment_stop", {**self._counts(summary),
                                          "undelivered": summary.undelivered,
@@ -511,8 +512,9 @@ class Deployment:
                     log.warning("second %s: cancelling", signal.Signals(signum).name)
                     scope.cancel()
                     return
-                log.warning("%s: stopping sources, draining the pipeline",
-                            signal.Signals(signum).name)
+                log.warning("%s: stopping sources, draining the pipeline (notifiers for at most "
+                            "%g s; again to cancel at once)", signal.Signals(signum).name,
+                            self.config.notify.drain_timeout_s)
                 self.stop()
 
     def counters(self, matcher: MatcherStats | None) -> Counters:
