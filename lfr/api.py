@@ -42,6 +42,11 @@ class PluginError(ConfigError):
     """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 
 
+class BackendError(Exception):
+    """A backend's call raised while running; the message names the backend and the plugin that
+    provides it: "index backend 'broken' (plugin lfr-broken 0.1): search raised ValueError: ..."."""
+
+
 # -- settings and registration -------------------------------------------------------------------
 
 class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True,
@@ -187,6 +192,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "SUPPORTED_PLUGIN_API",
     "Alert",
+    "BackendError",
     "BackendSettings",
     "BuildContext",
     "ConfigError",

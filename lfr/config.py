@@ -87,6 +87,13 @@ class AuditConfig(Section, frozen=True):
     signing_key: str | None = None
 
 
+class NotifyConfig(Section, frozen=True):
+    # On stop (a signal, or the sources' end with --once) notifiers get this long to deliver what
+    # is left; what they could not deliver stays in the outbox, is counted as undelivered (run
+    # summary, deployment_stop record, `lfr report`) and is replayed at the next start.
+    drain_timeout_s: Annotated[float, Meta(ge=0)] = 10.0
+
+
 class PrivacyConfig(Section, frozen=True):
     blur_non_matches: bool = True
     alert_retention_days: PositiveFloat = 31.0
@@ -144,6 +151,7 @@ class Config(Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})

@@ -1,7 +1,10 @@
 """Assemble and run one deployment: cameras -> detectors -> matcher -> notifiers, supervised.
 
 Shutdown flows downstream: sources stop, each stage closes its output when its input ends, so
-queues drain and notifiers flush before the run returns. Alerts go to the durable outbox before
+queues drain and notifiers flush before the run returns. Notifiers get at most
+``notify.drain_timeout_s`` from the stop request (or, without one, from the end of every stage
+before them): what they have not delivered by then stays in the outbox, is counted as
+``undelivered`` and is replayed at the next start. Alerts go to the durable outbox before
 any notifier sees them; faces that do not match are forgotten in the matcher.
 """
 
@@ -10,8 +13,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,19 @@ from lfr.config import Backends, Config, resolve_backends
 from lfr.decisions import DecisionLog
 from lfr.matching import Matcher, configured_matcher, configured_watchlist
 from lfr.messages import Adjudication, Alert, Decision, Frame, FrameFaces
-from lfr.notify.base import NotifierActor
+from lfr.notify.base import NotifierActor, NotifierStats
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
 from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherActor, MatcherStats
-from lfr.plugins import BackendSettings, BuildContext, ConfigError, Registry
+from lfr.plugins import (
+    BackendError,
+    BackendKind,
+    BackendSettings,
+    BuildContext,
+    ConfigError,
+    Registry,
+)
 from lfr.policy import AlertPolicy
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
@@ -73,6 +83,49 @@ def check_bundle_embedder(watchlist: Watchlist, analyzer: FaceAnalyzer, where: s
         raise ConfigError(f"watchlist {where}: built with embedder {built!r}, this config embeds "
                           f"with {running!r}; rebuild it with `lfr watchlist build SRC -o BUNDLE "
                           "--config CONFIG`")
+
+
+def backend_origin(registry: Registry, kind: BackendKind, settings: BackendSettings) -> str:
+    """"index backend 'exact' (plugin lfr 0.4.0)": the backend and who registered it."""
+    spec = registry.spec_for(kind, settings)
+    info = next((p for p in registry.plugins if p.name == spec.plugin), None)
+    plugin = spec.plugin
+    if info is not None and info.distribution:
+        plugin = " ".join(part for part in (info.distribution, info.version) if part)
+    return f"{kind} backend {spec.name!r} (plugin {plugin})"
+
+
+_KNOCK_ON = f"{anyio.BrokenResourceError.__name__}:"
+
+
+class GuardedBackend:
+    """A backend whose ``calls`` raise BackendError (chained to the original error) instead of
+    their own errors, so a crash the supervisor reports names the backend and its plugin, not an
+    internal step. Everything else is the backend's own."""
+
+    def __init__(self, backend: Any, origin: str, calls: Iterable[str]) -> None:
+        self._backend, self.origin = backend, origin
+        for call in calls:
+            setattr(self, call, self._guard(call, getattr(backend, call)))
+
+    def _guard(self, call: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        origin = self.origin
+
+        @wraps(method)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                raise BackendError(f"{origin}: {call} raised {type(exc).__name__}: {exc}"
+                                   ) from exc
+
+        return guarded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def __len__(self) -> int:
+        return len(self._backend)
 
 
 class Counters(msgspec.Struct, frozen=True):
@@ -125,6 +178,12 @@ class RunSummary(msgspec.Struct, frozen=True):
     abandoned_threads: int  # worker threads left hung by those restarts
     photo_errors: list[str]
     cameras: dict[str, dict[str, Any]]
+    # Alerts in the outbox that a notifier has not delivered when the run ended (replayed at the
+    # next start); while running, a lower bound from the notifiers' own counts.
+    undelivered: int = 0
+    # Why the run failed (exit code 1): a stage that failed for good, naming the backend and its
+    # plugin when one raised, or every camera failed. Empty when it did its job.
+    failures: list[str] = msgspec.field(default_factory=list)
 
 
 # Buffers of the viewers' broadcast channels: a viewer that falls behind loses its oldest items,
@@ -233,6 +292,8 @@ class Deployment:
         self.sources: list[Actor] = []  # cameras (lfr's own and plugins'), photos
         self._camera_sources: list[Any] = []  # each camera's lfr.api.Source
         self.matcher_actor: MatcherActor | None = None
+        self.notifier_actors: list[NotifierActor] = []
+        self._undelivered: int | None = None  # counted in the outbox once the run has ended
         self.watchlist: Watchlist | None = None
         self.started = time.monotonic()
         self._stop = anyio.Event()
@@ -250,8 +311,19 @@ class Deployment:
         self.watchlist = configured_watchlist(cfg)
         assert cfg.watchlist is not None
         check_bundle_embedder(self.watchlist, analyzer, cfg.watchlist.bundle)
-        matcher = configured_matcher(cfg, self.registry, self.watchlist, backends=backends,
-                                     context=context)
+        matcher = configured_matcher(
+            cfg, self.registry, self.watchlist, backends=backends, context=context,
+            wrap=lambda index: GuardedBackend(
+                index, backend_origin(self.registry, "index", backends.index),
+                ("build", "search")))
+        analyzer = FaceAnalyzer(
+            GuardedBackend(analyzer.detector,
+                           backend_origin(self.registry, "detector", backends.detector),
+                           ("detect",)),
+            GuardedBackend(analyzer.embedder,
+                           backend_origin(self.registry, "embedder", backends.embedder),
+                           ("embed",)),
+            analyzer.gate)
         notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
         self._camera_sources = [self.registry.create("source", self._camera_settings(s), context)
                                 for s in backends.sources]
@@ -293,12 +365,13 @@ class Deployment:
             send, recv = open_channel(f"alerts:{notifier.name}", pipe.alert_queue)
             self.channels.append(send)
             outs.append(send)
-            self.actors.append(NotifierActor(notifier, recv, outbox))
+            self.notifier_actors.append(NotifierActor(notifier, recv, outbox))
         self.matcher_actor = MatcherActor(
             faces_recv, outs, AlertPolicy.configured(cfg.matching, matcher.rank),
             self.watchlist, outbox, audit,  # type: ignore[arg-type]
             [n.name for n in notifiers], self.alerts, self.frames)
         self.actors.append(self.matcher_actor)
+        self.actors += self.notifier_actors
 
     def camera_names(self) -> tuple[str, ...]:
         if self._camera_sources:
@@ -325,12 +398,18 @@ class Deployment:
     # -- running -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the sources to stop; everything downstream drains and ends by itself."""
+        """Ask the sources to stop; everything downstream drains and ends by itself, notifiers
+        within ``notify.drain_timeout_s``. Call it from the event loop."""
         self._stop.set()
         for source in self.sources:
             stop = getattr(source, "stop", None)
             if stop is not None:
                 stop()
+        self._drain_notifiers()
+
+    def _drain_notifiers(self) -> None:
+        for notifier in self.notifier_actors:
+            notifier.drain(self.config.notify.drain_timeout_s)
 
     async def run(self, handle_signals: bool = True, services: Sequence[Service] = ()
                   ) -> RunSummary:
@@ -378,12 +457,26 @@ class Deployment:
             # The inner group ends when every actor has ended: sources finished or stopped,
             # then each stage after its input closed, so queues are drained.
             async with anyio.create_task_group() as pipeline:
-                for actor in self.actors:
-                    self.supervisor.start_soon(pipeline, actor)
+                for notifier in self.notifier_actors:
+                    self.supervisor.start_soon(pipeline, notifier)
+                pipeline.start_soon(self._run_upstream,
+                                    [a for a in self.actors if a not in self.notifier_actors])
             tg.cancel_scope.cancel()  # services and the signal watcher
+        # Synchronous, like the stop record: a cancelled caller still gets both.
+        self._undelivered = outbox.counts().undelivered
         summary = self.summary()
-        audit.append(Kind.DEPLOYMENT_STOP, self._counts(summary))
+        audit.append(Kind.DEPLOYMENT_STOP, {**self._counts(summary),
+                                            "undelivered": summary.undelivered,
+                                            "failures": summary.failures})
         return summary
+
+    async def _run_upstream(self, actors: list[Actor]) -> None:
+        """Every actor before the notifiers; once they have all ended no alert comes any more,
+        and the notifiers get ``notify.drain_timeout_s`` for what is left (a --once run)."""
+        async with anyio.create_task_group() as upstream:
+            for actor in actors:
+                self.supervisor.start_soon(upstream, actor)
+        self._drain_notifiers()
 
     def _counts(self, summary: RunSummary) -> dict[str, Any]:
         """What deployment_stop and checkpoint records hold: counts only, never a face."""
@@ -417,8 +510,9 @@ class Deployment:
                     log.warning("second %s: cancelling", signal.Signals(signum).name)
                     scope.cancel()
                     return
-                log.warning("%s: stopping sources, draining the pipeline",
-                            signal.Signals(signum).name)
+                log.warning("%s: stopping sources, draining the pipeline (notifiers for at most "
+                            "%g s; again to cancel at once)", signal.Signals(signum).name,
+                            self.config.notify.drain_timeout_s)
                 self.stop()
 
     def counters(self, matcher: MatcherStats | None) -> Counters:
@@ -468,6 +562,10 @@ class Deployment:
                 cameras[name]["latency_ms"] = msgspec.to_builtins(decided.latency_ms)
         photo_errors = [e for s in self.sources if isinstance(s, StillsSource) for e in s.failures]
         sup = self.supervisor.statistics()
+        undelivered = self._undelivered
+        if undelivered is None:  # still running: distinct alerts, so at least the largest count
+            undelivered = max((a.pending for a in snap.actors if isinstance(a, NotifierStats)),
+                              default=0)
         return RunSummary(
             name=self.config.name, location=self.config.location, data_dir=str(self.data_dir),
             seconds=snap.running_s,
@@ -479,5 +577,34 @@ class Deployment:
             latency_ms=matcher.latency_ms if matcher else LatencyMs(None, None, None),
             stuck=[e.describe() for e in snap.events if e.event == "stuck"],
             abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
+            undelivered=undelivered, failures=self._failures(snap.events, sup.failed),
         )
+
+    def _failures(self, events: Sequence[SupervisorEvent], failed: Sequence[str]) -> list[str]:
+        """What makes the run a failure: a stage other than a camera that failed for good, and
+        every camera failed (one of several is reported per camera, not a run failure)."""
+        why = {e.actor: e.error.removeprefix(f"{BackendError.__name__}: ")
+               for e in events if e.event == "failed"}
+        sources = {s.name for s in self.sources}
+        # An actor whose output's reader had failed (BrokenResourceError) is a knock-on: the
+        # reader is the failure to name.
+        failures = [f"{name} failed for good: {why.get(name, '?')}" for name in failed
+                    if name not in sources and not why.get(name, "").startswith(_KNOCK_ON)]
+        broken = [self._source_failure(s, s.name in failed) for s in self.sources]
+        if broken and all(reason is not None for reason in broken):
+            failures.append("every camera failed: " + "; ".join(r for r in broken if r))
+        return failures
+
+    @staticmethod
+    def _source_failure(source: Actor, failed_for_good: bool) -> str | None:
+        """Why a source delivered nothing, or None while it works (or worked)."""
+        if isinstance(source, StillsSource):
+            if source.paths and len(source.failures) == len(source.paths):
+                return f"{source.name}: no photo could be read ({source.failures[0]})"
+            return None
+        stats = source.statistics()
+        state = getattr(stats, "source_state", None)
+        if failed_for_good or state == "failed":
+            return f"{source.name}: {stats.last_error or state}"
+        return None
 

@@ -9,7 +9,7 @@ crowd the runners-up out of the candidate list.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import numpy as np
@@ -96,12 +96,16 @@ def configured_watchlist(config: Config) -> Watchlist:
 
 def configured_matcher(config: Config, registry: Registry, watchlist: Watchlist, *,
                        backends: Backends | None = None,
-                       context: BuildContext | None = None) -> Matcher:
+                       context: BuildContext | None = None,
+                       wrap: Callable[[IndexBackend], IndexBackend] | None = None) -> Matcher:
     """The config's watchlist search: its ``[index]`` backend, built through the registry over
     ``watchlist``'s rows, with the ``[matching]`` threshold and top_k. A deployment and
-    `lfr eval video` build it here, so both search alike."""
+    `lfr eval video` build it here, so both search alike. ``wrap``: applied to the index before
+    it is built (the deployment names the plugin of a backend whose calls raise)."""
     backends = backends or resolve_backends(config, registry)
     context = context or BuildContext(data_dir=config.resolved_data_dir(),
                                       threads=config.pipeline.inference_threads)
     index = registry.create("index", backends.index, context)
+    if wrap is not None:
+        index = wrap(index)
     return Matcher.for_watchlist(watchlist, config.matching.threshold, config.matching.top_k, index)

@@ -21,6 +21,7 @@ import msgspec
 import pluggy
 
 from lfr import hookspecs
+from lfr.api import BackendError as BackendError  # lfr.cli catches it from here
 from lfr.api import (
     BackendSettings,
     BuildContext,

@@ -9,6 +9,9 @@ A data directory may hold several runs (a restart after a crash appends a new
 with the counts of its last ``checkpoint`` record (every ``pipeline.checkpoint_s``): a lower
 bound, marked ``complete: false``; without a checkpoint its faces are unknown (None), not guessed.
 
+Alerts left undelivered come from the outbox beside the log (alerts that one of their notifiers
+has not delivered yet: they are sent at the next start), and per run from its stop record.
+
 Camera uptime is the footage a camera delivered (decoded frames / the stream's frame rate) over
 the run's length, capped at 100%: a camera that was down or reconnecting delivered no footage.
 """
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lfr.audit import AuditError, AuditRecord, Kind, VerifyResult, audit_records, verify
+from lfr.notify.outbox import undelivered_in
 from lfr.textsafe import safe_text
 
 
@@ -51,6 +55,7 @@ class RunReport(msgspec.Struct, frozen=True):
     threshold: float | None
     faces: int | None  # killed runs: up to the last checkpoint; None without one
     alerts: int
+    undelivered: int | None = None  # left in the outbox at its stop; None: not recorded
 
 
 class CameraUptime(msgspec.Struct, frozen=True):
@@ -93,6 +98,8 @@ class DeploymentReport(msgspec.Struct, frozen=True):
     privacy_settings: list[dict[str, Any]]  # every privacy_setting record (time + values)
     watchlists_destroyed: list[dict[str, Any]]
     audit: AuditStatus
+    # Alerts in the outbox now that a notifier has not delivered; None without an outbox.
+    undelivered: int | None = None
 
 
 def camera_stop_fields(cameras: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -171,6 +178,7 @@ def _run_report(run: _Run) -> RunReport:
     threshold = wl.get("threshold")
     faces = stop.get("faces")
     seconds = stop.get("seconds")
+    undelivered = (run.stop or {}).get("undelivered")
     return RunReport(
         start=run.start,
         end=run.end,
@@ -185,6 +193,7 @@ def _run_report(run: _Run) -> RunReport:
         threshold=float(threshold) if threshold is not None else None,
         faces=int(faces) if faces is not None else None,
         alerts=run.alerts,
+        undelivered=int(undelivered) if undelivered is not None else None,
     )
 
 
@@ -302,7 +311,8 @@ def report_for(data_dir: Path, public_key: Ed25519PublicKey | None = None) -> De
         first_bad_seq=result.first_bad_seq,
         first_bad_line=result.first_bad_line,
     )
-    return build_report(records, status, str(data_dir))
+    report = build_report(records, status, str(data_dir))
+    return msgspec.structs.replace(report, undelivered=undelivered_in(data_dir))
 
 
 def _pct(value: float | None) -> str:
@@ -341,6 +351,9 @@ def render_report(report: DeploymentReport) -> Group:
         ("false alerts", str(report.false_alerts)),
         ("no action", str(report.no_action)),
         ("undecided", str(report.undecided)),
+        ("undelivered alerts", "-" if report.undelivered is None else (
+            f"{report.undelivered}" + (" (kept in the outbox, sent at the next start)"
+                                        if report.undelivered else ""))),
         ("false alerts per 1,000 faces", "-" if per_1000 is None else f"{per_1000:g}"),
         (
             "audit log",
@@ -351,7 +364,8 @@ def render_report(report: DeploymentReport) -> Group:
     for key, value in rows:
         head.add_row(key, safe_text(value))  # names and places come from the config: not markup
     runs = Table(title="runs", title_justify="left")
-    for column in ("start", "end", "seconds", "operator", "faces", "alerts", "complete"):
+    for column in ("start", "end", "seconds", "operator", "faces", "alerts", "undelivered",
+                   "complete"):
         runs.add_column(column, overflow="fold")
     for r in report.runs:
         runs.add_row(
@@ -361,6 +375,7 @@ def render_report(report: DeploymentReport) -> Group:
             safe_text(r.operator),
             "unknown" if r.faces is None else str(r.faces),
             str(r.alerts),
+            "-" if r.undelivered is None else str(r.undelivered),
             "yes" if r.complete else "no (no stop record)",
         )
     cams = Table(title="cameras", title_justify="left")

@@ -268,3 +268,61 @@ async def test_alert_in_flight_at_shutdown_is_replayed(tmp_path: Path) -> None:
     await run_actor(notifier, outbox, [])  # the restarted process delivers it
     assert notifier.delivered == [alert.id] and outbox.pending("fake") == []
     outbox.close()
+
+
+@pytest.mark.anyio
+async def test_drain_cuts_retries_off_at_its_deadline_and_leaves_the_rest_pending(
+    tmp_path: Path,
+) -> None:
+    """A destination that stays down: drain(t) ends the actor about t later, with every alert
+    still pending in the outbox, and it reads its input on so the sender never blocks."""
+    drain_s = 0.5
+    notifier = FakeNotifier(failures=10**9)
+    alerts = [make_alert(i) for i in range(5)]
+    send: Sender[Alert]
+    recv: Receiver[Alert]
+    send, recv = open_channel("alerts", capacity=1)  # the sender would block on a stuck reader
+    with Outbox(tmp_path) as outbox:
+        for alert in alerts:
+            outbox.add_alert(alert, ["fake"])
+        # Backoff far beyond the drain: only the deadline can end the retry of the first alert.
+        actor = NotifierActor(notifier, recv, outbox, backoff_initial_s=60, backoff_max_s=60)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(actor.run)
+                await send.send(alerts[0])
+                while notifier.calls == 0:  # noqa: ASYNC110 - the first attempt has failed
+                    await anyio.sleep(0.01)
+                started = anyio.current_time()
+                actor.drain(drain_s)
+                actor.drain(drain_s * 100)  # a later, longer drain does not move the deadline
+                for alert in alerts[1:]:
+                    await send.send(alert)
+                send.close()
+            took = anyio.current_time() - started
+            await actor.finish()
+        assert drain_s <= took < drain_s + 10
+        assert notifier.delivered == [] and notifier.calls == 1
+        assert [a.id for a in outbox.pending("fake")] == [a.id for a in alerts]
+        assert actor.statistics().pending == len(alerts)
+        # The next start replays them, oldest first.
+        notifier.failures = 0
+        await run_actor(notifier, outbox, [])
+        assert notifier.delivered == [a.id for a in alerts]
+
+
+@pytest.mark.anyio
+async def test_a_drain_asked_before_the_start_applies_to_the_backlog(tmp_path: Path) -> None:
+    notifier = FakeNotifier(failures=10**9)
+    send: Sender[Alert]
+    recv: Receiver[Alert]
+    send, recv = open_channel("alerts", capacity=1)
+    send.close()
+    with Outbox(tmp_path) as outbox:
+        outbox.add_alert(make_alert(0), ["fake"])  # left by an earlier run
+        actor = NotifierActor(notifier, recv, outbox, backoff_initial_s=60, backoff_max_s=60)
+        actor.drain(0.2)
+        with anyio.fail_after(30):
+            await actor.run()
+            await actor.finish()
+        assert notifier.calls == 1 and [a.id for a in outbox.pending("fake")] == [make_alert(0).id]

@@ -4,6 +4,11 @@ Human output and progress go to stderr (``stderr``); ``--json`` prints one JSON 
 and nothing else (``print_json``). Exit codes: ``EXIT_OK`` done, ``EXIT_FAILED`` failed while
 running, ``EXIT_USAGE`` bad usage, config or input (raise ``UserError``), ``EXIT_INTERRUPTED``
 after Ctrl-C.
+
+With ``--json`` a failure is never an empty stdout: the object carries ``"error"`` (what failed,
+in one line) and ``"exit_code"``. A command that failed before it had a result prints only those
+two fields (``json_error``); one that ran and failed (``lfr run``, ``lfr demo``) adds them to its
+usual object.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def print_json(obj: Any) -> None:
     """The command's one JSON object, on stdout."""
     sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
     sys.stdout.flush()
+
+
+def json_error(message: str, exit_code: int) -> None:
+    """The one JSON object of a command that failed before it had a result."""
+    print_json({"error": message, "exit_code": exit_code})
 
 
 def print_error(message: str) -> None:

@@ -12,7 +12,15 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, print_warning, stderr
+from lfr.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UserError,
+    print_error,
+    print_json,
+    print_warning,
+    stderr,
+)
 from lfr.cli.plugins import load_registry
 from lfr.cli.watchlist import enrol, outcome_table, prepare_watchlist
 from lfr.textsafe import safe_text
@@ -36,12 +44,22 @@ def _run_deployment(config: Any, *, offline: bool, once: bool, photos: Sequence[
     return raised.items, summary
 
 
-def print_run(alerts: list[Any], summary: Any, as_json: bool) -> None:
-    """A deployment's alerts and summary: one JSON object, or a table and totals on stderr."""
+def run_exit_code(summary: Any) -> int:
+    """1 when a stage failed for good or every camera failed (``summary.failures``), else 0.
+    Alerts left undelivered are not a failure: they are kept and sent at the next start."""
+    return EXIT_FAILED if summary.failures else EXIT_OK
+
+
+def print_run(alerts: list[Any], summary: Any, as_json: bool) -> int:
+    """A deployment's alerts and summary: one JSON object (with ``error`` and ``exit_code`` when
+    the run failed), or a table and totals on stderr. Returns the exit code."""
+    code = run_exit_code(summary)
+    error = "; ".join(summary.failures)
     if as_json:
         print_json({"alerts": [a.summary() for a in alerts],
-                    "summary": msgspec.to_builtins(summary)})
-        return
+                    "summary": msgspec.to_builtins(summary),
+                    **({"error": error, "exit_code": code} if code else {})})
+        return code
     table = Table(title=f"{len(alerts)} alerts", title_justify="left")
     for column in ("time", "camera", "person", "score", "frame"):
         table.add_column(column)
@@ -57,8 +75,14 @@ def print_run(alerts: list[Any], summary: Any, as_json: bool) -> None:
         stderr.print(f"[red]failed: {escape(name)}[/]")
     for report in summary.stuck:  # the watchdog restarted these
         stderr.print(f"[red]{escape(report)}[/]")
-    for error in summary.photo_errors:
-        print_warning(error)
+    for warning in summary.photo_errors:
+        print_warning(warning)
+    if summary.undelivered:
+        print_warning(f"{summary.undelivered} alerts not delivered yet: kept in the outbox, "
+                      "sent at the next start")
+    for failure in summary.failures:
+        print_error(failure)
+    return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -89,8 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.append(DashboardService(operator=args.operator).run)
     alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json,
                                       services=services, registry=registry, analyzer=analyzer)
-    print_run(alerts, summary, args.json)
-    return EXIT_FAILED if summary.failed_actors and not summary.frames else EXIT_OK
+    return print_run(alerts, summary, args.json)
 
 
 def _demo_folder(args: argparse.Namespace) -> Path:
@@ -128,8 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         alerts, summary = _run_deployment(config, offline=True, once=True,
                                           photos=demo_photos(data), as_json=args.json,
                                           registry=registry, analyzer=analyzer)
-        print_run(alerts, summary, args.json)
-    return EXIT_OK
+        return print_run(alerts, summary, args.json)
 
 
 def _listen_address(value: str) -> str:

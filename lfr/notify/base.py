@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 
@@ -31,6 +32,10 @@ class NotifierActor(Actor):
     Every failed attempt is recorded in the outbox and retried with exponential backoff, forever
     by default (``max_attempts=None``); with a limit, a given-up alert stays pending in the outbox
     and is replayed at the next start. Alerts this notifier already delivered are skipped.
+
+    ``drain(timeout_s)`` bounds the end: at the deadline the delivery or retry in progress is cut
+    off, what is left stays pending in the outbox (replayed at the next start) and the actor only
+    reads its input on until it closes, so no sender waits on a destination that is down.
     """
 
     def __init__(
@@ -59,8 +64,31 @@ class NotifierActor(Actor):
         self._max_attempts = max_attempts
         self._delivered = self._failed = self._pending = 0
         self._recent: deque[str] = deque(maxlen=4096)  # ids delivered lately: skips a thread hop
+        self._drain_deadline: float | None = None  # anyio clock; set by drain()
+        self._deliveries: anyio.CancelScope | None = None  # the current attempt's, cut at it
+
+    def drain(self, timeout_s: float) -> None:
+        """Deliver for at most ``timeout_s`` more (the earliest deadline asked for wins), then
+        leave the rest in the outbox. Call it from the event loop."""
+        deadline = anyio.current_time() + timeout_s
+        if self._drain_deadline is not None and self._drain_deadline <= deadline:
+            return
+        self._drain_deadline = deadline
+        if self._deliveries is not None:
+            self._deliveries.deadline = deadline
 
     async def run(self) -> None:
+        deadline = math.inf if self._drain_deadline is None else self._drain_deadline
+        with anyio.CancelScope(deadline=deadline) as deliveries:
+            self._deliveries = deliveries
+            try:
+                await self._deliver_all()
+            finally:
+                self._deliveries = None
+        if deliveries.cancelled_caught:
+            await self._leave_the_rest()
+
+    async def _deliver_all(self) -> None:
         # Alerts persisted but not delivered (before a crash or restart) go first, oldest first.
         backlog = await anyio.to_thread.run_sync(self._outbox.pending, self.notifier.name)
         self._pending = len(backlog)
@@ -69,6 +97,17 @@ class NotifierActor(Actor):
         async for alert in self._receiver:
             self._pending += 1
             await self._deliver(alert)
+
+    async def _leave_the_rest(self) -> None:
+        """Past the drain deadline: what is left is already pending in the outbox. Read the
+        input on until it closes, so that the matcher never blocks on this notifier."""
+        log.warning("%s: drain time is up; alerts it has not delivered stay in the outbox and are "
+                    "sent at the next start", self.name)
+        async for _alert in self._receiver:
+            pass
+        self._pending = await anyio.to_thread.run_sync(self._outbox.pending_count,
+                                                       self.notifier.name)
+        log.warning("%s: %d alerts left undelivered", self.name, self._pending)
 
     async def finish(self) -> None:
         # Nobody consumes after the last attempt: senders get BrokenResourceError, not a hang.

@@ -46,6 +46,26 @@ CREATE INDEX IF NOT EXISTS adjudications_alert ON adjudications (alert_id);
 """
 
 
+# Alerts that at least one of their notifiers has not delivered (yet).
+_UNDELIVERED = "SELECT COUNT(DISTINCT alert_id) FROM deliveries WHERE delivered_at IS NULL"
+
+
+def undelivered_in(data_dir: Path) -> int | None:
+    """How many alerts in ``data_dir``'s outbox a notifier has not delivered, read without
+    writing (a running deployment may hold it); None when there is no outbox."""
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        return None
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        ((undelivered,),) = db.execute(_UNDELIVERED).fetchall()
+    except sqlite3.OperationalError:  # created, tables not yet
+        return None
+    finally:
+        db.close()
+    return int(undelivered)
+
+
 class OutboxCounts(msgspec.Struct, frozen=True):
     alerts: int
     confirmed: int  # alerts whose latest adjudication is "confirmed"; likewise the next two
@@ -117,6 +137,14 @@ class Outbox:
             (notifier,),
         )
         return [_decoder.decode(payload) for (payload,) in rows]
+
+    def pending_count(self, notifier: str) -> int:
+        """How many alerts this notifier has not delivered yet."""
+        ((count,),) = self._read(
+            "SELECT COUNT(*) FROM deliveries WHERE notifier = ? AND delivered_at IS NULL",
+            (notifier,),
+        )
+        return int(count)
 
     def mark_delivered(self, alert_id: str, notifier: str) -> None:
         self._write(
@@ -204,9 +232,7 @@ class Outbox:
             )
         )
         ((alerts,),) = self._read("SELECT COUNT(*) FROM alerts")
-        ((undelivered,),) = self._read(
-            "SELECT COUNT(DISTINCT alert_id) FROM deliveries WHERE delivered_at IS NULL"
-        )
+        ((undelivered,),) = self._read(_UNDELIVERED)
         return OutboxCounts(
             alerts=alerts,
             confirmed=decisions.get("confirmed", 0),

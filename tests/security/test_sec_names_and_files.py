@@ -71,7 +71,8 @@ def test_run_with_hostile_names_stops_cleanly_and_keeps_everything_private(
         f'[[cameras]]\nname = "stage [/] \\u001b[2J"\nurl = "{CLIP}"\n'
         '[[notifiers]]\nkind = "console"\n[[notifiers]]\nkind = "jsonl"\n')
     assert main(["watchlist", "build", str(tmp_path / "people.csv"), "-o",
-                 str(site / "watchlist"), "--config", str(config), "--json"]) == 0
+                 str(site / "watchlist"), "--config", str(config), "--allow-outside",
+                 "--json"]) == 0  # the CSV names the shared demo photos
     assert main(["run", str(config), "--once"]) == 0
     records = list(audit_records(site / "data"))
     assert [r.kind for r in records[-2:]] == [Kind.DEPLOYMENT_STOP, Kind.SEAL]
