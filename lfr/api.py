@@ -38,6 +38,17 @@ class ConfigError(Exception):
     """A configuration problem, already phrased as ``file: $.path: message``."""
 
 
+def validation_message(exc: msgspec.ValidationError, where: str) -> str:
+    """msgspec's "problem - at `$.x.y`" as "WHERE.x.y: problem". ``where`` names the document
+    (``"lfr.toml: $"``) or the part of it that was validated (``"lfr.toml: $.detector"``): every
+    config, settings and data-file error in lfr reads the same way."""
+    message = str(exc)
+    text, sep, path = message.rpartition(" - at `")
+    if not sep:
+        return f"{where}: {message}"  # a problem with the document itself
+    return f"{where}{path.rstrip('`')[1:]}: {text}"
+
+
 class PluginError(ConfigError):
     """A plugin's backend could not be built, or broke its protocol; names the plugin."""
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from lfr.api import validation_message
 from lfr.plugins import BackendSettings, ConfigError, Registry
 from lfr.sources.base import SourceSettings, redact_url
 from lfr.tracking import TrackerSettings
@@ -205,14 +206,6 @@ class Backends(msgspec.Struct, frozen=True):
     sources: tuple[BackendSettings, ...] = ()  # every camera, in [[cameras]] order
 
 
-def _format_error(where: str, exc: msgspec.ValidationError) -> str:
-    message = str(exc)
-    text, sep, path = message.rpartition(" - at `")
-    if not sep:
-        return f"{where}: $: {message}"  # a problem with the document itself (top level)
-    return f"{where}: {path.rstrip('`')}: {text}"
-
-
 def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     cameras = data.get("cameras")
     if isinstance(cameras, list) and "plugin_cameras" not in data:
@@ -227,7 +220,7 @@ def parse_config(data: dict[str, Any], where: str = "<config>") -> Config:
     try:
         config = msgspec.convert(data, type=Config)
     except msgspec.ValidationError as exc:
-        message = _format_error(where, exc)
+        message = validation_message(exc, f"{where}: $")
         # "$.cameras[k]" counts lfr's own cameras only: name the entry as written in the file.
         message = re.sub(r"\$\.cameras\[(\d+)\]",
                          lambda m: f"$.cameras[{own[int(m.group(1))]}]", message, count=1)

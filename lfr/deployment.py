@@ -1,4 +1,6 @@
-"""Assemble and run one deployment: cameras -> detectors -> matcher -> notifiers, supervised.
+"""Run one deployment: its pipeline (built and wired in ``lfr.pipeline.wiring``) supervised, its
+records (outbox, audit log) open for the run, its services (retention, audit checkpoints, and
+what a command adds: dashboard, web viewer, metrics) beside it, and a view for those services.
 
 Shutdown flows downstream: sources stop, each stage closes its output when its input ends, so
 queues drain and notifiers flush before the run returns. Notifiers get at most
@@ -13,8 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from functools import partial, wraps
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,110 +23,25 @@ import anyio
 import msgspec
 
 from lfr.audit import AuditLog, Kind, audit_records
-from lfr.config import Backends, Config, resolve_backends
+from lfr.config import Config
 from lfr.decisions import DecisionLog
-from lfr.matching import Matcher, configured_matcher, configured_watchlist
-from lfr.messages import Adjudication, Alert, Decision, Frame, FrameFaces
-from lfr.notify.base import NotifierActor, NotifierStats
+from lfr.messages import Adjudication, Alert, Decision
+from lfr.notify.base import NotifierStats
 from lfr.notify.outbox import Outbox
-from lfr.pipeline.camera import SourceActor
-from lfr.pipeline.detector import DetectorActor
-from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherActor, MatcherStats
-from lfr.plugins import (
-    BackendError,
-    BackendKind,
-    BackendSettings,
-    BuildContext,
-    ConfigError,
-    Registry,
-)
-from lfr.policy import AlertPolicy
+from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherStats
+from lfr.pipeline.wiring import KNOCK_ON, Parts, Pipeline, build_parts, wire
+from lfr.plugins import BackendError, Registry
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.broadcast import Broadcast, Subscription
-from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
+from lfr.runtime.channels import ChannelStats
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent, SupervisorStats
-from lfr.sources.base import SourceSettings, is_live_url
-from lfr.sources.stills import StillsSource
+from lfr.sources.stills import StillsStats
 from lfr.vision.analyzer import FaceAnalyzer
-from lfr.vision.quality import QualityGate
 from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.deployment")
-
-
-def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None = None,
-                   backends: Backends | None = None) -> FaceAnalyzer:
-    """The config's detector and embedder, as every part of lfr builds them: a deployment, a
-    watchlist built for it (`lfr watchlist build --config`) and evaluation alike, so a bundle's
-    embeddings and a camera's are made by the same function. ``gate`` defaults to the config's
-    ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
-    backends = backends or resolve_backends(config, registry)
-    context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads,
-                           config_dir=config.config_dir())
-    if gate is None:
-        gate = QualityGate(min_face_px=config.quality.min_face_px,
-                           min_sharpness=config.quality.min_sharpness)
-    return FaceAnalyzer(registry.create("detector", backends.detector, context),
-                        registry.create("embedder", backends.embedder, context), gate)
-
-
-def check_bundle_embedder(watchlist: Watchlist, analyzer: FaceAnalyzer, where: str) -> None:
-    """Refuse a bundle made by another embedding function: its scores would mean nothing
-    against the calibrated threshold (SFace with and without flip differ by a few hundredths)."""
-    built, running = watchlist.manifest.embedder, getattr(analyzer.embedder, "name", "?")
-    if watchlist.dim != analyzer.embedder.dim:
-        raise ConfigError(f"watchlist {where}: embeddings have dimension {watchlist.dim}, the "
-                          f"embedder gives {analyzer.embedder.dim}")
-    if built != running:
-        raise ConfigError(f"watchlist {where}: built with embedder {built!r}, this config embeds "
-                          f"with {running!r}; rebuild it with `lfr watchlist build SRC -o BUNDLE "
-                          "--config CONFIG`")
-
-
-def backend_origin(registry: Registry, kind: BackendKind, settings: BackendSettings) -> str:
-    """"index backend 'exact' (plugin lfr 0.4.0)": the backend and who registered it."""
-    spec = registry.spec_for(kind, settings)
-    info = next((p for p in registry.plugins if p.name == spec.plugin), None)
-    plugin = spec.plugin
-    if info is not None and info.distribution:
-        plugin = " ".join(part for part in (info.distribution, info.version) if part)
-    return f"{kind} backend {spec.name!r} (plugin {plugin})"
-
-
-_KNOCK_ON = f"{anyio.BrokenResourceError.__name__}:"
-
-
-class GuardedBackend:
-    """A backend whose ``calls`` raise BackendError (chained to the original error) instead of
-    their own errors, so a crash the supervisor reports names the backend and its plugin, not an
-    internal step. Everything else is the backend's own."""
-
-    def __init__(self, backend: Any, origin: str, calls: Iterable[str]) -> None:
-        self._backend, self.origin = backend, origin
-        for call in calls:
-            setattr(self, call, self._guard(call, getattr(backend, call)))
-
-    def _guard(self, call: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        origin = self.origin
-
-        @wraps(method)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except Exception as exc:
-                raise BackendError(f"{origin}: {call} raised {type(exc).__name__}: {exc}"
-                                   ) from exc
-
-        return guarded
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-    def __len__(self) -> int:
-        return len(self._backend)
 
 
 class Counters(msgspec.Struct, frozen=True):
@@ -222,11 +138,11 @@ class DeploymentView:
 
     def decisions(self) -> Mapping[str, Adjudication]:
         """Alert id -> its newest decision in this run (a copy)."""
-        decisions = self._deployment.decision_log
+        decisions = self._deployment._decisions
         return decisions.latest() if decisions is not None else {}
 
     def decision(self, alert_id: str) -> Adjudication | None:
-        decisions = self._deployment.decision_log
+        decisions = self._deployment._decisions
         return decisions.get(alert_id) if decisions is not None else None
 
     def person_name(self, person_id: str) -> str:
@@ -235,7 +151,7 @@ class DeploymentView:
 
     def get_alert(self, alert_id: str) -> Alert | None:
         """The stored alert (images as retention left them); blocking: call it in a thread."""
-        outbox = self._deployment.outbox
+        outbox = self._deployment._outbox
         return outbox.get_alert(alert_id) if outbox is not None else None
 
     def subscribe_frames(self, capacity: int = VIEW_BUFFER) -> Subscription[FrameReport]:
@@ -248,7 +164,7 @@ class DeploymentView:
                    note: str = "") -> Adjudication:
         """Record an officer's decision (outbox, audit log with who decided, counters).
         RuntimeError when the deployment is not running, KeyError for an unknown alert."""
-        decisions = self._deployment.decision_log
+        decisions = self._deployment._decisions
         if decisions is None:
             raise RuntimeError("the deployment is not running")
         return decisions.record(alert_id, decision, operator, note)
@@ -272,122 +188,37 @@ class Deployment:
     def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
                  once: bool = False, photos: Sequence[Path] = (),
                  analyzer: FaceAnalyzer | None = None) -> None:
-        self.config, self.registry = config, registry
-        self.offline, self.once, self.photos = offline, once, list(photos)
+        self.config, self._registry = config, registry
+        self._offline, self._once, self._photos = offline, once, list(photos)
         # Built from this config already (e.g. to enrol its watchlist): not loaded again.
         self._analyzer = analyzer
         # What viewers see: published by the matcher, never waited on by it.
         self.alerts: Broadcast[Alert] = Broadcast("alerts", history=RECENT_ALERTS)
         self.frames: Broadcast[FrameReport] = Broadcast("frames")
         self.view = DeploymentView(self)
-        self.outbox: Outbox | None = None
+        self._outbox: Outbox | None = None
         self._audit: AuditLog | None = None  # open while run() runs
-        self.decision_log: DecisionLog | None = None
+        self._decisions: DecisionLog | None = None
         self.data_dir = config.resolved_data_dir()
         self.supervisor = Supervisor(RestartPolicy(
             max_restarts=config.pipeline.max_restarts, window_s=config.pipeline.restart_window_s),
             stuck_after_s=config.pipeline.stuck_after_s, on_event=self._audit_stuck)
-        self.actors: list[Actor] = []
-        self.channels: list[Sender[Any]] = []
-        self.sources: list[Actor] = []  # cameras (lfr's own and plugins'), photos
-        self._camera_sources: list[Any] = []  # each camera's lfr.api.Source
-        self.matcher_actor: MatcherActor | None = None
-        self.notifier_actors: list[NotifierActor] = []
+        self.parts: Parts | None = None  # built by run()
+        self.pipeline = Pipeline()  # wired by run()
         self._undelivered: int | None = None  # counted in the outbox once the run has ended
-        self.watchlist: Watchlist | None = None
-        self.started = time.monotonic()
+        self._started = time.monotonic()
         self._stop = anyio.Event()
         # Always on: alert images are blanked after privacy.alert_retention_days.
         self.retention = RetentionService(config.privacy.alert_retention_days)
 
-    # -- building ----------------------------------------------------------------------------
-
-    def _build(self) -> tuple[FaceAnalyzer, Matcher, list[Any]]:
-        cfg = self.config
-        backends = resolve_backends(cfg, self.registry)
-        context = BuildContext(data_dir=self.data_dir, threads=cfg.pipeline.inference_threads,
-                               config_dir=cfg.config_dir())
-        analyzer = self._analyzer or build_analyzer(cfg, self.registry, backends=backends)
-        self.watchlist = configured_watchlist(cfg)
-        assert cfg.watchlist is not None
-        check_bundle_embedder(self.watchlist, analyzer, cfg.watchlist.bundle)
-        matcher = configured_matcher(
-            cfg, self.registry, self.watchlist, backends=backends, context=context,
-            wrap=lambda index: GuardedBackend(
-                index, backend_origin(self.registry, "index", backends.index),
-                ("build", "search")))
-        analyzer = FaceAnalyzer(
-            GuardedBackend(analyzer.detector,
-                           backend_origin(self.registry, "detector", backends.detector),
-                           ("detect",)),
-            GuardedBackend(analyzer.embedder,
-                           backend_origin(self.registry, "embedder", backends.embedder),
-                           ("embed",)),
-            analyzer.gate)
-        notifiers = [self.registry.create("notifier", s, context) for s in backends.notifiers]
-        self._camera_sources = [self.registry.create("source", self._camera_settings(s), context)
-                                for s in backends.sources]
-        names = [n.name for n in notifiers]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{cfg.source_file or '<config>'}: $.notifiers: two notifiers share "
-                              f"a name ({names}); give each a distinct 'name'")
-        return analyzer, matcher, notifiers
-
-    def _wire(self, analyzer: FaceAnalyzer, matcher: Matcher, notifiers: list[Any],
-              outbox: Outbox, audit: AuditLog) -> None:
-        cfg, pipe = self.config, self.config.pipeline
-        frame_policy = Overflow.BLOCK if self.offline else Overflow.DROP_OLDEST
-        detect_limiter = anyio.CapacityLimiter(1)
-        embed_limiter = anyio.CapacityLimiter(1)
-        faces_send: Sender[FrameFaces]
-        faces_recv: Receiver[FrameFaces]
-        faces_send, faces_recv = open_channel("faces", pipe.face_queue)
-        self.channels.append(faces_send)
-        makers: list[tuple[str, Callable[[Sender[Frame]], Actor]]] = [
-            (source.name, partial(SourceActor, source)) for source in self._camera_sources]
-        if self.photos:
-            makers.append(("photos", partial(StillsSource, self.photos, name="photos")))
-        for name, make_source in makers:
-            frames_send: Sender[Frame]
-            frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
-                                                    frame_policy)
-            self.channels.append(frames_send)
-            source = make_source(frames_send)
-            self.sources.append(source)
-            self.actors += [source, DetectorActor(f"detect:{name}", frames_recv,
-                                                  faces_send.clone(), analyzer, detect_limiter,
-                                                  embed_limiter)]
-        faces_send.close()  # each detector holds its own clone
-        outs: list[Sender[Alert]] = []
-        for notifier in notifiers:
-            send: Sender[Alert]
-            recv: Receiver[Alert]
-            send, recv = open_channel(f"alerts:{notifier.name}", pipe.alert_queue)
-            self.channels.append(send)
-            outs.append(send)
-            self.notifier_actors.append(NotifierActor(notifier, recv, outbox))
-        self.matcher_actor = MatcherActor(
-            faces_recv, outs, AlertPolicy.configured(cfg.matching, matcher.rank),
-            self.watchlist, outbox, audit,  # type: ignore[arg-type]
-            [n.name for n in notifiers], self.alerts, self.frames)
-        self.actors.append(self.matcher_actor)
-        self.actors += self.notifier_actors
+    @property
+    def watchlist(self) -> Watchlist | None:
+        return self.parts.watchlist if self.parts is not None else None
 
     def camera_names(self) -> tuple[str, ...]:
-        if self._camera_sources:
-            return tuple(source.name for source in self._camera_sources)
+        if self.parts is not None:
+            return tuple(source.name for source in self.parts.cameras)
         return tuple(c.name for c in self.config.cameras)  # not built yet: lfr's own
-
-    def _camera_settings(self, settings: BackendSettings) -> BackendSettings:
-        """lfr's own cameras: file paths are relative to the config file's folder, and a run
-        ``once`` plays each file once."""
-        if not isinstance(settings, SourceSettings):
-            return settings
-        if self.once:
-            settings = msgspec.structs.replace(settings, loop=False)
-        if is_live_url(settings.url) or "://" in settings.url:
-            return settings
-        return msgspec.structs.replace(settings, url=str(self.config.resolve_path(settings.url)))
 
     def _audit_stuck(self, event: SupervisorEvent) -> None:
         """A worker the watchdog restarted is an operational fact the audit log keeps."""
@@ -401,14 +232,14 @@ class Deployment:
         """Ask the sources to stop; everything downstream drains and ends by itself, notifiers
         within ``notify.drain_timeout_s``. Call it from the event loop."""
         self._stop.set()
-        for source in self.sources:
+        for source in self.pipeline.sources:
             stop = getattr(source, "stop", None)
             if stop is not None:
                 stop()
         self._drain_notifiers()
 
     def _drain_notifiers(self) -> None:
-        for notifier in self.notifier_actors:
+        for notifier in self.pipeline.notifiers:
             notifier.drain(self.config.notify.drain_timeout_s)
 
     async def run(self, handle_signals: bool = True, services: Sequence[Service] = ()
@@ -420,33 +251,34 @@ class Deployment:
         with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit, \
                 Outbox(self.data_dir) as outbox:
             try:
-                self.outbox, self._audit = outbox, audit
-                self.decision_log = DecisionLog(outbox, audit, self.config.operator_name)
+                self._outbox, self._audit = outbox, audit
+                self._decisions = DecisionLog(outbox, audit, self.config.operator_name)
                 return await self._run(audit, outbox, handle_signals, services)
             finally:
-                self.outbox = self._audit = self.decision_log = None
+                self._outbox = self._audit = self._decisions = None
                 self.alerts.close()
                 self.frames.close()
 
     async def _run(self, audit: AuditLog, outbox: Outbox, handle_signals: bool,
                    services: Sequence[Service]) -> RunSummary:
         cfg = self.config
-        analyzer, matcher, notifiers = self._build()
-        assert self.watchlist is not None
+        parts = self.parts = build_parts(cfg, self._registry, analyzer=self._analyzer,
+                                         once=self._once)
         from lfr.config import redacted
 
         audit.append(Kind.DEPLOYMENT_START, {"name": cfg.name, "location": cfg.location,
                                              "operator": cfg.operator_name()})
         audit.append(Kind.CONFIG, redacted(cfg))
-        audit.append(Kind.WATCHLIST_LOADED, {"digest": self.watchlist.digest(),
-                                             "persons": len(self.watchlist.persons),
-                                             "images": len(self.watchlist.labels),
+        audit.append(Kind.WATCHLIST_LOADED, {"digest": parts.watchlist.digest(),
+                                             "persons": len(parts.watchlist.persons),
+                                             "images": len(parts.watchlist.labels),
                                              "threshold": cfg.matching.threshold})
         audit.append(Kind.PRIVACY_SETTING, {"blur_non_matches": cfg.privacy.blur_non_matches})
         self._audit_unrecorded_alerts(outbox, audit)
-        self._wire(analyzer, matcher, notifiers, outbox, audit)
+        self.pipeline = wire(parts, cfg, outbox=outbox, audit=audit, alerts=self.alerts,
+                             frames=self.frames, offline=self._offline, photos=self._photos)
         self.retention.purge(outbox)  # images past their retention, left by earlier runs
-        self.started = time.monotonic()
+        self._started = time.monotonic()
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
@@ -457,10 +289,9 @@ class Deployment:
             # The inner group ends when every actor has ended: sources finished or stopped,
             # then each stage after its input closed, so queues are drained.
             async with anyio.create_task_group() as pipeline:
-                for notifier in self.notifier_actors:
+                for notifier in self.pipeline.notifiers:
                     self.supervisor.start_soon(pipeline, notifier)
-                pipeline.start_soon(self._run_upstream,
-                                    [a for a in self.actors if a not in self.notifier_actors])
+                pipeline.start_soon(self._run_upstream, self.pipeline.upstream)
             tg.cancel_scope.cancel()  # services and the signal watcher
         # Synchronous, like the stop record: a cancelled caller still gets both.
         self._undelivered = outbox.counts().undelivered
@@ -515,11 +346,11 @@ class Deployment:
                             self.config.notify.drain_timeout_s)
                 self.stop()
 
-    def counters(self, matcher: MatcherStats | None) -> Counters:
+    def _counters(self, matcher: MatcherStats | None) -> Counters:
         """The deployment's own numbers, from the matcher's and the decisions' snapshots."""
         faces = matcher.faces if matcher else 0
         alerts = matcher.alerts if matcher else 0
-        decided = self.decision_log.statistics() if self.decision_log else None
+        decided = self._decisions.statistics() if self._decisions else None
         if decided is None:
             return Counters(faces=faces, alerts=alerts, confirmed=0, false_alerts=0,
                             no_action=0, pending=alerts)
@@ -530,17 +361,17 @@ class Deployment:
     # -- observing ---------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        actors = tuple(a.statistics() for a in self.actors)
+        actors = tuple(a.statistics() for a in self.pipeline.actors)
         matcher = next((a for a in actors if isinstance(a, MatcherStats)), None)
         return Snapshot(
             name=self.config.name, location=self.config.location,
-            running_s=time.monotonic() - self.started,
+            running_s=time.monotonic() - self._started,
             actors=actors,
-            channels=tuple(s.channel.statistics() for s in self.channels),
+            channels=tuple(s.channel.statistics() for s in self.pipeline.channels),
             events=self.supervisor.events(),
             watchlist_size=len(self.watchlist.persons) if self.watchlist else 0,
             threshold=self.config.matching.threshold,
-            counters=self.counters(matcher),
+            counters=self._counters(matcher),
             operator=self.config.operator_name(),
             supervisor=self.supervisor.statistics(),
         )
@@ -560,7 +391,7 @@ class Deployment:
         for name, decided in (matcher.cameras if matcher else {}).items():
             if name in cameras:  # cameras, not stills
                 cameras[name]["latency_ms"] = msgspec.to_builtins(decided.latency_ms)
-        photo_errors = [e for s in self.sources if isinstance(s, StillsSource) for e in s.failures]
+        photo_errors = [e for a in snap.actors if isinstance(a, StillsStats) for e in a.failures]
         sup = self.supervisor.statistics()
         undelivered = self._undelivered
         if undelivered is None:  # still running: distinct alerts, so at least the largest count
@@ -577,34 +408,34 @@ class Deployment:
             latency_ms=matcher.latency_ms if matcher else LatencyMs(None, None, None),
             stuck=[e.describe() for e in snap.events if e.event == "stuck"],
             abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
-            undelivered=undelivered, failures=self._failures(snap.events, sup.failed),
+            undelivered=undelivered, failures=self._failures(snap, sup.failed),
         )
 
-    def _failures(self, events: Sequence[SupervisorEvent], failed: Sequence[str]) -> list[str]:
+    @staticmethod
+    def _failures(snap: Snapshot, failed: Sequence[str]) -> list[str]:
         """What makes the run a failure: a stage other than a camera that failed for good, and
         every camera failed (one of several is reported per camera, not a run failure)."""
         why = {e.actor: e.error.removeprefix(f"{BackendError.__name__}: ")
-               for e in events if e.event == "failed"}
-        sources = {s.name for s in self.sources}
+               for e in snap.events if e.event == "failed"}
+        sources = [a for a in snap.actors if a.kind == "camera"]
+        names = {a.name for a in sources}
         # An actor whose output's reader had failed (BrokenResourceError) is a knock-on: the
         # reader is the failure to name.
         failures = [f"{name} failed for good: {why.get(name, '?')}" for name in failed
-                    if name not in sources and not why.get(name, "").startswith(_KNOCK_ON)]
-        broken = [self._source_failure(s, s.name in failed) for s in self.sources]
+                    if name not in names and not why.get(name, "").startswith(KNOCK_ON)]
+        broken = [_source_failure(s, s.name in failed) for s in sources]
         if broken and all(reason is not None for reason in broken):
             failures.append("every camera failed: " + "; ".join(r for r in broken if r))
         return failures
 
-    @staticmethod
-    def _source_failure(source: Actor, failed_for_good: bool) -> str | None:
-        """Why a source delivered nothing, or None while it works (or worked)."""
-        if isinstance(source, StillsSource):
-            if source.paths and len(source.failures) == len(source.paths):
-                return f"{source.name}: no photo could be read ({source.failures[0]})"
-            return None
-        stats = source.statistics()
-        state = getattr(stats, "source_state", None)
-        if failed_for_good or state == "failed":
-            return f"{source.name}: {stats.last_error or state}"
-        return None
 
+def _source_failure(stats: ActorStats, failed_for_good: bool) -> str | None:
+    """Why a source delivered nothing, or None while it works (or worked)."""
+    if isinstance(stats, StillsStats):
+        if stats.photos and len(stats.failures) == stats.photos:
+            return f"{stats.name}: no photo could be read ({stats.failures[0]})"
+        return None
+    state = getattr(stats, "source_state", None)
+    if failed_for_good or state == "failed":
+        return f"{stats.name}: {stats.last_error or state}"
+    return None

@@ -29,6 +29,7 @@ from lfr.api import (
     Factory,
     PluginError,
     SourceBackendSettings,
+    validation_message,
 )
 from lfr.api import Register as Register  # older imports; plugins import lfr.api
 from lfr.api import Source as Source
@@ -103,7 +104,7 @@ class Registry:
         try:
             settings: BackendSettings = msgspec.convert(raw, type=self.specs[kind][name].settings)
         except msgspec.ValidationError as exc:
-            raise ConfigError(_with_path(str(exc), where)) from None
+            raise ConfigError(validation_message(exc, where)) from None
         return settings
 
     def spec_for(self, kind: BackendKind, settings: BackendSettings) -> BackendSpec:
@@ -146,14 +147,6 @@ def _union(types: tuple[type, ...]) -> Any:
     from typing import Union
 
     return Union[types]  # noqa: UP007 - a runtime-built union
-
-
-def _with_path(message: str, where: str) -> str:
-    """Turn msgspec's "... - at `$.x`" into "where.x: ..."."""
-    text, sep, path = message.rpartition(" - at `")
-    if not sep:
-        return f"{where}: {message}"
-    return f"{where}{path.rstrip('`')[1:]}: {text}"
 
 
 def _env_list(name: str) -> set[str] | None:

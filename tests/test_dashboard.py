@@ -761,7 +761,7 @@ async def test_a_live_camera_whose_stream_dies_shows_reconnecting_while_the_othe
             tg.start_soon(lambda: deployment.run(False, services=[service.run]))
             await wait_for(
                 lambda: (
-                    deployment.matcher_actor is not None
+                    deployment.pipeline.matcher is not None
                     and all(c.source_state == "live" for c in cameras().values())
                     and cameras()["street"].frames_emitted > 3
                 )

@@ -45,7 +45,7 @@ def test_source_faster_than_detection_drops_frames_and_stays_bounded(tmp_path, b
                          pipeline={"frame_queue": 2})
     deployment = Deployment(config, load_plugins(), once=True)
     summary = run(deployment)
-    (frames,) = [c.channel.statistics() for c in deployment.channels
+    (frames,) = [c.channel.statistics() for c in deployment.pipeline.channels
                  if c.channel.name == "frames:fast"]
     assert frames.max_depth <= frames.capacity == 2
     assert frames.dropped > 0
@@ -151,7 +151,7 @@ def test_config_change_to_frames_queue_is_respected(tmp_path, bundle):
                          pipeline={"frame_queue": 7})
     deployment = Deployment(config, load_plugins(), offline=True, once=True)
     run(deployment)
-    caps = {c.channel.name: c.channel.statistics().capacity for c in deployment.channels}
+    caps = {c.channel.name: c.channel.statistics().capacity for c in deployment.pipeline.channels}
     assert caps["frames:c"] == 7
     assert msgspec.to_builtins(YuNetSettings())["score_threshold"] == 0.7
 

@@ -322,11 +322,16 @@ def test_matcher_cooldown_spans_tracks(tmp_path) -> None:
     assert len(alerts) == 2  # two tracks, no cooldown: one alert each
 
 
-def test_deployment_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
-    """`[matching.tracking]` reaches the running tracker (not its defaults)."""
+def test_the_wiring_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
+    """`[matching.tracking]` reaches the running tracker (not its defaults), through the path a
+    deployment takes: build_parts, then wire."""
+    from types import SimpleNamespace
+
     from lfr.config import parse_config
-    from lfr.deployment import Deployment
+    from lfr.pipeline.wiring import build_parts, wire
     from lfr.plugins import load_plugins
+    from lfr.vision.analyzer import FaceAnalyzer
+    from lfr.vision.quality import QualityGate
 
     watchlist = bundle(tmp_path)
     config = parse_config({
@@ -335,12 +340,20 @@ def test_deployment_gives_the_matcher_the_configured_tracking(tmp_path) -> None:
         "matching": {"tracking": {"fusion": "frigate", "confirm": 3, "decision_px": 64,
                                   "max_missed": 5}},
     })
-    deployment = Deployment(config, load_plugins(), offline=True, once=True)
-    deployment.watchlist = watchlist
-    deployment._wire(None, Matcher.for_watchlist(watchlist, 0.5), [], None, None)  # type: ignore[arg-type]
-    assert deployment.matcher_actor is not None
-    deployment.matcher_actor.faces.close()
-    settings = deployment.matcher_actor.policy.settings
+    # The bundle's own embedder ("e", 128-d): no model is loaded.
+    embedder = SimpleNamespace(name="e", dim=watchlist.dim, embed=None)
+    analyzer = FaceAnalyzer(SimpleNamespace(detect=None), embedder, QualityGate())  # type: ignore[arg-type]
+    parts = build_parts(config, load_plugins(), analyzer=analyzer)
+    pipeline = wire(parts, config, outbox=None, audit=None,  # type: ignore[arg-type]
+                    alerts=Broadcast("alerts"), frames=Broadcast("frames"))
+    assert pipeline.matcher is not None
+    settings = pipeline.matcher.policy.settings
+
+    async def close() -> None:  # as the supervisor does at the end: every channel closed
+        for actor in pipeline.actors:
+            await actor.finish()
+
+    anyio.run(close)
     assert settings == config.matching.tracking
     assert (settings.fusion, settings.confirm, settings.decision_px, settings.max_missed) == (
         "frigate", 3, 64, 5)

@@ -23,6 +23,7 @@ from lfr.config import WebConfig, parse_config
 from lfr.deployment import Deployment
 from lfr.matching import MatchResult
 from lfr.messages import Detection, Face, Frame, FrameFaces
+from lfr.notify.outbox import Outbox
 from lfr.pipeline.matcher import FrameReport
 from lfr.plugins import load_plugins
 from lfr.vision.defaults import default_analyzer
@@ -337,7 +338,8 @@ async def test_token_guards_everything_and_decisions_reach_the_audit_log(
             counters = (await r.json())["counters"]
         assert counters["confirmed"] == 1
         # images past their retention are gone from the page too
-        deployment.outbox.purge_images(0.0, now=time.time() + 1)
+        with Outbox(tmp_path / "data") as outbox:  # as retention would, in its own connection
+            outbox.purge_images(0.0, now=time.time() + 1)
         async with http.get(url + f"api/alerts/{alert.id}/crop.jpg", headers=bearer) as r:
             assert r.status == 404 and "purged" in (await r.json())["error"]
     audit = [r for r in audit_records(tmp_path / "data") if r.kind == "adjudication"]

@@ -28,7 +28,7 @@ def _config(path: str | None) -> Any:
 def _analyzer(config: Any) -> Any:
     """The config's detector and embedder, built as a deployment builds them (no size gate:
     evaluation counts every face it can find)."""
-    from lfr.deployment import build_analyzer
+    from lfr.pipeline.wiring import build_analyzer
     from lfr.vision.quality import QualityGate
 
     return build_analyzer(config, load_registry(), QualityGate(min_face_px=0))

@@ -135,7 +135,7 @@ def _demo_folder(args: argparse.Namespace) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lfr.config import default_config
     from lfr.demo import demo_config, demo_photos
-    from lfr.deployment import build_analyzer
+    from lfr.pipeline.wiring import build_analyzer
 
     data = _demo_folder(args)
     with tempfile.TemporaryDirectory(prefix="lfr-demo-") as tmp:

@@ -59,7 +59,7 @@ def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> Face
     """Build the configured bundle from its ``source`` folder when ``rebuild_reason`` says it
     must. Returns the analyzer it loaded to know (None when there is no source), for the
     deployment to use rather than load the models again."""
-    from lfr.deployment import build_analyzer
+    from lfr.pipeline.wiring import build_analyzer
     from lfr.watchlist import rebuild_reason
 
     wl = config.watchlist
@@ -76,7 +76,7 @@ def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> Face
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
     from lfr.config import default_config, load_config
-    from lfr.deployment import build_analyzer
+    from lfr.pipeline.wiring import build_analyzer
 
     config = load_config(Path(args.config)) if args.config else default_config("watchlist")
     from lfr.vision.image_file import ImageLimits

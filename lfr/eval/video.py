@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 from rich.table import Table
 
+from lfr.api import validation_message
 from lfr.eval.tables import metric_table
 from lfr.matching import configured_matcher, configured_watchlist
 from lfr.messages import Face
@@ -65,7 +66,7 @@ def load_truth(path: Path) -> Truth:
     try:
         truth = msgspec.json.decode(data, type=Truth)
     except msgspec.ValidationError as exc:
-        raise TruthError(f"{path}: {exc}") from None
+        raise TruthError(validation_message(exc, f"{path}: $")) from None
     except msgspec.DecodeError as exc:
         raise TruthError(f"{path}: not valid JSON: {exc}") from None
     if truth.fps <= 0:

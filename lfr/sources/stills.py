@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from lfr.messages import Frame
-from lfr.runtime.actor import Actor, ActorState
+from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Sender
 from lfr.vision.image_file import (
     DEFAULT_LIMITS,
@@ -37,6 +37,11 @@ def read_image(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     if image is None:
         raise ValueError(f"{path}: not a readable image")
     return image
+
+
+class StillsStats(ActorStats, frozen=True, kw_only=True):
+    photos: int  # photos to emit
+    failures: tuple[str, ...]  # one message per photo that could not be read
 
 
 class StillsSource(Actor):
@@ -71,3 +76,7 @@ class StillsSource(Actor):
 
     async def finish(self) -> None:
         self.out.close()
+
+    def statistics(self) -> StillsStats:
+        return StillsStats(**self._base_stats_fields(), photos=len(self.paths),
+                           failures=tuple(self.failures))

@@ -1,0 +1,235 @@
+"""The wiring of one node: the backends a config names, built through the plugin registry, and
+the actors and bounded channels that connect them.
+
+    cameras (SourceActor, one per camera) ──frames:<camera>──▶ DetectorActor (one per camera)
+        ──faces──▶ MatcherActor (AlertPolicy; outbox + audit first) ──alerts:<notifier>──▶
+        NotifierActor (one per notifier)
+
+Frame channels keep the newest frame (dropping and counting the oldest) on a live deployment and
+block offline, so an offline run processes every frame. Faces and alerts always block: a detected
+face or a raised alert is never dropped. `lfr.deployment` runs what is wired here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial, wraps
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from lfr.api import BackendError, Notifier, Source
+from lfr.audit import AuditLog
+from lfr.config import Backends, Config, resolve_backends
+from lfr.matching import configured_matcher, configured_watchlist
+from lfr.messages import Alert, Frame, FrameFaces
+from lfr.notify.base import NotifierActor
+from lfr.notify.outbox import Outbox
+from lfr.pipeline.camera import SourceActor
+from lfr.pipeline.detector import DetectorActor
+from lfr.pipeline.matcher import FrameReport, MatcherActor
+from lfr.plugins import BackendKind, BackendSettings, BuildContext, ConfigError, Registry
+from lfr.policy import AlertPolicy
+from lfr.runtime.actor import Actor
+from lfr.runtime.broadcast import Broadcast
+from lfr.runtime.channels import Overflow, Receiver, Sender, open_channel
+from lfr.sources.base import SourceSettings, is_live_url
+from lfr.sources.stills import StillsSource
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.quality import QualityGate
+from lfr.watchlist import Watchlist
+
+
+def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None = None,
+                   backends: Backends | None = None) -> FaceAnalyzer:
+    """The config's detector and embedder, as every part of lfr builds them: a deployment, a
+    watchlist built for it (`lfr watchlist build --config`) and evaluation alike, so a bundle's
+    embeddings and a camera's are made by the same function. ``gate`` defaults to the config's
+    ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
+    backends = backends or resolve_backends(config, registry)
+    context = BuildContext(data_dir=config.resolved_data_dir(),
+                           threads=config.pipeline.inference_threads,
+                           config_dir=config.config_dir())
+    if gate is None:
+        gate = QualityGate(min_face_px=config.quality.min_face_px,
+                           min_sharpness=config.quality.min_sharpness)
+    return FaceAnalyzer(registry.create("detector", backends.detector, context),
+                        registry.create("embedder", backends.embedder, context), gate)
+
+
+def check_bundle_embedder(watchlist: Watchlist, analyzer: FaceAnalyzer, where: str) -> None:
+    """Refuse a bundle made by another embedding function: its scores would mean nothing
+    against the calibrated threshold (SFace with and without flip differ by a few hundredths)."""
+    built, running = watchlist.manifest.embedder, getattr(analyzer.embedder, "name", "?")
+    if watchlist.dim != analyzer.embedder.dim:
+        raise ConfigError(f"watchlist {where}: embeddings have dimension {watchlist.dim}, the "
+                          f"embedder gives {analyzer.embedder.dim}")
+    if built != running:
+        raise ConfigError(f"watchlist {where}: built with embedder {built!r}, this config embeds "
+                          f"with {running!r}; rebuild it with `lfr watchlist build SRC -o BUNDLE "
+                          "--config CONFIG`")
+
+
+def backend_origin(registry: Registry, kind: BackendKind, settings: BackendSettings) -> str:
+    """"index backend 'exact' (plugin lfr 0.4.0)": the backend and who registered it."""
+    spec = registry.spec_for(kind, settings)
+    info = next((p for p in registry.plugins if p.name == spec.plugin), None)
+    plugin = spec.plugin
+    if info is not None and info.distribution:
+        plugin = " ".join(part for part in (info.distribution, info.version) if part)
+    return f"{kind} backend {spec.name!r} (plugin {plugin})"
+
+
+# An error that only says the next stage had gone: a knock-on of that stage's failure.
+KNOCK_ON = f"{anyio.BrokenResourceError.__name__}:"
+
+
+class GuardedBackend:
+    """A backend whose ``calls`` raise BackendError (chained to the original error) instead of
+    their own errors, so a crash the supervisor reports names the backend and its plugin, not an
+    internal step. Everything else is the backend's own."""
+
+    def __init__(self, backend: Any, origin: str, calls: Iterable[str]) -> None:
+        self._backend, self.origin = backend, origin
+        for call in calls:
+            setattr(self, call, self._guard(call, getattr(backend, call)))
+
+    def _guard(self, call: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        origin = self.origin
+
+        @wraps(method)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                raise BackendError(f"{origin}: {call} raised {type(exc).__name__}: {exc}"
+                                   ) from exc
+
+        return guarded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def __len__(self) -> int:
+        return len(self._backend)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a config's pipeline is made of, built and checked, not yet wired."""
+
+    analyzer: FaceAnalyzer  # detector + embedder, their calls guarded
+    policy: AlertPolicy  # the watchlist search, tracks, confirmation, cooldown
+    watchlist: Watchlist
+    cameras: list[Source]  # every [[cameras]] entry, lfr's own and plugins'
+    notifiers: list[Notifier]
+
+
+def camera_settings(config: Config, settings: BackendSettings, once: bool) -> BackendSettings:
+    """lfr's own cameras: file paths are relative to the config file's folder, and a run
+    ``once`` plays each file once."""
+    if not isinstance(settings, SourceSettings):
+        return settings
+    if once:
+        settings = msgspec.structs.replace(settings, loop=False)
+    if is_live_url(settings.url) or "://" in settings.url:
+        return settings
+    return msgspec.structs.replace(settings, url=str(config.resolve_path(settings.url)))
+
+
+def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | None = None,
+                once: bool = False) -> Parts:
+    """Every backend the config names, through the registry; ``analyzer``: the config's, when
+    the caller built it already (e.g. to enrol its watchlist: the models are not loaded twice).
+    Raises ConfigError for a config that cannot run (a bundle from another embedder, two
+    notifiers of one name)."""
+    backends = resolve_backends(config, registry)
+    context = BuildContext(data_dir=config.resolved_data_dir(),
+                           threads=config.pipeline.inference_threads,
+                           config_dir=config.config_dir())
+    analyzer = analyzer or build_analyzer(config, registry, backends=backends)
+    watchlist = configured_watchlist(config)
+    assert config.watchlist is not None
+    check_bundle_embedder(watchlist, analyzer, config.watchlist.bundle)
+
+    def origin(kind: BackendKind, settings: BackendSettings) -> str:
+        return backend_origin(registry, kind, settings)
+
+    matcher = configured_matcher(
+        config, registry, watchlist, backends=backends, context=context,
+        wrap=lambda index: GuardedBackend(index, origin("index", backends.index),
+                                          ("build", "search")))
+    analyzer = FaceAnalyzer(
+        GuardedBackend(analyzer.detector, origin("detector", backends.detector), ("detect",)),
+        GuardedBackend(analyzer.embedder, origin("embedder", backends.embedder), ("embed",)),
+        analyzer.gate)
+    notifiers = [registry.create("notifier", s, context) for s in backends.notifiers]
+    names = [n.name for n in notifiers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{config.source_file or '<config>'}: $.notifiers: two notifiers share "
+                          f"a name ({names}); give each a distinct 'name'")
+    cameras = [registry.create("source", camera_settings(config, s, once), context)
+               for s in backends.sources]
+    return Parts(analyzer, AlertPolicy.configured(config.matching, matcher.rank), watchlist,
+                 cameras, notifiers)
+
+
+@dataclass
+class Pipeline:
+    """One node's actors and the channels between them (their send ends, for statistics)."""
+
+    sources: list[Actor] = field(default_factory=list)  # cameras, then the stills
+    detectors: list[Actor] = field(default_factory=list)
+    matcher: MatcherActor | None = None
+    notifiers: list[NotifierActor] = field(default_factory=list)
+    channels: list[Sender[Any]] = field(default_factory=list)
+
+    @property
+    def upstream(self) -> list[Actor]:
+        """Every actor before the notifiers."""
+        matcher: list[Actor] = [self.matcher] if self.matcher is not None else []
+        return [*self.sources, *self.detectors, *matcher]
+
+    @property
+    def actors(self) -> list[Actor]:
+        return [*self.upstream, *self.notifiers]
+
+
+def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
+         alerts: Broadcast[Alert], frames: Broadcast[FrameReport], offline: bool = False,
+         photos: Sequence[Path] = ()) -> Pipeline:
+    """The actors of ``parts`` connected by bounded channels (see the module docstring)."""
+    pipe, pipeline = config.pipeline, Pipeline()
+    frame_policy = Overflow.BLOCK if offline else Overflow.DROP_OLDEST
+    # One session per model: one camera's embedding overlaps another's detection.
+    detect_limiter, embed_limiter = anyio.CapacityLimiter(1), anyio.CapacityLimiter(1)
+    faces_send: Sender[FrameFaces]
+    faces_recv: Receiver[FrameFaces]
+    faces_send, faces_recv = open_channel("faces", pipe.face_queue)
+    pipeline.channels.append(faces_send)
+    makers: list[tuple[str, Callable[[Sender[Frame]], Actor]]] = [
+        (source.name, partial(SourceActor, source)) for source in parts.cameras]
+    if photos:
+        makers.append(("photos", partial(StillsSource, list(photos), name="photos")))
+    for name, make_source in makers:
+        frames_send: Sender[Frame]
+        frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue, frame_policy)
+        pipeline.channels.append(frames_send)
+        pipeline.sources.append(make_source(frames_send))
+        pipeline.detectors.append(DetectorActor(f"detect:{name}", frames_recv, faces_send.clone(),
+                                                parts.analyzer, detect_limiter, embed_limiter))
+    faces_send.close()  # each detector holds its own clone
+    outs: list[Sender[Alert]] = []
+    for notifier in parts.notifiers:
+        send: Sender[Alert]
+        recv: Receiver[Alert]
+        send, recv = open_channel(f"alerts:{notifier.name}", pipe.alert_queue)
+        pipeline.channels.append(send)
+        outs.append(send)
+        pipeline.notifiers.append(NotifierActor(notifier, recv, outbox))
+    pipeline.matcher = MatcherActor(faces_recv, outs, parts.policy, parts.watchlist, outbox, audit,
+                                    [n.name for n in parts.notifiers], alerts, frames)
+    return pipeline
