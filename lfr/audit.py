@@ -52,6 +52,7 @@ class Kind(StrEnum):
     DEPLOYMENT_START = "deployment_start"
     DEPLOYMENT_STOP = "deployment_stop"
     CONFIG = "config"  # the effective config, secrets redacted
+    BACKENDS = "backends"  # the plugin, distribution and version behind each backend in use
     WATCHLIST_LOADED = "watchlist_loaded"
     PRIVACY_SETTING = "privacy_setting"
     CHECKPOINT = "checkpoint"  # a running deployment's counts, every pipeline.checkpoint_s

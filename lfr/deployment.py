@@ -23,14 +23,14 @@ import anyio
 import msgspec
 
 from lfr.audit import AuditLog, Kind, audit_records
-from lfr.config import Config
+from lfr.config import Config, resolve_backends
 from lfr.decisions import DecisionLog
 from lfr.messages import Adjudication, Alert, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherStats
 from lfr.pipeline.wiring import KNOCK_ON, Parts, Pipeline, build_parts, wire
-from lfr.plugins import BackendError, Registry
+from lfr.plugins import BackendError, Registry, SkippedPlugin
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -100,6 +100,8 @@ class RunSummary(msgspec.Struct, frozen=True):
     # Why the run failed (exit code 1): a stage that failed for good, naming the backend and its
     # plugin when one raised, or every camera failed. Empty when it did its job.
     failures: list[str] = msgspec.field(default_factory=list)
+    # Plugins that failed to load, each with its whole error; the run went on without them.
+    plugins_skipped: list[SkippedPlugin] = msgspec.field(default_factory=list)
 
 
 # Buffers of the viewers' broadcast channels: a viewer that falls behind loses its oldest items,
@@ -269,6 +271,7 @@ class Deployment:
         audit.append(Kind.DEPLOYMENT_START, {"name": cfg.name, "location": cfg.location,
                                              "operator": cfg.operator_name()})
         audit.append(Kind.CONFIG, redacted(cfg))
+        audit.append(Kind.BACKENDS, backends_in_use(cfg, self._registry))
         audit.append(Kind.WATCHLIST_LOADED, {"digest": parts.watchlist.digest(),
                                              "persons": len(parts.watchlist.persons),
                                              "images": len(parts.watchlist.labels),
@@ -409,6 +412,7 @@ class Deployment:
             stuck=[e.describe() for e in snap.events if e.event == "stuck"],
             abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
             undelivered=undelivered, failures=self._failures(snap, sup.failed),
+            plugins_skipped=self._registry.skipped(),
         )
 
     @staticmethod
@@ -427,6 +431,22 @@ class Deployment:
         if broken and all(reason is not None for reason in broken):
             failures.append("every camera failed: " + "; ".join(r for r in broken if r))
         return failures
+
+
+def backends_in_use(config: Config, registry: Registry) -> dict[str, Any]:
+    """The ``backends`` audit record: which plugin, distribution and version provide each
+    backend the config selects, so a record says what made its detections and alerts."""
+    backends = resolve_backends(config, registry)
+    return msgspec.to_builtins({
+        "detector": registry.origin("detector", backends.detector),
+        "embedder": registry.origin("embedder", backends.embedder),
+        "index": registry.origin("index", backends.index),
+        "notifiers": [registry.origin("notifier", s) for s in backends.notifiers],
+        # Source settings are SourceBackendSettings (checked at registration): they have a name.
+        "sources": [{"camera": getattr(s, "name", ""),
+                     **msgspec.to_builtins(registry.origin("source", s))}
+                    for s in backends.sources],
+    })
 
 
 def _source_failure(stats: ActorStats, failed_for_good: bool) -> str | None:

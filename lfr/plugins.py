@@ -77,6 +77,30 @@ class PluginInfo:
     api: tuple[int, ...] | None = None  # the plugin API versions it declares, None if it does not
 
 
+class BackendOrigin(msgspec.Struct, frozen=True, kw_only=True):
+    """Who provides a backend: its name (the config's ``kind``), the plugin (entry-point name)
+    that registered it, and that plugin's distribution and version (None for a plugin that is
+    not an installed distribution)."""
+
+    name: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+    def describe(self) -> str:
+        """"yunet (plugin lfr 0.1.0)": the plugin named by its distribution where it has one."""
+        plugin = " ".join(p for p in (self.distribution, self.version) if p) or self.plugin
+        return f"{self.name!r} (plugin {plugin})"
+
+
+class SkippedPlugin(msgspec.Struct, frozen=True):
+    """A plugin that failed to load (and why, in full): what ``lfr plugins`` and a run's summary
+    list, and the command line prints once."""
+
+    name: str
+    error: str
+
+
 class Registry:
     """Backends by kind and name, filled by the plugins' register hooks."""
 
@@ -109,6 +133,18 @@ class Registry:
 
     def spec_for(self, kind: BackendKind, settings: BackendSettings) -> BackendSpec:
         return self.specs[kind][type(settings).__struct_config__.tag]  # type: ignore[index]
+
+    def origin(self, kind: BackendKind, settings: BackendSettings) -> BackendOrigin:
+        """Which plugin, distribution and version provide the backend these settings select."""
+        spec = self.spec_for(kind, settings)
+        info = next((p for p in self.plugins if p.name == spec.plugin), None)
+        return BackendOrigin(name=spec.name, plugin=spec.plugin,
+                             distribution=info.distribution if info else None,
+                             version=info.version if info else None)
+
+    def skipped(self) -> list[SkippedPlugin]:
+        """The plugins that failed to load, each with its whole error."""
+        return [SkippedPlugin(p.name, p.error) for p in self.plugins if p.error is not None]
 
     def create(self, kind: BackendKind, settings: BackendSettings, context: BuildContext) -> Any:
         """Build a backend; a plugin's failure, or an object missing part of its protocol, is a

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -9,7 +10,9 @@ from importlib import metadata
 import pytest
 from paths import CLIP, PEOPLE
 
+import lfr
 from lfr import plugins
+from lfr.audit import Kind, audit_records
 from lfr.api import BackendSettings, BuildContext, ConfigError, PluginError, SourceBackendSettings
 from lfr.hookspecs import hookimpl
 from lfr.plugins import load_plugins
@@ -34,6 +37,24 @@ def lfr_register_notifiers(register):
     register("echo", lambda s, ctx: Echo("echo"), settings=EchoSettings)
 """
 
+# A third party's plugin, installed as a distribution (lfr-vendor 1.2.3): an index backend.
+VENDOR = """
+LFR_PLUGIN_API = 1
+
+from lfr.api import BackendSettings, hookimpl
+from lfr.watchlist.index import ExactIndex
+
+class FlatSettings(BackendSettings, frozen=True, tag="flat"):
+    pass
+
+class Flat(ExactIndex):
+    name = "flat"
+
+@hookimpl
+def lfr_register_index_backends(register):
+    register("flat", lambda s, ctx: Flat(), settings=FlatSettings)
+"""
+
 RAISES = """
 from lfr.hookspecs import hookimpl
 
@@ -47,6 +68,13 @@ def lfr_register_detectors(register):
 def fake_plugins(tmp_path, monkeypatch):
     (tmp_path / "lfr_good_plugin.py").write_text(textwrap.dedent(GOOD))
     (tmp_path / "lfr_raising_plugin.py").write_text(textwrap.dedent(RAISES))
+    (tmp_path / "lfr_vendor_plugin.py").write_text(textwrap.dedent(VENDOR))
+    dist_info = tmp_path / "lfr_vendor-1.2.3.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lfr-vendor\n"
+                                        "Version: 1.2.3\n")
+    (dist_info / "entry_points.txt").write_text("[lfr]\nvendor = lfr_vendor_plugin\n")
+    vendor = list(metadata.PathDistribution(dist_info).entry_points)  # entry points with a dist
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("LFR_PLUGINS", "LFR_DISABLE_PLUGINS"):  # these tests set them themselves
         monkeypatch.delenv(name, raising=False)
@@ -57,9 +85,9 @@ def fake_plugins(tmp_path, monkeypatch):
         metadata.EntryPoint("raising", "lfr_raising_plugin", "lfr"),
         metadata.EntryPoint("broken", "lfr_missing_module_xyz", "lfr"),
     ]
-    monkeypatch.setattr(plugins, "_entry_points", lambda: real + fake)
+    monkeypatch.setattr(plugins, "_entry_points", lambda: real + fake + vendor)
     yield
-    for name in ("lfr_good_plugin", "lfr_raising_plugin"):
+    for name in ("lfr_good_plugin", "lfr_raising_plugin", "lfr_vendor_plugin"):
         sys.modules.pop(name, None)
 
 
@@ -275,17 +303,57 @@ def test_plugins_json_has_the_documented_shape_and_lists_failures(fake_plugins, 
     from lfr.cli import main
 
     assert main(["plugins", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     keys = ["name", "distribution", "version", "builtin", "hooks", "provides", "error"]
     assert all(list(p) == keys for p in out["plugins"])
     by_name = {p["name"]: p for p in out["plugins"]}
     assert by_name["good"]["provides"] == {"detector": [], "embedder": [], "index": [],
                                            "notifier": ["echo"], "source": []}
     assert by_name["good"]["hooks"] == ["lfr_register_notifiers"]
-    assert "ModuleNotFoundError" in by_name["broken"]["error"]
-    assert "no licence file" in by_name["raising"]["error"]
+    assert by_name["broken"]["error"] == ("ModuleNotFoundError: No module named "
+                                          "'lfr_missing_module_xyz'")
+    assert by_name["raising"]["error"] == ("lfr_register_detectors raised RuntimeError: "
+                                           "no licence file")
+    assert by_name["vendor"]["distribution"] == "lfr-vendor"
+    assert by_name["vendor"]["version"] == "1.2.3"
     builtin = next(p for p in out["plugins"] if p["builtin"])
     assert builtin["distribution"] == "lfr" and builtin["version"]
+    assert "no licence file" not in captured.err  # the JSON object is the report
+
+
+def test_plugins_table_shows_each_failure_once_and_whole(fake_plugins, capsys, monkeypatch):
+    from rich.console import Console
+
+    from lfr.cli import main
+    from lfr.cli import plugins as cli_plugins
+
+    wide = Console(file=io.StringIO(), width=400, color_system=None)
+    monkeypatch.setattr(cli_plugins, "stderr", wide)
+    assert main(["plugins"]) == 0
+    shown = wide.file.getvalue() + capsys.readouterr().err
+    # Listed in the table, not also warned about before it.
+    assert shown.count("no licence file") == 1 and "skipped" not in shown, shown
+
+
+def test_plugins_table_folds_a_long_error_on_a_narrow_terminal():
+    from rich.console import Console
+
+    from lfr.cli.plugins import plugins_table
+    from lfr.textsafe import plain
+
+    error = ("ImportError: " + "lfr_vendor_native_extension_" * 6 + "so: cannot open shared "
+             "object file [/x] \x1b[2J END")
+    narrow = Console(file=io.StringIO(), width=50, color_system=None)
+    narrow.print(plugins_table([{"name": "vendor", "version": "1.0", "hooks": [],
+                                 "provides": {}, "error": error}]))
+    cells = narrow.file.getvalue().splitlines()
+    # The last column's text, row by row, put back together: nothing cut off or swallowed as
+    # markup, the escape shown rather than obeyed.
+    error_column = "".join(line.split("│")[-2].strip() for line in cells if line.count("│") > 2)
+    assert "…" not in narrow.file.getvalue()
+    assert error_column.endswith("END") and "[/x]" in error_column
+    assert "".join(plain(error).split()) == "".join(error_column.split())
 
 
 def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, caplog):
@@ -304,6 +372,8 @@ def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, capl
         fps_cap = 2
         [pipeline]
         frame_queue = 64  # holds the whole capped clip: no frame is dropped
+        [index]
+        kind = "flat"
         [[notifiers]]
         kind = "echo"
         [[notifiers]]
@@ -320,4 +390,21 @@ def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, capl
     assert shown.count("no licence file") == 1 and shown.count("plugin broken") == 1, shown
     result = json.loads(captured.out)
     assert result["summary"]["frames"] >= 19 and result["summary"]["failed_actors"] == []
-    assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}
+    assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}  # through "flat"
+    # The summary lists each skipped plugin with its whole error, for --json readers.
+    assert result["summary"]["plugins_skipped"] == [
+        {"name": "raising", "error": "lfr_register_detectors raised RuntimeError: no licence file"},
+        {"name": "broken", "error": "ModuleNotFoundError: No module named 'lfr_missing_module_xyz'"},
+    ]
+    # The audit log says which distribution and version provided each backend of the run.
+    (record,) = [r.data for r in audit_records(tmp_path / "data") if r.kind == Kind.BACKENDS]
+    lfr_builtin = {"plugin": "builtin", "distribution": "lfr", "version": lfr.__version__}
+    assert record == {
+        "detector": {"name": "yunet", **lfr_builtin},
+        "embedder": {"name": "sface", **lfr_builtin},
+        "index": {"name": "flat", "plugin": "vendor", "distribution": "lfr-vendor",
+                  "version": "1.2.3"},
+        "notifiers": [{"name": "echo", "plugin": "good", "distribution": None, "version": None},
+                      {"name": "jsonl", **lfr_builtin}],
+        "sources": [{"camera": "clip", "name": "video", **lfr_builtin}],
+    }

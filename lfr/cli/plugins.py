@@ -9,43 +9,57 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from lfr.cli.output import EXIT_OK, print_json, print_warning, stderr
+from lfr.textsafe import safe_text
 
 if TYPE_CHECKING:
     from lfr.plugins import Registry
 
 
 def load_registry() -> Registry:
-    """lfr's plugin registry; each plugin that failed to load is named on stderr."""
+    """lfr's plugin registry, for a command that builds backends. Each plugin that failed to
+    load is printed here, once, with its whole error; nothing else in lfr reports it (a run's
+    summary lists it, for --json readers, but prints nothing)."""
     from lfr.plugins import load_plugins
 
     registry = load_plugins()
-    for plugin in registry.plugins:
-        if plugin.error:
-            print_warning(f"plugin {plugin.name} skipped: {plugin.error}")
+    for skipped in registry.skipped():
+        print_warning(f"plugin {skipped.name} skipped: {skipped.error}")
     return registry
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
+def plugin_rows(registry: Registry) -> list[dict[str, Any]]:
+    """``lfr plugins --json``'s objects, one per plugin; ``error`` in full, None if it loaded."""
     from lfr.plugins import BACKEND_KINDS
 
-    registry = load_registry()
-    plugins: list[dict[str, Any]] = [
-        {"name": p.name, "distribution": p.distribution, "version": p.version,
-         "builtin": p.builtin, "hooks": p.hooks,
-         "provides": {k: p.provides.get(k, []) for k in BACKEND_KINDS},
-         "error": p.error} for p in registry.plugins]
-    if args.json:
-        print_json({"plugins": plugins})
-        return EXIT_OK
+    return [{"name": p.name, "distribution": p.distribution, "version": p.version,
+             "builtin": p.builtin, "hooks": p.hooks,
+             "provides": {k: p.provides.get(k, []) for k in BACKEND_KINDS},
+             "error": p.error} for p in registry.plugins]
+
+
+def plugins_table(plugins: list[dict[str, Any]]) -> Table:
+    """The table ``lfr plugins`` prints. Cells fold rather than end in an ellipsis, so an error
+    is shown whole however narrow the terminal; a plugin's text is shown as text, never markup."""
     table = Table(title="plugins", title_justify="left")
     for column in ("name", "version", "hooks", "provides", "error"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for p in plugins:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["provides"].items() if v)
         hooks = ", ".join(h.removeprefix("lfr_register_") for h in p["hooks"])
-        table.add_row(str(p["name"]), str(p["version"] or ""), hooks, provides,
-                      str(p["error"] or ""))
-    stderr.print(table)
+        table.add_row(safe_text(p["name"]), safe_text(p["version"] or ""), hooks,
+                      safe_text(provides), safe_text(p["error"] or ""))
+    return table
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from lfr.plugins import load_plugins
+
+    # Not load_registry(): the listing itself reports each failure, in full, once.
+    plugins = plugin_rows(load_plugins())
+    if args.json:
+        print_json({"plugins": plugins})
+    else:
+        stderr.print(plugins_table(plugins))
     return EXIT_OK
 
 

@@ -75,12 +75,7 @@ def check_bundle_embedder(watchlist: Watchlist, analyzer: FaceAnalyzer, where: s
 
 def backend_origin(registry: Registry, kind: BackendKind, settings: BackendSettings) -> str:
     """"index backend 'exact' (plugin lfr 0.4.0)": the backend and who registered it."""
-    spec = registry.spec_for(kind, settings)
-    info = next((p for p in registry.plugins if p.name == spec.plugin), None)
-    plugin = spec.plugin
-    if info is not None and info.distribution:
-        plugin = " ".join(part for part in (info.distribution, info.version) if part)
-    return f"{kind} backend {spec.name!r} (plugin {plugin})"
+    return f"{kind} backend {registry.origin(kind, settings).describe()}"
 
 
 # An error that only says the next stage had gone: a knock-on of that stage's failure.
