@@ -12,8 +12,8 @@ from paths import CLIP, PEOPLE
 
 import lfr
 from lfr import plugins
-from lfr.audit import Kind, audit_records
 from lfr.api import BackendSettings, BuildContext, ConfigError, PluginError, SourceBackendSettings
+from lfr.audit import Kind, audit_records
 from lfr.hookspecs import hookimpl
 from lfr.plugins import load_plugins
 
@@ -393,8 +393,10 @@ def test_broken_plugins_do_not_stop_lfr_run(fake_plugins, tmp_path, capsys, capl
     assert {a["person_id"] for a in result["alerts"]} >= {"lin_manuel_miranda"}  # through "flat"
     # The summary lists each skipped plugin with its whole error, for --json readers.
     assert result["summary"]["plugins_skipped"] == [
-        {"name": "raising", "error": "lfr_register_detectors raised RuntimeError: no licence file"},
-        {"name": "broken", "error": "ModuleNotFoundError: No module named 'lfr_missing_module_xyz'"},
+        {"name": "raising",
+         "error": "lfr_register_detectors raised RuntimeError: no licence file"},
+        {"name": "broken",
+         "error": "ModuleNotFoundError: No module named 'lfr_missing_module_xyz'"},
     ]
     # The audit log says which distribution and version provided each backend of the run.
     (record,) = [r.data for r in audit_records(tmp_path / "data") if r.kind == Kind.BACKENDS]
