@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import anyio
+import msgspec
 import numpy as np
 import pytest
 from paths import CLIP, PEOPLE, REPO
@@ -265,9 +266,14 @@ class SpyPlugin:
         register("spy", self.factory(lambda: SpyNotifier(self.calls)), settings=SpySettings)
 
 
-def test_calls_run_on_the_threads_the_reference_says(tmp_path):
-    bundle = tmp_path / "bundle"
-    build_watchlist(PEOPLE, bundle, default_analyzer())
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("wl") / "bundle"
+    build_watchlist(PEOPLE, path, default_analyzer())
+    return path
+
+
+def test_calls_run_on_the_threads_the_reference_says(tmp_path, bundle):
     calls = Calls()
     spy = {"kind": "spy"}
     cameras = [{"name": n, "url": str(CLIP), "fps_cap": 3} for n in ("a", "b")]
@@ -296,3 +302,73 @@ def test_calls_run_on_the_threads_the_reference_says(tmp_path):
     assert rows["`IndexBackend.search`, `len()`"].startswith("the event loop thread")
     assert rows["`Notifier.deliver`, `aclose`"].startswith("the event loop")
     assert rows["factory(settings, context)"].startswith("the main thread")
+
+
+# -- the failures table, on the command line ---------------------------------------------------
+
+
+class Broken:
+    name = "broken"
+
+    def build(self, vectors: np.ndarray) -> None:
+        raise ValueError("no licence for this gallery")
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError("never searched")
+
+    def __len__(self) -> int:
+        return 0
+
+
+class BrokenSettings(api.BackendSettings, frozen=True, tag="broken"):
+    fail_in: str = "build"
+
+
+class BrokenPlugin:
+    @api.hookimpl
+    def lfr_register_index_backends(self, register: api.Register) -> None:
+        def factory(settings: BrokenSettings, context: api.BuildContext) -> Broken:
+            if settings.fail_in == "factory":
+                raise ValueError("no licence file")
+            return Broken()
+
+        register("broken", factory, settings=BrokenSettings)
+
+
+@pytest.mark.parametrize(("fail_in", "row", "message"), [
+    ("factory", "the factory raises, or its object lacks a protocol member",
+     "index 'broken' (plugin extra-0) failed to build: ValueError: no licence file"),
+    ("build", "`build`, at start",
+     "index backend 'broken' (plugin extra-0): build raised ValueError: no licence for this "
+     "gallery"),
+])
+def test_a_failing_backend_ends_the_run_as_the_reference_says(tmp_path, bundle, capsys,
+                                                               monkeypatch, fail_in, row, message):
+    from lfr import plugins
+    from lfr.cli import main
+
+    load = plugins.load_plugins
+    monkeypatch.setattr(plugins, "load_plugins", lambda: load(extra=[BrokenPlugin()]))
+    config = tmp_path / "site.toml"
+    config.write_text(f'''name = "broken"
+[watchlist]
+bundle = "{bundle}"
+[index]
+kind = "broken"
+fail_in = "{fail_in}"
+[[cameras]]
+name = "clip"
+url = "{CLIP}"
+''')
+    code = main(["run", str(config), "--once", "--json"])
+    error = msgspec.json.decode(capsys.readouterr().out)
+    assert error == {"error": message, "exit_code": code}
+    (documented,) = [r for r in table_after("### When a backend fails") if r[0] == row]
+    assert documented[3] == str(code)
+    # The message reads as the table's example does, after the backend and its plugin.
+    example = re.search(r"`([^`]*\(plugin [^`]*)`", documented[2])[1]
+
+    def wording(text: str) -> str:
+        return text.split(")", 1)[1].split("ValueError")[0]
+
+    assert wording(example) == wording(message), example
