@@ -7,6 +7,9 @@ written for with ``LFR_PLUGIN_API = 1`` in its module, and lfr skips (and report
 load. The protocols are ``typing.runtime_checkable``: ``isinstance(obj, Detector)`` checks that
 the members exist (lfr checks the same when it builds a backend).
 
+docs/plugins.md's "Reference" lists every field, signature and threading rule of what is here
+(tests/test_plugin_reference.py keeps the two in step).
+
 This module is a leaf: it imports nothing from lfr but ``lfr.messages`` (itself a leaf), so lfr's
 own modules import their protocols from here and a plugin importing it pulls in no pipeline.
 """
@@ -100,7 +103,8 @@ class Register(Protocol):
 
 @runtime_checkable
 class Detector(Protocol):
-    """Finds faces with 5 landmarks in a BGR uint8 image, in its pixel coordinates, best first."""
+    """Finds faces with 5 landmarks in a BGR uint8 image, in its pixel coordinates, best first.
+    ``detect`` runs in a worker thread, one call at a time, the one object serving every camera."""
 
     name: str
 
@@ -110,7 +114,8 @@ class Detector(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Maps aligned 112x112 BGR uint8 faces to L2-normalised float32 vectors (N x dim)."""
+    """Maps aligned 112x112 BGR uint8 faces to L2-normalised float32 vectors (N x dim).
+    ``embed`` runs in a worker thread, one call at a time (possibly beside a ``detect``)."""
 
     name: str
     dim: int
@@ -120,7 +125,8 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class IndexBackend(Protocol):
-    """Cosine search over L2-normalised float32 rows."""
+    """Cosine search over L2-normalised float32 rows. ``build`` and ``search`` run on the event
+    loop's thread, one call at a time: a slow search holds up the whole deployment."""
 
     name: str
 
@@ -129,7 +135,8 @@ class IndexBackend(Protocol):
         ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (Q x k', cosine, descending) and row indices (Q x k'), k' = min(k, N)."""
+        """Scores (Q x k' float32, exact cosine, best first) and row indices (Q x k' int64),
+        k' = min(k, N): an empty index gives Q x 0 of each."""
         ...
 
     def __len__(self) -> int: ...
