@@ -4,8 +4,10 @@ The files play through a real deployment (``Deployment(offline=True, once=True)`
 camera read as fast as it decodes), so a review follows the rules of a live run: every frame goes
 through detection, alerts are written to the outbox and the audit log of the review's data
 directory before anything else sees them, and faces that match no one are forgotten in the
-matcher. The review reads the matcher's frame broadcast only for numbers: per face, its track id
-and the person its track decided on; never an image of a face that matched no one.
+matcher. The review reads the matcher's frame broadcast only for numbers (per face, its track id,
+its box and the person its track decided on), keeps them in memory while the track may still
+alert and forgets a track of nobody on the list once it has ended; it never keeps an image of a
+face that matched no one, and writes nothing about it.
 
 An *appearance* is one alert and the person track behind it: the deployment raises one alert per
 (file, person) per ``matching.cooldown_s``, and the appearance runs from the first to the last
@@ -166,7 +168,7 @@ class _Track:
     person: str | None = None
     # (frame index, box) of its faces while it may still raise an alert: an alert names its
     # evidence face by frame and box, not by track. Dropped once the track has ended.
-    faces: dict[tuple[int, tuple[float, ...]], None] | None = field(default_factory=dict)
+    faces: set[tuple[int, tuple[float, ...]]] | None = field(default_factory=set)
 
 
 class _Follower:
@@ -182,7 +184,6 @@ class _Follower:
         self.tracks: dict[int, _Track] = {}
         self.alert_tracks: dict[str, int] = {}  # alert id -> track id
         self._alerted: set[int] = set()
-        self._latest: dict[str, int] = {}  # camera -> latest frame index
         self._open: dict[str, set[int]] = {}  # camera -> tracks that may still alert
 
     def take(self, reports: list[FrameReport]) -> None:
@@ -195,7 +196,6 @@ class _Follower:
     def _frame(self, report: FrameReport) -> None:
         frame = report.faces.frame
         camera, index = frame.camera, frame.index
-        self._latest[camera] = index
         open_tracks = self._open.setdefault(camera, set())
         for face, track_id, person in zip(report.faces.faces, report.track_ids, report.persons,
                                           strict=True):
@@ -205,7 +205,7 @@ class _Follower:
                 open_tracks.add(track_id)
             track.last = index
             if track.faces is not None:
-                track.faces[(face.frame_index, face.detection.box)] = None
+                track.faces.add((face.frame_index, face.detection.box))
             if person is not None:
                 track.person = person.person_id
         for alert in report.alerts:

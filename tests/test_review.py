@@ -139,6 +139,7 @@ def walkpast(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_review_finds_the_listed_passers_when_the_truth_shows_them(
     walkpast: Path, tmp_path: Path, capsys: Any
 ) -> None:
