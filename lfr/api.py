@@ -197,6 +197,11 @@ class Source(Protocol):
     the source's own counters and state. A source that ends for good after a failure (a file that
     cannot be read) reports ``SourceState.FAILED`` and returns from ``frames()`` instead of
     raising, so it is not restarted in vain.
+
+    Optional: ``live: bool`` (default True). A live source's frames perish (a camera will not
+    wait): its frame channel keeps the newest and counts drops. A source with ``live = False``
+    (recorded footage read as fast as it decodes) gets a blocking channel: every frame is
+    processed, at the pipeline's pace.
     """
 
     name: str

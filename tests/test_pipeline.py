@@ -40,8 +40,8 @@ def run(deployment):
 
 
 def test_source_faster_than_detection_drops_frames_and_stays_bounded(tmp_path, bundle):
-    # Live mode: the file decodes as fast as it can, far faster than detection keeps up.
-    config = make_config(tmp_path, bundle, [{"name": "fast", "url": str(CLIP)}],
+    # A live camera: the file plays at its own 30 fps (realtime), faster than detection keeps up.
+    config = make_config(tmp_path, bundle, [{"name": "fast", "url": str(CLIP), "realtime": True}],
                          pipeline={"frame_queue": 2})
     deployment = Deployment(config, load_plugins(), once=True)
     summary = run(deployment)

@@ -3,6 +3,8 @@ HTTP (MPEG-TS) server on 127.0.0.1 that ends or stalls its streams to exercise r
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -482,3 +484,54 @@ async def test_camera_ends_when_nobody_receives(clips: dict[str, Path]) -> None:
     stats = camera.statistics()
     assert (stats.source_state, stats.restarts, stats.errors) == ("ended", 0, 0)
     assert supervisor.statistics().restarts == 0
+
+
+# --- recorded footage through `lfr run`: every frame ------------------------------------------
+
+
+def test_only_live_sources_may_drop_frames() -> None:
+    from lfr.pipeline.wiring import frame_overflow, is_live
+    from lfr.testing import FakeCamera
+
+    file = VideoSource(settings("clip.mp4"))
+    assert not file.live  # read as fast as it decodes: waiting loses nothing
+    assert VideoSource(settings("clip.mp4", realtime=True)).live  # stands in for a camera
+    assert VideoSource(settings("rtsp://127.0.0.1:8554/cam1")).live
+    assert is_live(FakeCamera(Path("clip.mp4")))  # a source that does not say is a camera
+    assert not is_live(file)
+    assert frame_overflow(live=True, offline=False) is Overflow.DROP_OLDEST
+    assert frame_overflow(live=False, offline=False) is Overflow.BLOCK
+    assert frame_overflow(live=True, offline=True) is Overflow.BLOCK
+
+
+def test_lfr_run_processes_every_frame_of_a_file_played_as_fast_as_it_decodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from paths import PEOPLE
+
+    from lfr.cli import main
+    from lfr.vision.defaults import default_analyzer
+    from lfr.watchlist import build_watchlist
+
+    # Decoding a 640x360 frame takes a fraction of detecting it: a keep-newest channel of two
+    # frames would drop most of them (it did before non-live sources got a blocking channel).
+    clip = make_clip(tmp_path / "recorded.mp4", n=300, fps=25, size=(640, 360))
+    with av.open(str(clip)) as container:
+        decoded = sum(1 for _ in container.decode(video=0))  # counted independently
+    assert decoded == 300
+    people = tmp_path / "people"
+    shutil.copytree(PEOPLE / "obama", people / "obama")
+    build_watchlist(people, tmp_path / "bundle", default_analyzer())
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'name = "recorded"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[watchlist]\nbundle = "{tmp_path / "bundle"}"\n'
+        f'[[cameras]]\nname = "recorded"\nurl = "{clip}"\nrealtime = false\n'
+        '[pipeline]\nframe_queue = 2\n[[notifiers]]\nkind = "jsonl"\n'
+    )
+    assert main(["run", str(config), "--once", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["frames"] == decoded
+    assert summary["dropped_frames"] == 0
+    camera = summary["cameras"]["recorded"]
+    assert camera["frames_emitted"] == decoded and camera["dropped_frames"] == 0

@@ -63,6 +63,9 @@ class FrameReport(msgspec.Struct, frozen=True):
     persons: list[MatchResult | None]
     alerts: list[Alert]
     decided_mono: float  # when the matcher was done with it (monotonic): latency = this - capture
+    # Per face, its person track (ids unique in a deployment): lets an offline reader (lfr review)
+    # give an alert the span of the track behind it.
+    track_ids: list[int] = msgspec.field(default_factory=list)
 
 
 class _CameraMeters:
@@ -129,7 +132,7 @@ class MatcherActor(Actor):
             results: list[MatchResult | None] = [
                 None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
                 for p in step.persons]
-            self.frames.publish(FrameReport(item, results, alerts, done))
+            self.frames.publish(FrameReport(item, results, alerts, done, step.track_ids))
             self.metrics.processed(latency_s=done - now)
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).

@@ -5,8 +5,10 @@ the actors and bounded channels that connect them.
         ──faces──▶ MatcherActor (AlertPolicy; outbox + audit first) ──alerts:<notifier>──▶
         NotifierActor (one per notifier)
 
-Frame channels keep the newest frame (dropping and counting the oldest) on a live deployment and
-block offline, so an offline run processes every frame. Faces and alerts always block: a detected
+A live camera's frame channel keeps the newest frame (dropping and counting the oldest): a stream
+will not wait. A source that is not live (a file played as fast as it decodes, the demo's photos)
+and every camera of an offline deployment get a blocking frame channel instead: the decoder waits
+for the detector, so every frame is processed. Faces and alerts always block: a detected
 face or a raised alert is never dropped. `lfr.deployment` runs what is wired here.
 """
 
@@ -193,25 +195,36 @@ class Pipeline:
         return [*self.upstream, *self.notifiers]
 
 
+def is_live(source: object) -> bool:
+    """A source's optional ``live`` attribute (see ``lfr.api.Source``); a source that does not
+    say is taken to be live, as a camera is."""
+    return bool(getattr(source, "live", True))
+
+
+def frame_overflow(live: bool, offline: bool) -> Overflow:
+    """Keep the newest frame for a live source, on a live deployment; otherwise block."""
+    return Overflow.DROP_OLDEST if live and not offline else Overflow.BLOCK
+
+
 def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
          alerts: Broadcast[Alert], frames: Broadcast[FrameReport], offline: bool = False,
          photos: Sequence[Path] = ()) -> Pipeline:
     """The actors of ``parts`` connected by bounded channels (see the module docstring)."""
     pipe, pipeline = config.pipeline, Pipeline()
-    frame_policy = Overflow.BLOCK if offline else Overflow.DROP_OLDEST
     # One session per model: one camera's embedding overlaps another's detection.
     detect_limiter, embed_limiter = anyio.CapacityLimiter(1), anyio.CapacityLimiter(1)
     faces_send: Sender[FrameFaces]
     faces_recv: Receiver[FrameFaces]
     faces_send, faces_recv = open_channel("faces", pipe.face_queue)
     pipeline.channels.append(faces_send)
-    makers: list[tuple[str, Callable[[Sender[Frame]], Actor]]] = [
-        (source.name, partial(SourceActor, source)) for source in parts.cameras]
+    makers: list[tuple[str, bool, Callable[[Sender[Frame]], Actor]]] = [
+        (source.name, is_live(source), partial(SourceActor, source)) for source in parts.cameras]
     if photos:
-        makers.append(("photos", partial(StillsSource, list(photos), name="photos")))
-    for name, make_source in makers:
+        makers.append(("photos", False, partial(StillsSource, list(photos), name="photos")))
+    for name, live, make_source in makers:
         frames_send: Sender[Frame]
-        frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue, frame_policy)
+        frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
+                                                frame_overflow(live, offline))
         pipeline.channels.append(frames_send)
         pipeline.sources.append(make_source(frames_send))
         pipeline.detectors.append(DetectorActor(f"detect:{name}", frames_recv, faces_send.clone(),

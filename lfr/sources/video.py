@@ -192,6 +192,13 @@ class VideoSource:
         self._stopping = False
         self._limiter: anyio.CapacityLimiter | None = None
 
+    @property
+    def live(self) -> bool:
+        """Whether a frame not taken at once is lost: a stream, or a file played at its own rate
+        (``realtime``) to stand in for one. A file played as fast as it decodes is not live:
+        waiting loses nothing, so its frame channel blocks and every frame is processed."""
+        return self.settings.live or self.settings.realtime
+
     def stop(self) -> None:
         """Ask the source to end soon; the actor cancels the iteration right after."""
         self._stopping = True
