@@ -62,6 +62,7 @@ _ID = r"[0-9A-Za-z_-]{1,64}"
 SESSION_COOKIE = "lfr_session"
 PUBLIC_PATHS = frozenset({"/login", "/api/login"})  # and /static/: the page code, no data
 LOOPBACK_NAMES = frozenset({"localhost"})
+PRINCIPAL = web.RequestKey("principal", Principal)  # who is asking, set by the auth middleware
 
 
 class TooManyViewers(Exception):
@@ -480,7 +481,7 @@ class WebService:
                               "Authorization: Bearer <token>)")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         return await handler(request)
 
     async def _login_page(self, request: web.Request) -> web.StreamResponse:
@@ -532,7 +533,7 @@ class WebService:
         return response
 
     async def _me(self, request: web.Request) -> web.Response:
-        return _json(msgspec.to_builtins(request["principal"]))
+        return _json(msgspec.to_builtins(request[PRINCIPAL]))
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(_SECURITY_HEADERS)
@@ -543,7 +544,7 @@ class WebService:
         return web.FileResponse(STATIC / "index.html")
 
     async def _state(self, request: web.Request) -> web.Response:
-        return _json(self.state(request["principal"]))
+        return _json(self.state(request[PRINCIPAL]))
 
     async def _alerts(self, request: web.Request) -> web.Response:
         deployment = self._running()
@@ -579,7 +580,7 @@ class WebService:
         try:
             # In the event loop thread, like the pipeline's own updates of the counters.
             adjudication = deployment.adjudicate(
-                alert_id, body["decision"], request["principal"], note=note[:1000]
+                alert_id, body["decision"], request[PRINCIPAL], note=note[:1000]
             )
         except NotAllowed as exc:
             return _error(403, str(exc))
@@ -596,7 +597,7 @@ class WebService:
         return _json(data)
 
     async def _offer(self, request: web.Request) -> web.Response:
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         if not principal.may("watch_video"):
             return _error(403, f"{principal.name} is an {principal.role}: auditors read the "
                           "record (alerts, counts); live video is for operators and supervisors")
@@ -651,7 +652,7 @@ class WebService:
         """Server-sent events: ``state`` every second, ``alert`` and ``decision`` as they happen
         (the recent alerts first, so a reconnecting page misses nothing)."""
         deployment = self._running()
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
