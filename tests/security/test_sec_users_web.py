@@ -290,3 +290,19 @@ def test_users_file_is_private_and_holds_no_password(
     path.chmod(0o644)
     assert main(["users", "list"]) == 2
     assert "open to other users" in capsys.readouterr().err
+
+
+def test_make_cert_writes_a_pair_the_viewer_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["web", "make-cert", "--out", str(tmp_path / "tls"), "--host", "127.0.0.1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert stat.S_IMODE(Path(out["tls_key"]).stat().st_mode) == 0o600
+    service = WebService(WebConfig(listen="0.0.0.0:8443", tls_cert=out["tls_cert"],
+                                   tls_key=out["tls_key"]))
+    assert service.ssl_context is not None
+    # a key that does not match the certificate is a clear error naming both files
+    other = make_self_signed(tmp_path / "other")[1]
+    with pytest.raises(ValueError, match="cannot load the certificate and key"):
+        WebService(WebConfig(tls_cert=out["tls_cert"], tls_key=str(other)))
