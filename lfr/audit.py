@@ -60,6 +60,9 @@ class Kind(StrEnum):
     ADJUDICATION = "adjudication"
     WATCHLIST_DESTROYED = "watchlist_destroyed"
     WORKER_STUCK = "worker_stuck"  # the watchdog restarted an actor whose call hung
+    # The web viewer as it listens (command-line overrides applied): address, TLS, plain HTTP
+    # beyond loopback, named users or the demo token.
+    WEB_SETTINGS = "web_settings"
     SEAL = "seal"  # a signature over the chain so far (lfr.audit writes these itself)
 
 

@@ -106,14 +106,35 @@ class PluginCamera(Section, frozen=True):
 
 
 class WebConfig(Section, frozen=True):
-    """The supervisors' browser viewer (``lfr run --web``)."""
+    """The supervisors' browser viewer (``lfr run --web``): named users log in (``lfr users``);
+    beyond loopback it speaks TLS unless ``allow_plain_http`` says otherwise (audited)."""
 
     enabled: bool = False
     listen: str = "127.0.0.1:8080"  # localhost unless told otherwise
-    token: str | None = None  # generated at start (printed on stderr) when not set
+    users_file: str | None = None  # default: users.json in lfr's key directory
+    tls_cert: str | None = None  # PEM certificate (chain) and its key: both or neither
+    tls_key: str | None = None
+    allow_plain_http: bool = False  # listen beyond loopback without TLS (audited)
+    session_minutes: Positive = 480  # a login lasts this long (one shift)
+    # Demo mode: one shared token instead of named users; decisions are recorded under the
+    # config's operator name and marked as made with the demo token (audited).
+    demo_token: bool = False
+    token: str | None = None  # the demo token; generated at start (printed once) when not set
     max_viewers_per_camera: Positive = 3  # aiortc encodes once per viewer
     ice_addresses: list[str] = msgspec.field(default_factory=list)  # host candidates to offer
     stun_servers: list[str] = msgspec.field(default_factory=list)  # none unless configured
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen, "listen")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: set both or neither")
+        if self.token is not None and not self.demo_token:
+            raise ValueError("token: a shared token is the demo mode only: set demo_token = true "
+                             "with it, or add named users (lfr users add)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 def parse_listen(listen: str, what: str = "listen") -> tuple[str, int]:
@@ -184,6 +205,27 @@ class Config(Section, frozen=True):
         folder (from the working directory for a config built without a file)."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.config_dir() / path
+
+    def users_file(self) -> Path:
+        """The users file of this deployment: ``[web] users_file`` (relative to the config's
+        folder), else the key directory's."""
+        from lfr.users import default_users_file
+
+        return self.resolve_path(self.web.users_file) if self.web.users_file else \
+            default_users_file()
+
+    def effective_web(self, listen: str | None = None) -> WebConfig:
+        """``[web]`` as the viewer will run it: a command line's ``--web HOST:PORT`` applied
+        (enabled, at that address), paths resolved from the config's folder. What the audit log's
+        config record and the viewer's ``web_settings`` record show."""
+        web = self.web
+        changes: dict[str, Any] = {"users_file": str(self.users_file())}
+        if listen is not None:
+            changes.update(listen=listen, enabled=True)
+        if web.tls_cert and web.tls_key:
+            changes.update(tls_cert=str(self.resolve_path(web.tls_cert)),
+                           tls_key=str(self.resolve_path(web.tls_key)))
+        return msgspec.structs.replace(web, **changes)
 
     def operator_name(self, override: str | None = None) -> str:
         if override:

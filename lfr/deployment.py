@@ -38,6 +38,7 @@ from lfr.runtime.broadcast import Broadcast, Subscription
 from lfr.runtime.channels import ChannelStats
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent, SupervisorStats
 from lfr.sources.stills import StillsStats
+from lfr.users import Principal
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.watchlist import Watchlist
 
@@ -162,14 +163,23 @@ class DeploymentView:
     def subscribe_alerts(self, capacity: int = VIEW_BUFFER) -> Subscription[Alert]:
         return self._deployment.alerts.subscribe(capacity)
 
-    def adjudicate(self, alert_id: str, decision: Decision, operator: str | None = None,
+    def adjudicate(self, alert_id: str, decision: Decision, by: Principal,
                    note: str = "") -> Adjudication:
-        """Record an officer's decision (outbox, audit log with who decided, counters).
-        RuntimeError when the deployment is not running, KeyError for an unknown alert."""
+        """Record the decision of ``by``, the authenticated person (outbox, audit log with who
+        decided, counters). RuntimeError when the deployment is not running, KeyError for an
+        unknown alert; lfr.decisions.NotAllowed and AlreadyDecided for what ``by`` may not do."""
         decisions = self._deployment._decisions
         if decisions is None:
             raise RuntimeError("the deployment is not running")
-        return decisions.record(alert_id, decision, operator, note)
+        return decisions.record(alert_id, decision, by, note)
+
+    def record_setting(self, kind: Kind, data: dict[str, Any]) -> None:
+        """A service's settings as it runs them, to the audit log (the web viewer's
+        ``web_settings``). RuntimeError when the deployment is not running."""
+        audit = self._deployment._audit
+        if audit is None:
+            raise RuntimeError("the deployment is not running")
+        audit.append(kind, data)
 
     def stop(self) -> None:
         self._deployment.stop()
@@ -254,7 +264,7 @@ class Deployment:
                 Outbox(self.data_dir) as outbox:
             try:
                 self._outbox, self._audit = outbox, audit
-                self._decisions = DecisionLog(outbox, audit, self.config.operator_name)
+                self._decisions = DecisionLog(outbox, audit)
                 return await self._run(audit, outbox, handle_signals, services)
             finally:
                 self._outbox = self._audit = self._decisions = None

@@ -38,12 +38,15 @@ from lfr.runtime.actor import ActorStats
 from lfr.runtime.channels import ChannelStats
 from lfr.runtime.supervisor import SupervisorEvent
 from lfr.sources.base import CameraStats
+from lfr.users import Principal
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
 
 REFUSED = "door: cannot open 'http://10.0.0.7/door': Connection refused"
 
 # -- synthetic snapshots -----------------------------------------------------------------------
+
+OPERATOR = Principal("olive", "operator")  # who the dashboard authenticated at start
 
 
 def base(name: str, kind: str, **kw: Any) -> dict[str, Any]:
@@ -466,13 +469,11 @@ class FakeDeployment:
         return self.config.operator_name(override)
 
     def adjudicate(
-        self, alert_id: str, decision: Decision, operator: str | None = None, note: str = ""
+        self, alert_id: str, decision: Decision, by: Principal, note: str = ""
     ) -> Adjudication:
         if all(a.id != alert_id for a in self.alerts):
             raise KeyError(alert_id)
-        adj = Adjudication(
-            alert_id=alert_id, decision=decision, operator=self.config.operator_name(operator)
-        )
+        adj = Adjudication(alert_id=alert_id, decision=decision, operator=by.name)
         self.decided[alert_id] = adj
         return adj
 
@@ -485,7 +486,7 @@ class FakeDeployment:
 
 def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -> None:
     fake = FakeDeployment()
-    service = DashboardService(operator="dora", console=Console(file=io.StringIO()))
+    service = DashboardService(Principal("dora", "supervisor"), console=Console(file=io.StringIO()))
     d = cast("DeploymentView", fake)  # the service only uses the members above
     service.handle_key("c", d)
     assert service.status == "no alert selected" and not fake.decided
@@ -517,15 +518,19 @@ def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -
     assert service.view(d).stopping
 
 
-def test_operator_defaults_to_the_config() -> None:
+def test_decisions_are_the_logged_in_users_and_only_a_supervisor_quits() -> None:
     fake = FakeDeployment()
     fake.alerts.append(alert(1))
     d = cast("DeploymentView", fake)
-    service = DashboardService(console=Console(file=io.StringIO()))
+    service = DashboardService(Principal("olive", "operator"), console=Console(file=io.StringIO()))
     service.view(d)
     service.handle_key("c", d)
-    assert fake.decided[alert(1).id].operator == "cfg-op"
-    assert service.view(d).operator == "cfg-op"
+    assert fake.decided[alert(1).id].operator == "olive"
+    assert service.view(d).operator == "olive"  # not the config's operator
+    service.handle_key("q", d)
+    assert not fake.stopped and "only a supervisor stops" in service.status
+    with pytest.raises(ValueError, match="auditor"):
+        DashboardService(Principal("audrey", "auditor"))
 
 
 def test_a_decision_that_cannot_be_written_is_reported_not_raised(
@@ -539,7 +544,7 @@ def test_a_decision_that_cannot_be_written_is_reported_not_raised(
 
     fake.adjudicate = full_disk  # type: ignore[method-assign,assignment]
     d = cast("DeploymentView", fake)
-    service = DashboardService(console=Console(file=io.StringIO()))
+    service = DashboardService(OPERATOR, console=Console(file=io.StringIO()))
     service.view(d)
     service.handle_key("c", d)
     assert service.status == "not recorded: OSError: [Errno 28] No space left on device"
@@ -548,7 +553,7 @@ def test_a_decision_that_cannot_be_written_is_reported_not_raised(
 
 def test_refresh_must_be_positive() -> None:
     with pytest.raises(ValueError, match="refresh_s"):
-        DashboardService(refresh_s=0)
+        DashboardService(OPERATOR, refresh_s=0)
 
 
 # -- the terminal stays the dashboard's ---------------------------------------------------------
@@ -643,7 +648,9 @@ async def test_keys_adjudicate_a_real_alert_into_counters_and_audit_log(
         seen["after"] = deployment.view.snapshot().counters
         yield "q"
 
-    service = DashboardService(operator="carol", refresh_s=0.1, console=console, keys=keys())
+    service = DashboardService(
+        Principal("carol", "supervisor"), refresh_s=0.1, console=console, keys=keys()
+    )
     with anyio.fail_after(120):
         summary = await deployment.run(handle_signals=False, services=[service.run])
     before, after = seen["before"], seen["after"]
@@ -658,6 +665,8 @@ async def test_keys_adjudicate_a_real_alert_into_counters_and_audit_log(
             "alert_id": seen["alert"],
             "decision": "confirmed",
             "operator": "carol",
+            "role": "supervisor",
+            "auth": "password",
             "note": "",
             "time": decided[0]["time"],
         }
@@ -721,7 +730,7 @@ async def test_a_live_camera_whose_stream_dies_shows_reconnecting_while_the_othe
     tmp_path: Path, bundle: Path
 ) -> None:
     clip = make_ts_clip(tmp_path / "live.ts")
-    service = DashboardService(console=Console(file=io.StringIO(), width=160, height=50))
+    service = DashboardService(OPERATOR, console=Console(file=io.StringIO(), width=160, height=50))
 
     def cameras() -> dict[str, CameraStats]:
         return {s.name: s for s in deployment.snapshot().actors if isinstance(s, CameraStats)}

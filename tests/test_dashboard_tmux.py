@@ -18,6 +18,7 @@ from paths import CLIP, PEOPLE
 from system_tools import require_tools
 
 from lfr.audit import AuditRecord, audit_records
+from lfr.users import UserStore
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
 
@@ -111,6 +112,8 @@ def test_dashboard_under_tmux_adjudicates_by_keys_survives_resize_and_quits_clea
     tmp_path: Path, bundle: Path, tmux: Tmux
 ) -> None:
     data = tmp_path / "data"
+    users = tmp_path / "users.json"
+    UserStore(users).add("alice", "supervisor", "alice-supervisor-pw")  # supervisors quit by q
     config = tmp_path / "van.toml"
     config.write_text(f"""
 name = "van"
@@ -132,10 +135,16 @@ kind = "console"
 
 [[notifiers]]
 kind = "jsonl"
+
+[web]
+users_file = "{users}"
 """)
     exit_file = tmp_path / "exit"
-    command = f"{LFR} run {config} --dashboard --operator alice; echo $? > {exit_file}"
+    command = f"{LFR} run {config} --dashboard --user alice; echo $? > {exit_file}"
     tmux("new-session", "-d", "-x", "160", "-y", "50", "-s", "lfr", command)
+    # the operator logs in at the terminal before anything starts (the password is not echoed)
+    tmux.wait_for("password prompt", lambda s: "password:" in s, 30)
+    tmux("send-keys", "-t", "lfr", "alice-supervisor-pw", "Enter")
 
     screen = tmux.wait_for("alert row", lambda s: "▶" in s and "pending" in s, 90)
     for panel in ("Cameras (1)", "Pipeline", "Events", "Alerts (", "Selected alert"):

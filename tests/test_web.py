@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from paths import CLIP, PEOPLE, SCENES
+from web_users import client, login, make_users
 
 import lfr.web.tracks
 from lfr.audit import audit_records
@@ -40,6 +41,11 @@ def bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("wl") / "bundle"
     build_watchlist(PEOPLE, path, default_analyzer())
     return path
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory):
+    return make_users(tmp_path_factory.mktemp("users") / "users.json")
 
 
 def make_config(tmp_path, bundle, camera, **web):
@@ -96,10 +102,13 @@ def test_listen_is_parsed_and_localhost_by_default():
             parse_listen(bad)
     with pytest.raises(ValueError, match=r"web.ice_addresses\[1\]: not an IP address"):
         WebService(WebConfig(ice_addresses=["127.0.0.1", "eth0"]))
-    generated = WebService(WebConfig())
+    assert WebService(WebConfig()).token is None  # named users; no shared token
+    generated = WebService(WebConfig(demo_token=True))
     assert len(generated.token) >= 32 and generated.token_generated
     assert generated.token not in repr(generated)
-    assert WebService(WebConfig(token="s3cret")).token == "s3cret"
+    assert WebService(WebConfig(demo_token=True, token="s3cret")).token == "s3cret"
+    with pytest.raises(ValueError, match="token: a shared token is the demo mode only"):
+        WebConfig(token="s3cret")
 
 
 # -- what a viewer sees ------------------------------------------------------------------------
@@ -256,25 +265,24 @@ async def test_pipeline_keeps_going_with_a_stalled_viewer(tmp_path, bundle):
 
 
 @pytest.mark.anyio
-async def test_token_guards_everything_and_decisions_reach_the_audit_log(
-    tmp_path, bundle, capsys, caplog
+async def test_login_guards_everything_and_decisions_reach_the_audit_log(
+    tmp_path, bundle, users, capsys, caplog
 ):
     caplog.set_level(logging.INFO, logger="lfr.web")
-    config = make_config(tmp_path, bundle, LOOPING_CLIP)
+    config = make_config(tmp_path, bundle, LOOPING_CLIP, users_file=str(users.path))
     deployment = Deployment(config, load_plugins())
-    service = WebService(config.web, operator="Desk Officer")
-    async with running(deployment, service), aiohttp.ClientSession() as http:
+    service = WebService(config.web)
+    async with running(deployment, service), client() as http:
         url = service.url
         assert url.startswith("http://127.0.0.1:")
-        token = service.token
         await wait_for(lambda: deployment.view.recent_alerts())
         alert = deployment.view.recent_alerts()[0]
         assert alert.person_id == "lin_manuel_miranda"
         guarded = [
-            ("GET", ""),
             ("GET", "api/state"),
             ("GET", "api/alerts"),
             ("GET", "api/events"),
+            ("GET", "api/me"),
             ("GET", f"api/alerts/{alert.id}/crop.jpg"),
             ("GET", f"api/alerts/{alert.id}/watchlist.jpg"),
             ("POST", "offer"),
@@ -284,35 +292,43 @@ async def test_token_guards_everything_and_decisions_reach_the_audit_log(
         for method, path in guarded:
             for kwargs in (
                 {},
-                {"params": {"token": "wrong"}},
                 {"headers": {"Authorization": "Bearer wrong"}},
-                {"headers": {"Authorization": f"Basic {token}"}},
+                {"cookies": {"lfr_session": "forged"}},
             ):
                 async with http.request(method, url + path, json={}, **kwargs) as r:
                     assert r.status == 401, (method, path, kwargs)
-                    assert "token" in (await r.json())["error"]
-        async with http.get(url, params={"token": token}) as r:
-            assert r.status == 200
-            page = await r.text()
-            assert "static/app.js" in page
+                    assert "not logged in" in (await r.json())["error"]
+        # the page sends the browser to the login page; the login page and code are public
+        async with http.get(url, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "login"
+        async with http.get(url + "login") as r:
+            assert r.status == 200 and "static/login.js" in await r.text()
             assert r.headers["Referrer-Policy"] == "no-referrer"
-        async with http.get(url + "static/app.js") as r:  # code only: no token needed
+        async with http.get(url + "static/app.js") as r:
             assert r.status == 200
-        bearer = {"Authorization": f"Bearer {token}"}
-        async with http.get(url + "api/state", headers=bearer) as r:
+
+        response = await login(http, url, "olive")
+        assert response.status == 200
+        cookie = response.cookies["lfr_session"]
+        assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        assert not cookie["secure"]  # plain HTTP on loopback: a Secure cookie would not return
+        async with http.get(url) as r:
+            assert r.status == 200 and "static/app.js" in await r.text()
+        async with http.get(url + "api/state") as r:
             assert r.status == 200
             state = await r.json()
         assert [c["name"] for c in state["cameras"]] == ["stage"]
-        assert state["operator"] == "Desk Officer" and state["blur_non_matches"] is True
+        assert state["user"] == {"name": "olive", "role": "operator", "auth": "password"}
+        assert state["blur_non_matches"] is True
         for which, data in (("crop", alert.crop_jpeg), ("watchlist", alert.watchlist_jpeg)):
-            async with http.get(url + f"api/alerts/{alert.id}/{which}.jpg", headers=bearer) as r:
+            async with http.get(url + f"api/alerts/{alert.id}/{which}.jpg") as r:
                 assert r.status == 200 and r.content_type == "image/jpeg"
                 assert await r.read() == data
-        async with http.get(url + "api/alerts/0123/crop.jpg", headers=bearer) as r:
+        async with http.get(url + "api/alerts/0123/crop.jpg") as r:
             assert r.status == 404
 
         # the live stream starts with the state and the recent alerts
-        async with http.get(url + "api/events", params={"token": token}) as r:
+        async with http.get(url + "api/events") as r:
             assert r.status == 200 and r.content_type == "text/event-stream"
             seen = b""
             with anyio.fail_after(LIMIT_S):
@@ -321,34 +337,37 @@ async def test_token_guards_everything_and_decisions_reach_the_audit_log(
             assert b"event: state" in seen and b"event: alert" in seen
 
         decision_url = url + f"api/alerts/{alert.id}/decision"
-        async with http.post(decision_url, headers=bearer, json={"decision": "maybe"}) as r:
+        async with http.post(decision_url, json={"decision": "maybe"}) as r:
             assert r.status == 400 and "decision must be one of" in (await r.json())["error"]
-        async with http.post(
-            url + "api/alerts/nope/decision", headers=bearer, json={"decision": "confirmed"}
-        ) as r:
+        async with http.post(url + "api/alerts/nope/decision", json={"decision": "confirmed"}) as r:
             assert r.status == 404
-        async with http.post(
-            decision_url,
-            params={"token": token},
-            json={"decision": "confirmed", "operator": "Officer Web"},
-        ) as r:
+        async with http.post(decision_url, json={"decision": "confirmed"}) as r:
             assert r.status == 200
-            assert (await r.json())["operator"] == "Officer Web"
-        async with http.get(url + "api/state", headers=bearer) as r:
+            assert (await r.json())["operator"] == "olive"
+        async with http.get(url + "api/state") as r:
             counters = (await r.json())["counters"]
         assert counters["confirmed"] == 1
         # images past their retention are gone from the page too
         with Outbox(tmp_path / "data") as outbox:  # as retention would, in its own connection
             outbox.purge_images(0.0, now=time.time() + 1)
-        async with http.get(url + f"api/alerts/{alert.id}/crop.jpg", headers=bearer) as r:
+        async with http.get(url + f"api/alerts/{alert.id}/crop.jpg") as r:
             assert r.status == 404 and "purged" in (await r.json())["error"]
-    audit = [r for r in audit_records(tmp_path / "data") if r.kind == "adjudication"]
-    assert [(r.data["alert_id"], r.data["decision"], r.data["operator"]) for r in audit] == [
-        (alert.id, "confirmed", "Officer Web")
-    ]
-    assert capsys.readouterr().err.count(token) == 1  # printed once, at start
+        # logged out: the session is gone on the server, not only in the browser
+        async with http.post(url + "api/logout", json={}) as r:
+            assert r.status == 200
+        async with http.get(url + "api/state", cookies={"lfr_session": cookie.value}) as r:
+            assert r.status == 401
+    records = list(audit_records(tmp_path / "data"))
+    audit = [r for r in records if r.kind == "adjudication"]
+    assert [(r.data["alert_id"], r.data["decision"], r.data["operator"], r.data["role"])
+            for r in audit] == [(alert.id, "confirmed", "olive", "operator")]
+    (settings,) = [r.data for r in records if r.kind == "web_settings"]
+    assert settings["url"] == url and settings["auth"] == "users"
+    assert settings["tls"] is False and settings["beyond_loopback"] is False
+    assert "olive-operator-pw" not in capsys.readouterr().err
     assert any("/api/state" in m for m in caplog.messages)  # access is logged ...
-    assert not any(token in m for m in caplog.messages)  # ... without the token
+    assert any("olive (operator) logged in" in m for m in caplog.messages)
+    assert not any(cookie.value in m for m in caplog.messages)  # ... without the session id
 
 
 # -- WebRTC to a real peer ---------------------------------------------------------------------
@@ -361,7 +380,8 @@ async def offer(http, url, token, camera):
     with ice_host_addresses(["127.0.0.1"]):
         await pc.setLocalDescription(await pc.createOffer())
     payload = {"sdp": pc.localDescription.sdp, "type": "offer", "camera": camera}
-    async with http.post(url + "offer", params={"token": token}, json=payload) as r:
+    headers = {"Authorization": f"Bearer {token}"}  # the demo mode's shared token
+    async with http.post(url + "offer", headers=headers, json=payload) as r:
         return pc, r.status, await r.json()
 
 
@@ -376,7 +396,8 @@ def host_candidates(sdp):
 @pytest.mark.anyio
 async def test_real_webrtc_peer_receives_frames_and_the_viewer_cap_holds(tmp_path, bundle):
     config = make_config(
-        tmp_path, bundle, LOOPING_CLIP, max_viewers_per_camera=1, ice_addresses=["127.0.0.1"]
+        tmp_path, bundle, LOOPING_CLIP, max_viewers_per_camera=1, ice_addresses=["127.0.0.1"],
+        demo_token=True,
     )
     deployment = Deployment(config, load_plugins())
     service = WebService(config.web)

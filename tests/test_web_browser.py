@@ -1,4 +1,5 @@
-"""The viewer in real headless Chromium: video plays, an alert shows, a click is audited.
+"""The viewer in real headless Chromium: the officer logs in, video plays, an alert shows, a click
+is audited under the logged-in name.
 
 Chromium reaches out to other hosts at start-up and routes ICE over every interface, so the
 browser session runs in a network namespace of its own with only loopback (``unshare -n``, as
@@ -28,6 +29,7 @@ from screenshot_web import CHROMIUM_FLAGS as SCREENSHOT_FLAGS
 from lfr.audit import audit_records
 
 OFFICER = "Officer Browser"
+PASSWORD = "browser-officer-pw"
 SESSION_LIMIT_S = 90  # the browser session, from start-up to the recorded decision
 # The screenshot tool's flags (loopback WebRTC, autoplay, nothing fetched from the internet).
 CHROMIUM_FLAGS = [*SCREENSHOT_FLAGS, "--window-size=1400,900"]
@@ -81,25 +83,27 @@ def test_browser_plays_video_shows_alert_and_records_decision(tmp_path, bundle):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["no_token_status"] == report["wrong_token_status"] == 401
+    assert report["no_login_status"] == 401
+    assert report["query_token_status"] == 400  # a token in the address is never accepted
     assert report["video_width"] == 640 and report["video_height"] == 360
     assert report["current_time_after"] > report["current_time_before"]
     assert "Miranda" in report["alert_name"]  # the one person of the watchlist on stage
     assert len(report["image_widths"]) >= 2  # camera crop and watchlist photo, both loaded
     assert f"confirmed by {OFFICER}" in report["decision_text"]
+    assert report["user_text"] == f"{OFFICER} (operator)"
     decisions = [r.data for r in audit_records(tmp_path / "data") if r.kind == "adjudication"]
     assert decisions == [
         {
             "alert_id": report["alert_id"],
             "decision": "confirmed",
             "operator": OFFICER,
+            "role": "operator",
+            "auth": "password",
             "time": decisions[0]["time"],
             "note": "",
         }
     ]
-    # the token is printed once on stderr, and nowhere else
-    assert proc.stderr.count(report["token"]) == 1
-    assert report["token"] not in proc.stdout
+    assert PASSWORD not in proc.stderr + proc.stdout
 
 
 # -- the browser session (run inside the namespace) --------------------------------------------
@@ -123,7 +127,11 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
     from lfr.config import parse_config
     from lfr.deployment import Deployment
     from lfr.plugins import load_plugins
+    from lfr.users import UserStore
     from lfr.web import WebService
+
+    users = UserStore(workdir / "users.json")
+    users.add(OFFICER, "operator", PASSWORD)
 
     config = parse_config(
         {
@@ -134,13 +142,14 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
                 {"name": "stage", "url": str(CLIP), "realtime": True, "loop": True, "fps_cap": 10}
             ],
             "notifiers": [{"kind": "jsonl"}],
-            "web": {"listen": "127.0.0.1:0", "ice_addresses": ["127.0.0.1"]},
+            "web": {"listen": "127.0.0.1:0", "ice_addresses": ["127.0.0.1"],
+                    "users_file": str(users.path)},
         },
         "browser test",
     )
     deployment = Deployment(config, load_plugins())
     service = WebService(config.web)
-    report: dict[str, object] = {"token": service.token}
+    report: dict[str, object] = {}
     deadline = time.monotonic() + SESSION_LIMIT_S
 
     def left() -> float:
@@ -154,8 +163,8 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
         running = portal.start_task_soon(deployment.run, False, [service.run])
         try:
             url = portal.call(ready)
-            report["no_token_status"] = _status(url)
-            report["wrong_token_status"] = _status(url + "?token=wrong")
+            report["no_login_status"] = _status(url + "api/state")
+            report["query_token_status"] = _status(url + "api/state?token=wrong")
             options = webdriver.ChromeOptions()
             options.binary_location = "/usr/bin/chromium"
             for flag in CHROMIUM_FLAGS:
@@ -166,7 +175,11 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
             )
             try:
                 driver.set_page_load_timeout(30)
-                driver.get(f"{url}?token={service.token}")
+                driver.get(url)  # not logged in: the login page
+                WebDriverWait(driver, left()).until(lambda d: d.find_element(By.ID, "password"))
+                driver.find_element(By.ID, "name").send_keys(OFFICER)
+                driver.find_element(By.ID, "password").send_keys(PASSWORD)
+                driver.find_element(By.ID, "submit").click()
                 play = WebDriverWait(driver, left()).until(
                     lambda d: d.find_element(
                         By.CSS_SELECTOR, '#cameras li[data-camera="stage"] button.play'
@@ -218,9 +231,7 @@ def _session(workdir: Path, bundle: Path) -> dict[str, object]:
                     return widths if len(widths) >= 2 and all(w > 0 for w in widths) else None
 
                 report["image_widths"] = steady(image_widths)
-                name = driver.find_element(By.ID, "operator")
-                name.clear()
-                name.send_keys(OFFICER)
+                report["user_text"] = driver.find_element(By.ID, "user").text
                 steady(
                     lambda d: d.find_element(
                         By.CSS_SELECTOR, f'{card} button[data-decision="confirmed"]'

@@ -54,7 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=["confirmed", "false_alert", "no_action"],
         help="click this decision on the alert before the screenshot",
     )
-    parser.add_argument("--operator", default="Duty Officer", help="name typed in the page")
+    parser.add_argument("--operator", default="Duty Officer",
+                        help="name the demo token's decisions are recorded under")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the session")
     parser.add_argument(
         "--any-frame",
@@ -101,13 +102,16 @@ def _session(args: argparse.Namespace, scratch: Path) -> None:
 
     config = load_config(args.config)
     data_dir = args.data_dir or scratch / "data"
-    web = msgspec.structs.replace(config.web, listen="127.0.0.1:0", ice_addresses=["127.0.0.1"])
+    # The demo mode (one shared token) spares the tool a users file; decisions are recorded under
+    # --operator, marked as the demo token's.
+    web = msgspec.structs.replace(config.web, listen="127.0.0.1:0", ice_addresses=["127.0.0.1"],
+                                  demo_token=True)
     config = msgspec.structs.replace(config, web=web, data_dir=str(data_dir.resolve()))
     camera = args.camera or (config.cameras[0].name if config.cameras else None)
     if camera is None:
         raise SystemExit(f"{args.config}: no cameras to show")
     deployment = Deployment(config, load_plugins())
-    service = WebService(config.web, operator=args.operator)
+    service = WebService(config.web, demo_operator=args.operator)
     deadline = time.monotonic() + args.timeout
 
     def left() -> float:
@@ -138,12 +142,7 @@ def _session(args: argparse.Namespace, scratch: Path) -> None:
                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
                 )
                 driver.set_page_load_timeout(30)
-                driver.get(f"{url}?token={service.token}")
-                name = WebDriverWait(driver, left()).until(
-                    lambda d: d.find_element(By.ID, "operator")
-                )
-                name.clear()
-                name.send_keys(args.operator)
+                driver.get(f"{url}login#token={service.token}")  # exchanged for a session
                 WebDriverWait(driver, left()).until(
                     lambda d: d.find_element(
                         By.CSS_SELECTOR, f'#cameras li[data-camera="{camera}"] button.play'

@@ -93,16 +93,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         use_json_logs()
     config = load_config(Path(args.config))
-    if args.operator:
-        config = msgspec.structs.replace(config, operator=args.operator)
-    registry = load_registry()
-    analyzer = prepare_watchlist(config, args.json, registry)
+    user = None
+    if args.dashboard or args.user:
+        # The dashboard's decisions are its user's: authenticated before anything starts.
+        from lfr.cli.users import login
+        from lfr.users import UserStore
+
+        user = login(UserStore(config.users_file()), args.user, args.password_stdin)
+        if args.dashboard and not user.may("decide"):
+            raise UserError(f"{user.name} is an {user.role}: the dashboard is for operators and "
+                            "supervisors (auditors read: lfr report, lfr audit)")
+        config = msgspec.structs.replace(config, operator=user.name)
     services: list[Any] = []
     if args.web or config.web.enabled:
-        from lfr.web import WebService
-
-        web = config.web if not args.web else msgspec.structs.replace(config.web, listen=args.web)
-        services.append(WebService(web, operator=args.operator).run)
+        # The settings the viewer runs with (--web applied) are the ones the audit log records:
+        # in the config record and, once it listens, in its web_settings record.
+        config = msgspec.structs.replace(config, web=config.effective_web(args.web))
+        services.append(_web_service(config).run)
+    registry = load_registry()
+    analyzer = prepare_watchlist(config, args.json, registry)
     if args.metrics or config.metrics.enabled:
         from lfr.monitoring import MetricsService
 
@@ -110,10 +119,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dashboard:
         from lfr.dashboard import DashboardService
 
-        services.append(DashboardService(operator=args.operator).run)
+        assert user is not None  # authenticated above
+        services.append(DashboardService(user).run)
     alerts, summary = _run_deployment(config, offline=False, once=args.once, as_json=args.json,
                                       services=services, registry=registry, analyzer=analyzer)
     return print_run(alerts, summary, args.json)
+
+
+def _web_service(config: Config) -> Any:
+    """The web viewer for ``config.web`` (effective already), refused before the deployment
+    starts when its settings are: plain HTTP beyond loopback, a certificate that does not load,
+    no user who could log in (outside the demo mode)."""
+    from lfr.users import UsersFileError, UserStore
+    from lfr.web import WebService
+
+    store = UserStore(config.users_file())
+    try:
+        service = WebService(config.web, users=store)
+        if not config.web.demo_token and not any(
+                not u.disabled for u in store.users().values()):
+            raise UserError(f"web viewer: no active user in {store.path} to log in: add one "
+                            "(lfr users add NAME --role operator), or set web.demo_token = true "
+                            "for a demo with one shared token")
+    except (ValueError, UsersFileError) as exc:
+        raise UserError(f"{config.source_file or '<config>'}: {exc}") from None
+    return service
 
 
 def _demo_folder(args: argparse.Namespace) -> Path:
@@ -169,7 +199,11 @@ def register(sub: Any) -> None:
     run.add_argument("config", help="deployment config (TOML), e.g. configs/demo.toml")
     run.add_argument("--once", action="store_true",
                      help="play file cameras once (no looping) and exit when they end")
-    run.add_argument("--operator", help="who is operating (audit log); default: config or OS user")
+    run.add_argument("--user", metavar="NAME",
+                     help="log in as this user (lfr users); --dashboard asks for a name if not "
+                     "given. Decisions and the start record name the user")
+    run.add_argument("--password-stdin", action="store_true",
+                     help="read --user's password from the first line of stdin (else: asked)")
     run.add_argument("--dashboard", action="store_true",
                      help="live terminal dashboard: cameras, queues, alerts; adjudicate by keys")
     run.add_argument("--web", metavar="HOST:PORT",

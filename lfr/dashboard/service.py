@@ -1,7 +1,8 @@
 """The dashboard service: runs beside a deployment, draws `render()` and turns keys into decisions.
 
-`lfr run CONFIG --dashboard` starts it with `Deployment.run(services=[DashboardService().run])`;
-the deployment cancels it once the pipeline has drained.
+`lfr run CONFIG --dashboard` authenticates the operator at the terminal (``lfr users``), then
+starts it with `Deployment.run(services=[DashboardService(user).run])`; the deployment cancels it
+once the pipeline has drained.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from rich.live import Live
 
 from lfr.dashboard.render import DECISION_LABELS, CameraFlow, DashboardView, render
 from lfr.dashboard.terminal import LogCapture, cbreak, stdin_terminal, terminal_keys
+from lfr.decisions import AlreadyDecided, NotAllowed
 from lfr.messages import Alert, Decision
 from lfr.notify.console import terminal_owned
 from lfr.pipeline.matcher import MatcherStats
+from lfr.users import Principal
 
 if TYPE_CHECKING:
     from lfr.deployment import DeploymentView, Snapshot
@@ -46,20 +49,24 @@ class DashboardService:
 
     On a terminal it takes the alternate screen and reads keys from stdin in cbreak mode (restored
     at exit); elsewhere (a file console in tests) it only renders. ``keys`` replaces the terminal's
-    keys, e.g. an async generator in tests. Decisions go to ``deployment.adjudicate`` with the
-    operator's name: ``operator``, else the config's, else the OS user.
+    keys, e.g. an async generator in tests. Decisions go to ``deployment.adjudicate`` as
+    ``user``'s, the person authenticated at start (an operator or a supervisor; a supervisor may
+    also correct others' decisions and stop the deployment with ``q``).
     """
 
     def __init__(
         self,
-        operator: str | None = None,
+        user: Principal,
         refresh_s: float = 0.5,
         console: Console | None = None,
         keys: AsyncIterator[str] | None = None,
     ) -> None:
         if refresh_s <= 0:
             raise ValueError(f"refresh_s must be > 0, got {refresh_s!r}")
-        self.operator = operator
+        if not user.may("decide"):
+            raise ValueError(f"{user.name} is an {user.role}: the dashboard is for operators and "
+                             "supervisors (auditors read reports: lfr report, lfr audit)")
+        self.user = user
         self.refresh_s = refresh_s
         self.console = console if console is not None else Console(stderr=True)
         self.keys = keys
@@ -85,7 +92,7 @@ class DashboardService:
             selected=self.selected,
             flows=flows(snapshot),
             log=tuple(self.logs.lines),
-            operator=deployment.operator_name(self.operator),
+            operator=self.user.name,
             status=self.status,
             stopping=self.stopping,
         )
@@ -102,6 +109,9 @@ class DashboardService:
                 self.status = "no alert selected"
                 return
             self._decide(deployment, alerts[index], KEY_DECISIONS[key])
+        elif key == "q" and not self.user.may("stop"):
+            self.status = ("only a supervisor stops the deployment from the dashboard "
+                           "(Ctrl-C at the terminal that started it stops it too)")
         elif key == "q" and not self.stopping:
             self.stopping = True
             self.status = "stopping: sources stop, queues drain, notifiers flush"
@@ -110,8 +120,9 @@ class DashboardService:
     def _decide(self, deployment: DeploymentView, alert: Alert, decision: Decision) -> None:
         # On the event loop thread: the deployment's counters read its decisions there too.
         try:
-            adj = deployment.adjudicate(alert.id, decision, self.operator)
-        except (KeyError, RuntimeError, ValueError) as exc:  # gone, stopped, bad decision
+            adj = deployment.adjudicate(alert.id, decision, self.user)
+        except (KeyError, RuntimeError, ValueError, NotAllowed, AlreadyDecided) as exc:
+            # gone, stopped, bad decision, or another person's decision (operators only)
             self.status = f"not recorded: {exc}"
             return
         except Exception as exc:  # the disk, the database: tell the operator, keep running

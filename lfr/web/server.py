@@ -1,6 +1,18 @@
 """The supervisors' browser viewer: live video over WebRTC (aiortc), alerts, decisions (aiohttp).
 
-Everything but the static page code needs the token (``?token=`` or ``Authorization: Bearer``).
+Named users log in (``lfr users``; the login page, ``POST /api/login``) and get a server-side
+session: a random id in a cookie (HttpOnly, SameSite=Strict, Secure under TLS) that expires after
+``[web] session_minutes``. Every decision records the session's user, never a name from the
+request. The single shared token is a demo mode only (``[web] demo_token``, audited): sent as
+``Authorization: Bearer``, or exchanged for a session by the page (it reads the token from the
+URL's fragment, which never reaches the server). A token in the query string is refused
+everywhere; a state-changing request needs a JSON body (Content-Type application/json) and comes
+from the page's own origin, so another site's form cannot submit one.
+
+Beyond loopback the viewer speaks TLS (``[web] tls_cert``/``tls_key``) unless ``[web]
+allow_plain_http`` says otherwise; the settings it runs with go to the audit log
+(``web_settings``) once it listens.
+
 Frames reach viewers through per-camera latest-frame slots (lfr.web.tracks): the pipeline's
 listener only stores a reference; drawing, blurring and encoding happen on the viewers' side.
 """
@@ -13,7 +25,9 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import ssl
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,8 +40,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from anyio.streams.memory import MemoryObjectSendStream
 
+from lfr.audit import Kind
 from lfr.config import WebConfig
+from lfr.config import parse_listen as parse_address
+from lfr.decisions import AlreadyDecided, NotAllowed
 from lfr.runtime.broadcast import Subscription
+from lfr.users import AuthError, Principal, UsersFileError, UserStore
 from lfr.web.tracks import CameraFeed, FaceMark, Shot, ViewerStats, ViewerTrack
 
 if TYPE_CHECKING:
@@ -41,6 +59,10 @@ EVENT_BUFFER = 256  # per alert-stream client; a client this far behind is dropp
 STATE_EVERY_S = 1.0  # the alert stream pushes the cameras and counters this often
 RENDER_THREADS = 2  # worker threads drawing frames for viewers, all cameras together
 _ID = r"[0-9A-Za-z_-]{1,64}"
+SESSION_COOKIE = "lfr_session"
+PUBLIC_PATHS = frozenset({"/login", "/api/login"})  # and /static/: the page code, no data
+LOOPBACK_NAMES = frozenset({"localhost"})
+PRINCIPAL = web.RequestKey("principal", Principal)  # who is asking, set by the auth middleware
 
 
 class TooManyViewers(Exception):
@@ -56,11 +78,30 @@ class WebStats(msgspec.Struct, frozen=True):
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"web.listen: expected HOST:PORT (port 0-65535), got {listen!r}")
-    return host, int(port)
+    return parse_address(listen, "web.listen")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def tls_context(config: WebConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from ``[web] tls_cert``/``tls_key``; None without them."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"web.tls_cert {config.tls_cert} / web.tls_key {config.tls_key}: "
+                         f"cannot load the certificate and key: {exc}") from None
+    return context
 
 
 # -- ICE host addresses ------------------------------------------------------------------------
@@ -120,7 +161,7 @@ def ice_host_addresses(addresses: Sequence[str]) -> Iterator[None]:
 
 
 class _AccessLogger(AbstractAccessLogger):
-    """Path without the query string: the token must not reach the logs."""
+    """Path without the query string: whatever a client put there stays out of the logs."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("%s %s %d %.3fs", request.method, request.path, response.status, time)
@@ -141,7 +182,7 @@ def _sse(event: str, data: Any) -> bytes:
 
 
 _SECURITY_HEADERS = {
-    "Referrer-Policy": "no-referrer",  # page URLs carry the token
+    "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
@@ -151,15 +192,26 @@ _SECURITY_HEADERS = {
 }
 
 
+class _Session(msgspec.Struct):
+    principal: Principal
+    expires: float  # time.monotonic()
+
+
 class WebService:
-    """``await WebService(config.web).run(deployment)`` beside the pipeline (a deployment service).
+    """``await WebService(config.effective_web()).run(deployment)`` beside the pipeline (a
+    deployment service). ``users``: the store logins are checked against (default: the config's
+    ``users_file``, else the key directory's). ``demo_operator``: the name decisions made with the
+    demo token are recorded under (default: the config's operator name).
 
     ``url`` is the bound address once ``wait_ready()`` returns (port 0 picks a free port).
+    ValueError for settings it refuses: plain HTTP beyond loopback without ``allow_plain_http``,
+    a certificate that does not load, an ICE address that is no IP address.
     """
 
-    def __init__(self, config: WebConfig, operator: str | None = None) -> None:
+    def __init__(self, config: WebConfig, users: UserStore | None = None,
+                 demo_operator: str | None = None) -> None:
         self.config = config
-        self.operator = operator
+        self.demo_operator = demo_operator
         self.host, self.port = parse_listen(config.listen)
         for i, address in enumerate(config.ice_addresses):
             try:
@@ -168,8 +220,19 @@ class WebService:
                 raise ValueError(
                     f"web.ice_addresses[{i}]: not an IP address: {address!r}"
                 ) from None
-        self.token = config.token or secrets.token_urlsafe(24)
-        self.token_generated = not config.token
+        if not is_loopback(self.host) and not config.tls and not config.allow_plain_http:
+            raise ValueError(
+                f"web.listen {config.listen}: beyond this machine the viewer needs TLS "
+                "(set web.tls_cert and web.tls_key; `lfr web make-cert` makes a self-signed "
+                "pair for trials), or say web.allow_plain_http = true (audited): logins, "
+                "sessions and faces would cross the network in clear"
+            )
+        self.ssl_context = tls_context(config)
+        self.users = users if users is not None else UserStore(
+            Path(config.users_file) if config.users_file else None)
+        self.token = (config.token or secrets.token_urlsafe(24)) if config.demo_token else None
+        self.token_generated = config.demo_token and not config.token
+        self._sessions: dict[str, _Session] = {}
         self.url: str | None = None
         self.deployment: DeploymentView | None = None
         self.blur_non_matches = True
@@ -183,7 +246,8 @@ class WebService:
         self._cameras: frozenset[str] | None = None  # None: any camera (no deployment attached)
 
     def __repr__(self) -> str:
-        return f"WebService(listen={self.config.listen!r}, url={self.url!r}, token=***)"
+        return (f"WebService(listen={self.config.listen!r}, url={self.url!r}, "
+                f"demo_token={'***' if self.token else None})")
 
     # -- wiring into the deployment ----------------------------------------------------------
 
@@ -305,8 +369,9 @@ class WebService:
         data["watchlist_url"] = f"api/alerts/{alert.id}/watchlist.jpg"
         return data
 
-    def state(self) -> dict[str, Any]:
-        """What the page shows besides video and alerts: cameras, counters, viewers."""
+    def state(self, principal: Principal | None = None) -> dict[str, Any]:
+        """What the page shows besides video and alerts: cameras, counters, viewers, and who
+        ``principal`` (the page's user) is."""
         deployment = self._running()
         snap = deployment.snapshot()
         cameras = []
@@ -335,7 +400,8 @@ class WebService:
             "threshold": snap.threshold,
             "watchlist_size": snap.watchlist_size,
             "running_s": round(snap.running_s, 1),
-            "operator": self.operator or snap.operator,
+            "operator": snap.operator,  # who started the deployment
+            "user": msgspec.to_builtins(principal) if principal else None,
             "blur_non_matches": self.blur_non_matches,
             "max_viewers_per_camera": self.config.max_viewers_per_camera,
             "stun_servers": list(self.config.stun_servers),
@@ -352,27 +418,122 @@ class WebService:
             raise web.HTTPServiceUnavailable(text="no deployment attached")
         return self.deployment
 
-    def _authorised(self, request: web.Request) -> bool:
-        supplied = request.query.get("token")
-        if supplied is None:
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            supplied = value.strip() if scheme.lower() == "bearer" else None
-        return supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode())
+    # -- who is asking ------------------------------------------------------------------------
+
+    def demo_principal(self) -> Principal:
+        """Whoever holds the demo token: recorded under the configured operator name, marked as
+        the demo token's."""
+        name = self.demo_operator or (
+            self.deployment.operator_name() if self.deployment else "operator")
+        return Principal(name, "operator", auth="demo_token")
+
+    def _principal(self, request: web.Request) -> Principal | None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            supplied = value.strip()
+            if self.token and hmac.compare_digest(supplied.encode(), self.token.encode()):
+                return self.demo_principal()
+            return None
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = self._sessions.get(session_id) if session_id else None
+        if session is None:
+            return None
+        if session.expires < time.monotonic():
+            self._sessions.pop(session_id or "", None)
+            return None
+        try:
+            active = self.users.active(session.principal)
+        except UsersFileError:
+            log.exception("web: users file unreadable; session of %s refused",
+                          session.principal.name)
+            active = False
+        if not active:  # disabled (or role changed) since the login: the session ends
+            self._sessions.pop(session_id or "", None)
+            return None
+        return session.principal
+
+    def _same_origin(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        return origin is None or origin == f"{request.scheme}://{request.host}"
 
     @web.middleware
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        # The page's code and style carry no data; everything else needs the token.
-        if not request.path.startswith("/static/") and not self._authorised(request):
-            response = _error(
-                401,
-                "missing or wrong token: open the URL printed at start "
-                "(?token=...) or send Authorization: Bearer <token>",
-            )
+        if "token" in request.query:
+            # A token in an address ends up in histories, logs and Referer headers, and lets a
+            # plain link or form act for whoever holds it.
+            return _error(400, "a token in the address is never accepted: log in, or send "
+                          "Authorization: Bearer <token> (demo mode)")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            if request.content_type != "application/json":
+                return _error(415, "state-changing requests take a JSON body "
+                              "(Content-Type: application/json)")
+            if not self._same_origin(request):
+                return _error(403, "cross-origin request refused")
+        if request.path.startswith("/static/") or request.path in PUBLIC_PATHS:
+            return await handler(request)
+        principal = self._principal(request)
+        if principal is None:
+            if request.method == "GET" and request.path == "/":
+                raise web.HTTPSeeOther("login")
+            response = _error(401, "not logged in: log in at /login (or, in demo mode, send "
+                              "Authorization: Bearer <token>)")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+        request[PRINCIPAL] = principal
         return await handler(request)
+
+    async def _login_page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "login.html")
+
+    async def _login(self, request: web.Request) -> web.Response:
+        """``{name, password}`` (or, in demo mode, ``{token}``) -> a session cookie."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return _error(400, "expected a JSON body {name, password}")
+        if isinstance(body.get("token"), str):
+            if not self.token or not hmac.compare_digest(body["token"].encode(),
+                                                         self.token.encode()):
+                return _error(401, "wrong token" if self.token else "demo mode is off: log in "
+                              "with your user name and password")
+            principal = self.demo_principal()
+        elif isinstance(body.get("name"), str) and isinstance(body.get("password"), str):
+            try:
+                # argon2 takes a fraction of a second and 64 MiB: off the event loop.
+                principal = await anyio.to_thread.run_sync(
+                    self.users.authenticate, body["name"], body["password"])
+            except AuthError as exc:
+                log.warning("web: login refused for %r: %s", body["name"][:64], exc)
+                return _error(401, str(exc))
+            except UsersFileError as exc:
+                log.error("web: %s", exc)
+                return _error(503, "the users file cannot be read; see the server's log")
+        else:
+            return _error(400, "expected a JSON body {name, password}")
+        now = time.monotonic()
+        for sid in [k for k, v in self._sessions.items() if v.expires < now]:
+            del self._sessions[sid]
+        session_id = secrets.token_urlsafe(32)
+        lifetime_s = self.config.session_minutes * 60
+        self._sessions[session_id] = _Session(principal, now + lifetime_s)
+        log.info("web: %s (%s) logged in", principal.name, principal.role)
+        response = _json(msgspec.to_builtins(principal))
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=lifetime_s, path="/",
+                            httponly=True, samesite="Strict", secure=self.config.tls)
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        response = _json({"logged_out": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def _me(self, request: web.Request) -> web.Response:
+        return _json(msgspec.to_builtins(request[PRINCIPAL]))
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(_SECURITY_HEADERS)
@@ -383,7 +544,7 @@ class WebService:
         return web.FileResponse(STATIC / "index.html")
 
     async def _state(self, request: web.Request) -> web.Response:
-        return _json(self.state())
+        return _json(self.state(request[PRINCIPAL]))
 
     async def _alerts(self, request: web.Request) -> web.Response:
         deployment = self._running()
@@ -409,21 +570,22 @@ class WebService:
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "expected a JSON body {decision, operator?, note?}")
+            return _error(400, "expected a JSON body {decision, note?}")
         if not isinstance(body, dict) or not isinstance(body.get("decision"), str):
-            return _error(400, "expected a JSON body {decision, operator?, note?}")
-        operator = body.get("operator")
+            return _error(400, "expected a JSON body {decision, note?}")
+        # Any "operator" in the body is ignored: the decision is the logged-in user's.
         note = body.get("note", "")
-        if operator is not None and not isinstance(operator, str):
-            return _error(400, "operator: must be a string")
         if not isinstance(note, str):
             return _error(400, "note: must be a string")
-        operator = (operator or "").strip()[:100] or self.operator
         try:
             # In the event loop thread, like the pipeline's own updates of the counters.
             adjudication = deployment.adjudicate(
-                alert_id, body["decision"], operator=operator, note=note[:1000]
+                alert_id, body["decision"], request[PRINCIPAL], note=note[:1000]
             )
+        except NotAllowed as exc:
+            return _error(403, str(exc))
+        except AlreadyDecided as exc:
+            return _error(409, str(exc))
         except ValueError as exc:
             return _error(400, str(exc))
         except KeyError:
@@ -435,6 +597,10 @@ class WebService:
         return _json(data)
 
     async def _offer(self, request: web.Request) -> web.Response:
+        principal: Principal = request[PRINCIPAL]
+        if not principal.may("watch_video"):
+            return _error(403, f"{principal.name} is an {principal.role}: auditors read the "
+                          "record (alerts, counts); live video is for operators and supervisors")
         try:
             body = await request.json()
         except ValueError:
@@ -486,6 +652,7 @@ class WebService:
         """Server-sent events: ``state`` every second, ``alert`` and ``decision`` as they happen
         (the recent alerts first, so a reconnecting page misses nothing)."""
         deployment = self._running()
+        principal: Principal = request[PRINCIPAL]
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
@@ -494,14 +661,14 @@ class WebService:
         self._subscribers.add(send)
         try:
             with receive:
-                await response.write(b"retry: 2000\n\n" + _sse("state", self.state()))
+                await response.write(b"retry: 2000\n\n" + _sse("state", self.state(principal)))
                 for alert in deployment.recent_alerts():
                     await response.write(_sse("alert", self._alert_json(alert)))
                 while not self._closing:
                     message = None
                     with anyio.move_on_after(STATE_EVERY_S):
                         message = await receive.receive()
-                    await response.write(message or _sse("state", self.state()))
+                    await response.write(message or _sse("state", self.state(principal)))
         except (anyio.EndOfStream, ConnectionResetError):
             pass  # dropped for lagging, shutting down, or the page went away
         finally:
@@ -513,6 +680,10 @@ class WebService:
         app = web.Application(middlewares=[self._auth])
         app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._index)
+        app.router.add_get("/login", self._login_page)
+        app.router.add_post("/api/login", self._login)
+        app.router.add_post("/api/logout", self._logout)
+        app.router.add_get("/api/me", self._me)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/alerts", self._alerts)
         app.router.add_get("/api/events", self._events)
@@ -538,15 +709,34 @@ class WebService:
         assert self.url is not None
         return self.url
 
+    def settings(self) -> dict[str, Any]:
+        """The settings this viewer runs with: the audit log's ``web_settings`` record."""
+        return {
+            "listen": self.config.listen,
+            "url": self.url,
+            "beyond_loopback": not is_loopback(self.host),
+            "tls": self.config.tls,
+            "tls_cert": self.config.tls_cert,
+            "allow_plain_http": self.config.allow_plain_http,
+            "auth": "demo_token" if self.token else "users",
+            "users_file": str(self.users.path),
+            "session_minutes": self.config.session_minutes,
+            "max_viewers_per_camera": self.config.max_viewers_per_camera,
+        }
+
     def _announce(self) -> None:
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            print(
-                f"lfr web: listening on {self.host}, not only this machine: anyone who can "
-                "reach it and has the token sees the cameras",
-                file=sys.stderr,
-            )
-        if self.token_generated:
-            print(f"lfr web: {self.url}?token={self.token}", file=sys.stderr, flush=True)
+        if not is_loopback(self.host):
+            how = "over TLS" if self.config.tls else "in PLAIN HTTP (web.allow_plain_http)"
+            print(f"lfr web: listening on {self.host} {how}, not only this machine",
+                  file=sys.stderr)
+        if self.token is None:
+            print(f"lfr web: {self.url} (log in as a user: lfr users add)", file=sys.stderr,
+                  flush=True)
+            return
+        print("lfr web: DEMO MODE (web.demo_token): one shared token, decisions are recorded "
+              f"as {self.demo_principal().name}'s whoever holds it", file=sys.stderr)
+        if self.token_generated:  # in the fragment: it never reaches the server or its logs
+            print(f"lfr web: {self.url}#token={self.token}", file=sys.stderr, flush=True)
         else:
             print(f"lfr web: {self.url} (token from the config)", file=sys.stderr, flush=True)
 
@@ -565,6 +755,7 @@ class WebService:
             await runner.setup()
             try:
                 await self._listen(runner)
+                deployment.record_setting(Kind.WEB_SETTINGS, self.settings())
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._take_frames, frames)
                     tg.start_soon(self._take_alerts, alerts)
@@ -574,7 +765,7 @@ class WebService:
                     await runner.cleanup()
 
     async def _listen(self, runner: web.AppRunner) -> None:
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as exc:
@@ -584,7 +775,7 @@ class WebService:
             ) from None
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}/"
+        self.url = f"{'https' if self.ssl_context else 'http'}://{shown}:{port}/"
         self._announce()
         self._ready_event().set()
 

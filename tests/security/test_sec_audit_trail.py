@@ -68,7 +68,8 @@ def report_refused(data: Path, capsys: pytest.CaptureFixture[str]) -> bool:
 
 
 def _written_kinds() -> tuple[set[str], list[str]]:
-    """Kinds lfr's code writes (``.append(Kind.X, ...)`` / ``._write(Kind.X, ...)``), and every
+    """Kinds lfr's code writes (``.append(Kind.X, ...)`` / ``._write(Kind.X, ...)`` /
+    ``.record_setting(Kind.X, ...)``), and every
     write that names its kind by a string literal instead."""
     written: set[str] = set()
     literal: list[str] = []
@@ -82,7 +83,9 @@ def _written_kinds() -> tuple[set[str], list[str]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call):
                 continue
-            if (isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "_write")
+            # record_setting: a service's settings, through the deployment's view (web_settings)
+            if (isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("append", "_write", "record_setting")
                     and len(node.args) == 2):
                 first = node.args[0]
                 if kind_of(first):

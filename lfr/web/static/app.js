@@ -1,24 +1,24 @@
 // lfr live viewer: cameras over WebRTC, alerts over server-sent events, decisions by POST.
-// The token comes from the page URL (?token=...); it goes back as a Bearer header, or in the
-// query where the browser cannot set headers (EventSource, <img>).
+// The session cookie (HttpOnly, set at login) authenticates every request, EventSource and <img>
+// included; decisions are recorded under the logged-in user. Without a session the server sends
+// the browser to the login page (login.js), which also takes the demo mode's token.
 "use strict";
 
-const token = new URLSearchParams(location.search).get("token") || "";
 const players = new Map(); // camera -> {pc, viewer, figure, video}
 const alerts = new Map(); // alert id -> {data, element}
 let state = null;
 
 const $ = (id) => document.getElementById(id);
 
-function withToken(url) {
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-}
-
+// State-changing requests carry a JSON body: the server refuses anything else.
 async function api(path, options = {}) {
-  const headers = Object.assign({ Authorization: "Bearer " + token }, options.headers || {});
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
+  const init = Object.assign({ credentials: "same-origin" }, options, { headers });
+  if (init.method === "POST" && init.body === undefined) init.body = "{}";
+  const response = await fetch(path, init);
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
+  if (response.status === 401) location.replace("login");
   if (!response.ok) {
     throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
   }
@@ -52,8 +52,7 @@ function renderState(s) {
   $("deployment").textContent = s.name;
   $("location").textContent = s.location;
   document.title = `lfr – ${s.name}`;
-  const operator = $("operator");
-  if (!operator.value) operator.value = localStorage.getItem("lfr.operator") || s.operator || "";
+  if (s.user) $("user").textContent = `${s.user.name} (${s.user.role}${s.user.auth === "demo_token" ? ", demo token" : ""})`;
   $("counters").replaceChildren(...COUNTERS.map(([key, label]) =>
     el("div", { dataset: { counter: key } }, [el("dt", { text: label }), el("dd", { text: String(s.counters[key]) })])));
   $("pending").textContent = s.counters.pending ? String(s.counters.pending) : "";
@@ -129,7 +128,6 @@ async function play(camera) {
     await gatheringComplete(pc);
     const answer = await api("offer", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, camera }),
     });
     player.viewer = answer.viewer;
@@ -152,7 +150,12 @@ function stop(camera) {
 
 window.addEventListener("pagehide", () => {
   for (const [, player] of players) {
-    if (player.viewer) navigator.sendBeacon(withToken(`api/viewers/${player.viewer}/close`));
+    if (player.viewer) {
+      fetch(`api/viewers/${player.viewer}/close`, {
+        method: "POST", keepalive: true, credentials: "same-origin",
+        headers: { "Content-Type": "application/json" }, body: "{}",
+      }).catch(() => {});
+    }
   }
 });
 
@@ -162,11 +165,12 @@ const DECISIONS = [["confirmed", "Confirm"], ["false_alert", "False alert"], ["n
 
 function renderAlert(data) {
   let entry = alerts.get(data.id);
+  const mayDecide = !state || !state.user || state.user.role !== "auditor";
   const element = el("li", { class: data.decision ? "alert decided" : "alert", dataset: { id: data.id } }, [
     el("div", { class: "images" }, [
-      el("figure", {}, [el("img", { src: withToken(data.crop_url), alt: `camera crop, ${data.camera}` }),
+      el("figure", {}, [el("img", { src: data.crop_url, alt: `camera crop, ${data.camera}` }),
         el("figcaption", { text: "camera" })]),
-      el("figure", {}, [el("img", { src: withToken(data.watchlist_url), alt: `watchlist image of ${data.name}` }),
+      el("figure", {}, [el("img", { src: data.watchlist_url, alt: `watchlist image of ${data.name}` }),
         el("figcaption", { text: "watchlist" })]),
     ]),
     el("div", { class: "who", text: data.name }),
@@ -175,6 +179,7 @@ function renderAlert(data) {
     el("div", { class: "meta", text: `${data.camera} · ${new Date(data.time).toLocaleTimeString()}` }),
     data.decision
       ? el("div", { class: "decision", text: data.decision.replace("_", " ") + (data.operator ? ` by ${data.operator}` : "") })
+      : !mayDecide ? el("div", { class: "decision", text: "pending" })
       : el("div", { class: "actions" }, DECISIONS.map(([decision, label]) =>
         el("button", { class: "decide", dataset: { decision }, text: label, onclick: (e) => decide(data.id, decision, e.target) }))),
   ]);
@@ -190,14 +195,11 @@ function renderAlert(data) {
 }
 
 async function decide(id, decision, button) {
-  const operator = $("operator").value.trim();
-  if (operator) localStorage.setItem("lfr.operator", operator);
   for (const b of button.parentElement.querySelectorAll("button")) b.disabled = true;
   try {
     const result = await api(`api/alerts/${id}/decision`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ decision, operator: operator || null }),
+      body: JSON.stringify({ decision }),
     });
     onDecision(result);
     status("");
@@ -216,7 +218,7 @@ function onDecision(result) {
 // -- live updates --------------------------------------------------------------------------
 
 function connect() {
-  const events = new EventSource(withToken("api/events"));
+  const events = new EventSource("api/events");
   events.addEventListener("state", (e) => renderState(JSON.parse(e.data)));
   events.addEventListener("alert", (e) => {
     const data = JSON.parse(e.data);
@@ -228,6 +230,9 @@ function connect() {
   events.addEventListener("error", () => status("connection to the server lost; retrying…"));
 }
 
-$("operator").addEventListener("change", (e) => localStorage.setItem("lfr.operator", e.target.value.trim()));
-if (!token) status("no token in the address: open the URL printed by lfr at start");
+$("logout").addEventListener("click", async () => {
+  await api("api/logout", { method: "POST" }).catch(() => {});
+  location.replace("login");
+});
+
 connect();
