@@ -535,3 +535,20 @@ def test_lfr_run_processes_every_frame_of_a_file_played_as_fast_as_it_decodes(
     assert summary["dropped_frames"] == 0
     camera = summary["cameras"]["recorded"]
     assert camera["frames_emitted"] == decoded and camera["dropped_frames"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_file_read_as_fast_as_it_decodes_is_captured_on_its_own_clock(
+    clips: dict[str, Path],
+) -> None:
+    """Capture times of a realtime=false file follow its timestamps (25 fps: 40 ms apart), not
+    how fast this machine reads it: the tracker's time limits then decide the same way on a
+    loaded machine and an idle one. A loop keeps the clock going forward."""
+    with anyio.fail_after(60):
+        # a consumer that takes 60 ms a frame: slower than the clip's 40 ms
+        run = await play(settings(clips["mp4"], loop=True), capacity=1, delay_s=0.06,
+                         stop_after=N_FRAMES + 10, keep=N_FRAMES + 10)
+    steps = np.diff([f.mono_time for f in run.frames])
+    within = np.concatenate([steps[: N_FRAMES - 1], steps[N_FRAMES:]])
+    assert np.allclose(within, 0.04, atol=1e-6)  # on the file's clock, not the reader's
+    assert steps[N_FRAMES - 1] > 0  # the loop's first frame comes after the last one

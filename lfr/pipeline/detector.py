@@ -61,7 +61,7 @@ class DetectorActor(Actor):
             self.rejected += len(found) - len(faces)
             rejected = tuple(f.detection for f in found if f.embedding is None)
             await self.out.send(FrameFaces(frame, faces, rejected))
-            self.metrics.processed(latency_s=time.monotonic() - frame.mono_time)
+            self.metrics.processed(latency_s=max(0.0, time.monotonic() - frame.mono_time))
 
     async def finish(self) -> None:
         self.frames.close()

@@ -128,12 +128,13 @@ class MatcherActor(Actor):
             for alert in alerts:
                 await self._raise(alert)
             done = time.monotonic()
-            self._count(item, len(alerts), done - now)
+            # A file read faster than real time is captured on its own clock, ahead of now.
+            self._count(item, len(alerts), max(0.0, done - now))
             results: list[MatchResult | None] = [
                 None if p is None else MatchResult(person_id=p[0], score=p[1], candidates=())
                 for p in step.persons]
             self.frames.publish(FrameReport(item, results, alerts, done, step.track_ids))
-            self.metrics.processed(latency_s=done - now)
+            self.metrics.processed(latency_s=max(0.0, done - now))
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).
         now = self._last_mono if self._last_mono is not None else time.monotonic()

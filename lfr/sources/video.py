@@ -279,7 +279,12 @@ class VideoSource:
         decoder = await self._in_thread(_Decoder.open, self.settings, abandon=True)
         base_decoded, base_skipped = self.frames_decoded, self.frames_skipped
         paced = self.settings.realtime and not self.settings.live
-        origin: float | None = None  # monotonic time of stream time 0, when paced
+        # Monotonic time of stream time 0. A paced file's frames are captured when played; a file
+        # read as fast as it decodes is captured on its own clock (origin + media time), so the
+        # tracker's time limits mean the same whatever the machine's speed or load, and an
+        # offline run decides the same every time.
+        origin: float | None = None
+        last_capture = -float("inf")
         try:
             self.source_fps = decoder.source_fps
             self.width, self.height = decoder.width, decoder.height
@@ -298,6 +303,11 @@ class VideoSource:
                         origin = now - picture.media_time
                     await anyio.sleep(max(0.0, origin + picture.media_time - now))
                     wall_time, mono_time = time.time(), time.monotonic()  # its capture time
+                elif not self.settings.live:
+                    if origin is None or origin + picture.media_time <= last_capture:
+                        # The first frame, or the file looped: its clock goes on from here.
+                        origin = max(mono_time, last_capture + 1e-3) - picture.media_time
+                    mono_time = last_capture = origin + picture.media_time
                 yield Frame(
                     camera=self.name,
                     index=base_decoded + picture.number,
