@@ -115,6 +115,7 @@ class MatcherActor(Actor):
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
+        await self._hold_recent_alerts()
         async for item in self.faces:
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
@@ -136,6 +137,18 @@ class MatcherActor(Actor):
         now = self._last_mono if self._last_mono is not None else time.monotonic()
         for verdict in self.policy.flush(now):
             await self._raise(self._make_alert(verdict, now))
+
+    async def _hold_recent_alerts(self) -> None:
+        """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``
+        of wall time (an earlier run, or this one before a restart) hold their (camera, person)
+        for the rest of it, so a restart does not announce the same person again."""
+        cooldown = self.policy.cooldown
+        if cooldown.seconds <= 0:
+            return
+        now = time.time()
+        recent = await anyio.to_thread.run_sync(self.outbox.sightings, now - cooldown.seconds)
+        for seen in recent:
+            cooldown.hold(seen.camera, seen.person_id, cooldown.seconds - (now - seen.wall_time))
 
     def _make_alert(self, verdict: Verdict, decided: float) -> Alert:
         # The evidence is the track's best face: its crop, box, frame and capture time.
