@@ -98,7 +98,8 @@ class MatcherActor(Actor):
     def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
                  policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], alerts: Broadcast[Alert] | None = None,
-                 frames: Broadcast[FrameReport] | None = None) -> None:
+                 frames: Broadcast[FrameReport] | None = None,
+                 hold_recent_alerts: bool = True) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
@@ -107,6 +108,7 @@ class MatcherActor(Actor):
         self.notifier_names = list(notifier_names)
         self.alerts = alerts if alerts is not None else Broadcast("alerts")
         self.frames = frames if frames is not None else Broadcast("frames")
+        self.hold_recent_alerts = hold_recent_alerts
         self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
@@ -141,9 +143,12 @@ class MatcherActor(Actor):
     async def _hold_recent_alerts(self) -> None:
         """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``
         of wall time (an earlier run, or this one before a restart) hold their (camera, person)
-        for the rest of it, so a restart does not announce the same person again."""
+        for the rest of it, so a restart does not announce the same person again. Not for
+        replays of recorded video (``hold_recent_alerts`` False: the demo, `lfr eval video`),
+        whose people are not in front of a camera now and whose results must not depend on an
+        earlier run."""
         cooldown = self.policy.cooldown
-        if cooldown.seconds <= 0:
+        if not self.hold_recent_alerts or cooldown.seconds <= 0:
             return
         now = time.time()
         recent = await anyio.to_thread.run_sync(self.outbox.sightings, now - cooldown.seconds)
