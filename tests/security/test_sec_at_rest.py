@@ -302,3 +302,19 @@ def test_an_outbox_from_before_encryption_is_sealed_when_opened(tmp_path: Path) 
 def test_embeddings_file_is_sealed(site: Site) -> None:
     assert not (site.bundle / "embeddings.npy").exists()
     assert (site.bundle / EMBEDDINGS).read_bytes().startswith(b"LFRSEAL1")
+
+
+def test_a_config_names_its_own_data_key_for_build_and_run(tmp_path: Path) -> None:
+    from lfr.config import load_config
+    from lfr.matching import configured_watchlist
+
+    site_key = DataKey.generate("test")
+    write_data_key(tmp_path / "site.key", site_key)
+    config = tmp_path / "site.toml"
+    config.write_text(f'name = "keyed"\n[watchlist]\nbundle = "wl"\n'
+                      f'[keys]\ndata_key = "site.key"\n[[cameras]]\nname = "c"\nurl = "{CLIP}"\n')
+    assert main(["watchlist", "build", str(PEOPLE), "-o", str(tmp_path / "wl"),
+                 "--config", str(config), "--json"]) == 0
+    assert configured_watchlist(load_config(config)).persons  # the config's key opens it
+    with pytest.raises(WatchlistError, match=f"encrypted with key {site_key.fingerprint}"):
+        load_bundle(tmp_path / "wl")  # the user's key does not
