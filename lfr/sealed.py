@@ -30,15 +30,11 @@ class WrongKeyError(SealError):
     """A blob sealed with another key than the one at hand; the message names both."""
 
 
-def key_id_of(blob: bytes) -> str | None:
+def _sealed_with(blob: bytes) -> str | None:
     """The fingerprint of the key that sealed ``blob``; None for a blob lfr did not seal."""
-    if not is_sealed(blob):
+    if not blob.startswith(MAGIC) or len(blob) < _HEADER + _TAG_BYTES:
         return None
     return blob[len(MAGIC):len(MAGIC) + _ID_BYTES].hex()
-
-
-def is_sealed(blob: bytes) -> bool:
-    return blob.startswith(MAGIC) and len(blob) >= _HEADER + _TAG_BYTES
 
 
 class DataKey:
@@ -73,7 +69,7 @@ class DataKey:
     def open(self, blob: bytes, context: str, what: str) -> bytes:
         """The data sealed as ``context``; ``what`` names the blob in errors ("alert 3f2a's
         crop", "watchlist bundle /srv/wl")."""
-        sealed_with = key_id_of(blob)
+        sealed_with = _sealed_with(blob)
         if sealed_with is None:
             raise SealError(f"{what}: not encrypted by lfr (damaged, or written by another tool)")
         if sealed_with != self.fingerprint:

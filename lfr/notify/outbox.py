@@ -25,7 +25,7 @@ import msgspec
 
 from lfr.keys import load_data_key
 from lfr.messages import Adjudication, Alert
-from lfr.sealed import DataKey, WrongKeyError, is_sealed
+from lfr.sealed import DataKey, WrongKeyError
 
 DB_NAME = "outbox.sqlite"
 _IMAGE_FIELDS = ("crop_jpeg", "watchlist_jpeg")
@@ -154,7 +154,7 @@ class Outbox:
 
     def _seal(self, alert: Alert) -> Alert:
         sealed = {f: self._key.seal(image, f"lfr alert {alert.id} {f}")
-                  for f in _IMAGE_FIELDS if (image := getattr(alert, f)) and not is_sealed(image)}
+                  for f in _IMAGE_FIELDS if (image := getattr(alert, f))}
         return msgspec.structs.replace(alert, **sealed) if sealed else alert
 
     def _open(self, payload: bytes) -> Alert:
