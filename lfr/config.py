@@ -88,6 +88,15 @@ class AuditConfig(Section, frozen=True):
     signing_key: str | None = None
 
 
+class KeysConfig(Section, frozen=True):
+    """The key that encrypts faces at rest (lfr.sealed): alert crops in the outbox, watchlist
+    thumbnails and embeddings."""
+
+    # AES-256 data key file (lfr.keys format); default: the user's data.key in lfr's key
+    # directory, created at first use. Never inside the data directory or a bundle.
+    data_key: str | None = None
+
+
 class NotifyConfig(Section, frozen=True):
     # On stop (a signal, or the sources' end with --once) notifiers get this long to deliver what
     # is left; what they could not deliver stays in the outbox, is counted as undelivered (run
@@ -173,6 +182,7 @@ class Config(Section, frozen=True):
     pipeline: PipelineConfig = msgspec.field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
+    keys: KeysConfig = msgspec.field(default_factory=KeysConfig)
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -188,6 +198,10 @@ class Config(Section, frozen=True):
         key = self.audit.signing_key
         return {"key_file": self.resolve_path(key) if key else None,
                 "seal_every": self.audit.seal_every}
+
+    def data_key_file(self) -> Path | None:
+        """``[keys] data_key`` resolved; None: the user's key (lfr.keys.load_data_key)."""
+        return self.resolve_path(self.keys.data_key) if self.keys.data_key else None
 
     def resolved_data_dir(self) -> Path:
         """``data_dir``, by default ``lfr-data/<name>``: relative to the config file's folder like

@@ -25,6 +25,7 @@ import msgspec
 from lfr.audit import AuditLog, Kind, audit_records
 from lfr.config import Config, resolve_backends
 from lfr.decisions import DecisionLog
+from lfr.keys import load_data_key
 from lfr.messages import Adjudication, Alert, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.outbox import Outbox
@@ -261,7 +262,7 @@ class Deployment:
         drained."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit, \
-                Outbox(self.data_dir) as outbox:
+                Outbox(self.data_dir, load_data_key(self.config.data_key_file())) as outbox:
             try:
                 self._outbox, self._audit = outbox, audit
                 self._decisions = DecisionLog(outbox, audit)

@@ -1,11 +1,15 @@
-"""lfr's key directory: the keys that sign the audit log, kept per user and outside every data
-directory.
+"""lfr's key directory: the keys that sign the audit log and encrypt faces at rest, kept per user
+and outside every data directory and bundle.
 
 The directory is ``$LFR_KEY_DIR`` when set, else ``<platformdirs user data dir>/lfr/keys``. It is
 created at first use with mode 0700 and each key file with 0600, so ``lfr demo`` and ``lfr run``
 need no set-up. A key kept beside the log it signs would protect nothing: whoever rewrites the log
-could re-sign it, so keys never live in a data directory (``audit.pub``, the public half, is copied
+could re-sign it, and a key kept beside the faces it encrypts would hide nothing, so keys never
+live in a data directory or a bundle (``audit.pub``, the public half of the signing key, is copied
 there so a copied directory can be checked).
+
+``data.key`` is the AES-256 key (``lfr.sealed``) that encrypts alert crops in outboxes and each
+bundle's own key: one per user, so a bundle built on its own serves any deployment of that user.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from platformdirs import user_data_dir
 
+from lfr.sealed import DataKey
+
 KEY_DIR_ENV = "LFR_KEY_DIR"
 AUDIT_KEY_NAME = "audit-signing.key"  # Ed25519 private key, PEM (PKCS8), 0600
 PUBLIC_KEY_NAME = "audit.pub"  # the public half, PEM: beside the private key and in data dirs
+DATA_KEY_NAME = "data.key"  # AES-256 key for faces at rest, base64 between PEM-style lines, 0600
+_DATA_KEY_BEGIN, _DATA_KEY_END = "-----BEGIN LFR DATA KEY-----", "-----END LFR DATA KEY-----"
 
 
 class KeyFileError(Exception):
@@ -68,14 +76,53 @@ def load_signing_key(path: Path | None = None) -> Ed25519PrivateKey:
             write_private(directory / PUBLIC_KEY_NAME, public_pem(key.public_key()))
             return key
     try:
-        if path.stat().st_mode & 0o077:
-            raise KeyFileError(f"{path}: signing key is readable by other users (chmod 600 it)")
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+        loaded = serialization.load_pem_private_key(_read_private(path, "signing key"),
+                                                     password=None)
+    except ValueError as exc:
         raise KeyFileError(f"{path}: cannot read the audit signing key: {exc}") from None
     if not isinstance(loaded, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: not an Ed25519 private key")
     return loaded
+
+
+def _read_private(path: Path, what: str) -> bytes:
+    """A key file's bytes, refused when other users may read it."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise KeyFileError(f"{path}: {what} is readable by other users (chmod 600 it)")
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
+
+
+def load_data_key(path: Path | None = None) -> DataKey:
+    """The key that encrypts faces at rest: ``path`` (a config's ``[keys] data_key``, which must
+    exist) or the key directory's ``data.key``, created on first use."""
+    if path is None:
+        directory = key_dir()
+        path = directory / DATA_KEY_NAME
+        if not path.exists():
+            _private_dir(directory)
+            key = DataKey.generate(f"the user's key {path}")
+            write_data_key(path, key)
+            return key
+        source = f"the user's key {path}"
+    else:
+        source = f"[keys] data_key {path}"
+    text = _read_private(path, "data key").decode("ascii", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        if lines[0] != _DATA_KEY_BEGIN or lines[-1] != _DATA_KEY_END:
+            raise ValueError("not an lfr data key")
+        return DataKey(base64.b64decode("".join(lines[1:-1]), validate=True), source)
+    except (IndexError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise KeyFileError(f"{path}: not an lfr data key file ({exc})") from None
+
+
+def write_data_key(path: Path, key: DataKey) -> None:
+    """Save a data key (0600): to share one user's key with another machine, copy this file."""
+    text = f"{_DATA_KEY_BEGIN}\n{base64.b64encode(key.secret).decode()}\n{_DATA_KEY_END}\n"
+    write_private(path, text.encode("ascii"))
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:

@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 
 from lfr.config import Backends, Config, resolve_backends
+from lfr.keys import load_data_key
 from lfr.messages import Candidate
 from lfr.plugins import BuildContext, ConfigError, Registry
 from lfr.watchlist.bundle import Watchlist, load_bundle
@@ -91,7 +92,8 @@ def configured_watchlist(config: Config) -> Watchlist:
     if config.watchlist is None:
         raise ConfigError(f"{config.source_file or '<config>'}: $.watchlist: no watchlist bundle "
                           "configured")
-    return load_bundle(config.resolve_path(config.watchlist.bundle))
+    return load_bundle(config.resolve_path(config.watchlist.bundle),
+                       key=load_data_key(config.data_key_file()))
 
 
 def configured_matcher(config: Config, registry: Registry, watchlist: Watchlist, *,

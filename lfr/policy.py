@@ -27,11 +27,29 @@ if TYPE_CHECKING:
 
 class Cooldown:
     """At most one alert per (camera, person) within ``seconds`` of capture time: a person who
-    leaves and comes back (a new track) is not announced again at once."""
+    leaves and comes back (a new track) is not announced again at once.
+
+    Alerts raised before this run (another process, on another clock) are handed in with
+    ``hold``: the pair stays held for the seconds left of its cooldown, counted from the first
+    capture time ``start`` sees. The caller reads them from where alerts persist."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], float] = {}  # seconds left, not yet on this clock
+
+    def hold(self, camera: str, person_id: str, remaining_s: float) -> None:
+        """Admit no alert for (camera, person) for ``remaining_s`` from the next frame on."""
+        key = (camera, person_id)
+        if remaining_s > 0:
+            self._held[key] = max(remaining_s, self._held.get(key, 0.0))
+
+    def start(self, now: float) -> None:
+        """Put the held pairs on the capture clock, ``now`` being a frame's capture time."""
+        for key, remaining in self._held.items():
+            last = now - (self.seconds - min(remaining, self.seconds))
+            self._last[key] = max(last, self._last.get(key, last))
+        self._held.clear()
 
     def admit(self, verdict: Verdict, now: float) -> bool:
         key = (verdict.camera, verdict.person_id)
@@ -73,6 +91,7 @@ class AlertPolicy:
     def observe(self, camera: str, faces: Sequence[Face], capture_time: float) -> PolicyStep:
         """THE decide step: one frame of ``camera``, captured at ``capture_time`` (monotonic).
         Tracks of every camera unseen for the tracker's ``max_age_s`` end here too."""
+        self.cooldown.start(capture_time)
         ranked = self._rank(faces)
         matches = sum(r[0].score >= self.threshold for r in ranked if r)
         outcome = self.tracker.update(camera, faces, ranked, capture_time)
@@ -83,6 +102,7 @@ class AlertPolicy:
     def flush(self, capture_time: float) -> list[Verdict]:
         """The input has ended: every open track ends, and those that never decided decide
         with what they have, admitted as of ``capture_time`` (the last frame's)."""
+        self.cooldown.start(capture_time)
         return self._admit(self.tracker.flush(), capture_time)
 
     def _rank(self, faces: Sequence[Face]) -> list[list[Candidate]]:

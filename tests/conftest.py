@@ -1,3 +1,4 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,14 @@ def _builtin_backends_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LFR_PLUGINS", "")
 
 
-@pytest.fixture(scope="session")
-def _session_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("lfr-keys")
+@pytest.fixture(scope="session", autouse=True)
+def _session_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Set for the whole session, so module- and session-scoped fixtures (bundles built once per
+    module) use the test keys too, never the user's own."""
+    path = tmp_path_factory.mktemp("lfr-keys")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LFR_KEY_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -160,6 +160,34 @@ def test_cooldown_spans_tracks_and_cameras_are_apart() -> None:
     assert sorted(v.camera for v in raised) == ["a", "b"]
 
 
+def test_a_held_cooldown_counts_from_the_first_frame_on_the_capture_clock() -> None:
+    """Alerts of an earlier run (seeded by the matcher from the outbox) hold their (camera,
+    person) for the seconds left, whatever the capture clock reads when this run starts."""
+
+    def raised(policy: AlertPolicy, start: float) -> list[str]:
+        verdicts = []
+        for n in range(5):
+            for camera in ("a", "b"):
+                faces = walk(LISTED, 1, seed=n, start=n, camera=camera)[0]
+                verdicts += policy.observe(camera, faces, start + n / 10).verdicts
+        return [v.camera for v in verdicts + policy.flush(start + 1)]
+
+    person = AlertPolicy(RANK, 0.5, TrackerSettings(), 0.0).search(
+        np.stack([walk(LISTED, 1, seed=0)[0][0].embedding]))[0][0].person_id
+    held = AlertPolicy(RANK, 0.5, TrackerSettings(), 60.0)
+    held.cooldown.hold("a", person, 30.0)
+    held.cooldown.hold("b", "someone else", 30.0)
+    assert raised(held, start=5000.0) == ["b"]  # camera a is held, b is not
+    # 30 s of capture time after the first frame the hold is over.
+    assert raised(held, start=5030.5) == ["a"]  # (b: within its own new cooldown)
+    # Holds never outlast the cooldown, and a spent one (<= 0 s left) holds nothing.
+    short = AlertPolicy(RANK, 0.5, TrackerSettings(), 5.0)
+    short.cooldown.hold("a", person, 600.0)
+    short.cooldown.hold("b", person, -1.0)
+    assert raised(short, start=0.0) == ["b"]
+    assert raised(short, start=5.5) == ["a", "b"]
+
+
 def test_confirmation_waits_for_consecutive_updates() -> None:
     frames = walk(LISTED, 6, seed=7)
     decided_at = {}

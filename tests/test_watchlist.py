@@ -24,6 +24,7 @@ from lfr.watchlist import (
     load_bundle,
     rebuild_reason,
 )
+from lfr.watchlist.bundle import write_bundle
 from lfr.watchlist.enrol import count_images, decode_image, display_name
 
 DEMO = Path("/work/shared/data/demo")
@@ -336,28 +337,38 @@ def test_corrupt_bundles_are_refused(
     demo: tuple[Path, BuildReport, list[EnrolOutcome]], tmp_path: Path
 ) -> None:
     bundle = copy_bundle(demo, tmp_path)
-    manifest = (bundle / "manifest.json").read_bytes()
-    embeddings = np.load(bundle / "embeddings.npy")
+    loaded = load_bundle(bundle)
+    manifest, embeddings = (bundle / "manifest.json").read_bytes(), loaded.vectors
+    sealed = (bundle / "embeddings.sealed").read_bytes()
 
-    np.save(bundle / "embeddings.npy", embeddings[:-1])
+    # Sealed: a changed byte, garbage, or a manifest edited to put rows under other names.
+    (bundle / "embeddings.sealed").write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    with pytest.raises(WatchlistError, match=r"embeddings\.sealed .*does not decrypt"):
+        load_bundle(bundle)
+    (bundle / "embeddings.sealed").write_bytes(b"garbage")
+    with pytest.raises(WatchlistError, match=r"embeddings\.sealed .*not encrypted by lfr"):
+        load_bundle(bundle)
+    (bundle / "embeddings.sealed").write_bytes(sealed)
+    (bundle / "manifest.json").write_bytes(manifest.replace(b'"Rose Leslie"', b'"Someone Else"'))
+    with pytest.raises(WatchlistError, match="does not decrypt"):
+        load_bundle(bundle)
+    (bundle / "manifest.json").write_bytes(manifest)
+    assert load_bundle(bundle).labels == loaded.labels
+
+    thumbs = {f.name.removesuffix(".sealed"): b"" for f in (bundle / "thumbs").iterdir()}
+    write_bundle(bundle, loaded.manifest, embeddings[:-1], thumbs)
     with pytest.raises(
         WatchlistError,
         match=r"row count mismatch: the manifest lists 15 enrolled"
-        r" images, embeddings\.npy has 14 rows",
+        r" images, embeddings\.sealed has 14 rows",
     ):
-        load_bundle(bundle)
-    (bundle / "embeddings.npy").write_bytes(b"garbage")
-    with pytest.raises(WatchlistError, match=r"embeddings\.npy: missing or corrupt"):
-        load_bundle(bundle)
-    np.save(bundle / "embeddings.npy", embeddings.astype(np.float64))
-    with pytest.raises(WatchlistError, match="expected float32 N x 128"):
         load_bundle(bundle)
 
     (bundle / "manifest.json").write_bytes(manifest[:100])
     with pytest.raises(WatchlistError, match=r"manifest\.json: corrupt manifest"):
         load_bundle(bundle)
     (bundle / "manifest.json").write_bytes(
-        manifest.replace(b'"format_version": 1', b'"format_version": 99')
+        manifest.replace(b'"format_version": 2', b'"format_version": 99')
     )
     with pytest.raises(WatchlistError, match="format version 99 is newer"):
         load_bundle(bundle)

@@ -81,13 +81,16 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=stderr, show_path=False)])
     from lfr.audit import AuditError
+    from lfr.keys import KeyFileError
     from lfr.plugins import BackendError, ConfigError
+    from lfr.sealed import SealError
     from lfr.vision.models import ModelError
     from lfr.watchlist import WatchlistError
 
     try:
         return int(args.func(args))
-    except (UserError, ConfigError, ModelError, WatchlistError, AuditError) as exc:
+    except (UserError, ConfigError, ModelError, WatchlistError, AuditError, KeyFileError,
+            SealError) as exc:
         return _failed(str(exc), EXIT_USAGE, as_json)
     except KeyboardInterrupt:
         return _failed("interrupted", EXIT_INTERRUPTED, as_json)

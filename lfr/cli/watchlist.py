@@ -17,6 +17,7 @@ from lfr.cli.plugins import load_registry
 if TYPE_CHECKING:
     from lfr.config import Config
     from lfr.plugins import Registry
+    from lfr.sealed import DataKey
     from lfr.vision.analyzer import FaceAnalyzer
     from lfr.watchlist import BuildReport
 
@@ -34,6 +35,13 @@ def enrol(source: Path, output: Path, expiry: str | None, show_progress: bool,
                                    progress=lambda outcome: advance(1), **options)
     except WatchlistError as exc:
         raise UserError(str(exc)) from None
+
+
+def config_data_key(config: Config) -> DataKey:
+    """The key a config's bundles are sealed with: its ``[keys] data_key`` or the user's."""
+    from lfr.keys import load_data_key
+
+    return load_data_key(config.data_key_file())
 
 
 def positive_float(text: str) -> float:
@@ -70,7 +78,7 @@ def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> Face
     reason = rebuild_reason(bundle, source, analyzer.embedder.name)
     if reason is not None:
         stderr.print(reason)
-        enrol(source, bundle, None, not as_json, analyzer)
+        enrol(source, bundle, None, not as_json, analyzer, key=config_data_key(config))
     return analyzer
 
 
@@ -83,7 +91,8 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
 
     report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
                    build_analyzer(config, load_registry()), allow_outside=args.allow_outside,
-                   limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)))
+                   limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)),
+                   key=config_data_key(config))
     if args.json:
         print_json(report.to_dict())
     else:

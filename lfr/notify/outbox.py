@@ -4,6 +4,13 @@ SQLite in WAL mode (``<data_dir>/outbox.sqlite``). Each alert has one delivery r
 notifier actor re-delivers its undelivered rows after a restart, so delivery is at least once and
 notifiers dedupe by alert id. Calls are synchronous and short: async callers run them in a worker
 thread. Unlike the audit log, the outbox holds the alert images until ``purge_images``.
+
+The images (the camera crop and the watchlist picture) are stored sealed (``lfr.sealed``,
+AES-256-GCM) with the data key of lfr's key directory, each bound to its alert id and field, and
+opened when an alert is read: a copied outbox without the key shows no face. The key's
+fingerprint is kept in the ``meta`` table, so an outbox opened with another key is refused at
+once, naming both keys. Everything else (ids, cameras, names, scores, times, decisions) stays
+readable: the audit log holds the same facts and an auditor reads it without the key.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ from typing import Any, Self
 
 import msgspec
 
+from lfr.keys import load_data_key
 from lfr.messages import Adjudication, Alert
+from lfr.sealed import DataKey, WrongKeyError
 
 DB_NAME = "outbox.sqlite"
+_IMAGE_FIELDS = ("crop_jpeg", "watchlist_jpeg")
+_SEALED_VERSION = 1  # PRAGMA user_version from which every stored image is sealed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -43,6 +54,7 @@ CREATE TABLE IF NOT EXISTS adjudications (
     note TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS adjudications_alert ON adjudications (alert_id);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -74,6 +86,14 @@ class OutboxCounts(msgspec.Struct, frozen=True):
     undelivered: int  # alerts that at least one notifier has not yet delivered
 
 
+class Sighting(msgspec.Struct, frozen=True):
+    """An alert's camera, person and capture wall time: what the cooldown is seeded with."""
+
+    camera: str
+    person_id: str
+    wall_time: float
+
+
 class Delivery(msgspec.Struct, frozen=True):
     alert_id: str
     notifier: str
@@ -87,11 +107,14 @@ _decoder = msgspec.msgpack.Decoder(Alert)
 
 
 class Outbox:
-    """Alerts, their delivery state per notifier, and adjudications. Thread-safe."""
+    """Alerts, their delivery state per notifier, and adjudications. Thread-safe.
 
-    def __init__(self, data_dir: Path) -> None:
+    ``key`` seals the images (default: the user's data key, ``lfr.keys``)."""
+
+    def __init__(self, data_dir: Path, key: DataKey | None = None) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_NAME
+        self._key = key if key is not None else load_data_key()
         self._lock = threading.Lock()
         # Autocommit; writes group statements in explicit transactions (see _write).
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -100,6 +123,46 @@ class Outbox:
         self._db.execute("PRAGMA secure_delete=ON")  # purged image bytes are overwritten on disk
         with self._lock:
             self._db.executescript(_SCHEMA)
+        self._check_key()
+        self._seal_legacy_images()
+
+    def _check_key(self) -> None:
+        """Bind the outbox to its key on first use; refuse another key, naming both."""
+        self._write(("INSERT OR IGNORE INTO meta (name, value) VALUES ('data_key', ?)",
+                     (self._key.fingerprint,)))
+        ((stored,),) = self._read("SELECT value FROM meta WHERE name = 'data_key'")
+        if stored != self._key.fingerprint:
+            self.close()
+            raise WrongKeyError(
+                f"outbox {self.path} was encrypted with key {stored}; this key is"
+                f" {self._key.fingerprint} ({self._key.source}): set [keys] data_key or"
+                " LFR_KEY_DIR to the key it was made with")
+
+    def _seal_legacy_images(self) -> None:
+        """An outbox written before images were sealed: seal them now, once."""
+        ((version,),) = self._read("PRAGMA user_version")
+        if version >= _SEALED_VERSION:
+            return
+        rows = self._read("SELECT id, payload FROM alerts")
+        self._write(*(("UPDATE alerts SET payload = ? WHERE id = ?",
+                       (_encoder.encode(self._seal(_decoder.decode(payload))), alert_id))
+                      for alert_id, payload in rows),
+                    (f"PRAGMA user_version = {_SEALED_VERSION}", ()))
+        if rows:
+            with self._lock:  # the clear images are overwritten (secure_delete); out of the WAL
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _seal(self, alert: Alert) -> Alert:
+        sealed = {f: self._key.seal(image, f"lfr alert {alert.id} {f}")
+                  for f in _IMAGE_FIELDS if (image := getattr(alert, f))}
+        return msgspec.structs.replace(alert, **sealed) if sealed else alert
+
+    def _open(self, payload: bytes) -> Alert:
+        alert = _decoder.decode(payload)
+        opened = {f: self._key.open(image, f"lfr alert {alert.id} {f}",
+                                    f"alert {alert.id}'s {f} in {self.path}")
+                  for f in _IMAGE_FIELDS if (image := getattr(alert, f))}
+        return msgspec.structs.replace(alert, **opened) if opened else alert
 
     def _write(self, *statements: tuple[str, Any]) -> list[int]:
         """Run statements in one transaction; returns their rowcounts."""
@@ -123,7 +186,7 @@ class Outbox:
         counts = self._write(
             (
                 "INSERT OR IGNORE INTO alerts (id, created, payload) VALUES (?, ?, ?)",
-                (alert.id, time.time(), _encoder.encode(alert)),
+                (alert.id, time.time(), _encoder.encode(self._seal(alert))),
             ),
             *((insert, (alert.id, name)) for name in notifiers),
         )
@@ -136,7 +199,7 @@ class Outbox:
             " WHERE d.notifier = ? AND d.delivered_at IS NULL ORDER BY a.rowid",
             (notifier,),
         )
-        return [_decoder.decode(payload) for (payload,) in rows]
+        return [self._open(payload) for (payload,) in rows]
 
     def pending_count(self, notifier: str) -> int:
         """How many alerts this notifier has not delivered yet."""
@@ -188,7 +251,7 @@ class Outbox:
             "SELECT payload FROM alerts ORDER BY rowid DESC LIMIT ?",
             (-1 if limit is None else limit,),
         )
-        return [_decoder.decode(payload) for (payload,) in rows]
+        return [self._open(payload) for (payload,) in rows]
 
     def alert_ids(self) -> list[str]:
         """Every stored alert's id, oldest first (no payload decoded)."""
@@ -196,7 +259,17 @@ class Outbox:
 
     def get_alert(self, alert_id: str) -> Alert | None:
         rows = self._read("SELECT payload FROM alerts WHERE id = ?", (alert_id,))
-        return _decoder.decode(rows[0][0]) if rows else None
+        return self._open(rows[0][0]) if rows else None
+
+    def sightings(self, since: float) -> list[Sighting]:
+        """Alerts whose face was captured at ``since`` (wall clock) or later, oldest first; no
+        image is opened."""
+        # An alert is stored after its capture: created >= wall_time narrows the scan.
+        rows = self._read("SELECT payload FROM alerts WHERE created >= ? ORDER BY rowid",
+                          (since,))
+        alerts = [_decoder.decode(payload) for (payload,) in rows]
+        return [Sighting(a.camera, a.person_id, a.wall_time) for a in alerts
+                if a.wall_time >= since]
 
     def add_adjudication(self, adj: Adjudication) -> None:
         """Record a decision; an alert may be adjudicated again (the latest one counts)."""

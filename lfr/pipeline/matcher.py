@@ -101,7 +101,8 @@ class MatcherActor(Actor):
     def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
                  policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], alerts: Broadcast[Alert] | None = None,
-                 frames: Broadcast[FrameReport] | None = None) -> None:
+                 frames: Broadcast[FrameReport] | None = None,
+                 hold_recent_alerts: bool = True) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
@@ -110,6 +111,7 @@ class MatcherActor(Actor):
         self.notifier_names = list(notifier_names)
         self.alerts = alerts if alerts is not None else Broadcast("alerts")
         self.frames = frames if frames is not None else Broadcast("frames")
+        self.hold_recent_alerts = hold_recent_alerts
         self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
@@ -118,6 +120,7 @@ class MatcherActor(Actor):
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
+        await self._hold_recent_alerts()
         async for item in self.faces:
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
@@ -140,6 +143,21 @@ class MatcherActor(Actor):
         now = self._last_mono if self._last_mono is not None else time.monotonic()
         for verdict in self.policy.flush(now):
             await self._raise(self._make_alert(verdict, now))
+
+    async def _hold_recent_alerts(self) -> None:
+        """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``
+        of wall time (an earlier run, or this one before a restart) hold their (camera, person)
+        for the rest of it, so a restart does not announce the same person again. Not for
+        replays of recorded video (``hold_recent_alerts`` False: the demo, `lfr eval video`),
+        whose people are not in front of a camera now and whose results must not depend on an
+        earlier run."""
+        cooldown = self.policy.cooldown
+        if not self.hold_recent_alerts or cooldown.seconds <= 0:
+            return
+        now = time.time()
+        recent = await anyio.to_thread.run_sync(self.outbox.sightings, now - cooldown.seconds)
+        for seen in recent:
+            cooldown.hold(seen.camera, seen.person_id, cooldown.seconds - (now - seen.wall_time))
 
     def _make_alert(self, verdict: Verdict, decided: float) -> Alert:
         # The evidence is the track's best face: its crop, box, frame and capture time.

@@ -239,5 +239,6 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         outs.append(send)
         pipeline.notifiers.append(NotifierActor(notifier, recv, outbox))
     pipeline.matcher = MatcherActor(faces_recv, outs, parts.policy, parts.watchlist, outbox, audit,
-                                    [n.name for n in parts.notifiers], alerts, frames)
+                                    [n.name for n in parts.notifiers], alerts, frames,
+                                    hold_recent_alerts=not offline)  # live cameras only
     return pipeline

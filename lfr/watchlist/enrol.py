@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 
 from lfr.messages import utc_iso
+from lfr.sealed import DataKey
 from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
 from lfr.vision.image_file import (
     DEFAULT_LIMITS,
@@ -294,10 +295,12 @@ def build_watchlist(
     expiry: str | None = None,
     limits: ImageLimits = DEFAULT_LIMITS,
     allow_outside: bool = False,
+    key: DataKey | None = None,
 ) -> BuildReport:
     """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle.
 
-    ``allow_outside``: a CSV may name images outside its own folder."""
+    ``allow_outside``: a CSV may name images outside its own folder. ``key``: the data key that
+    seals the bundle (default: the user's, ``lfr.keys``)."""
     if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
         raise WatchlistError(f"expiry {expiry} is in the past")
     persons = _read_source(source, allow_outside)
@@ -351,7 +354,7 @@ def build_watchlist(
         persons=tuple(records),
         expiry=expiry,
     )
-    digest = write_bundle(output, manifest, np.stack(vectors).astype(np.float32), thumbs)
+    digest = write_bundle(output, manifest, np.stack(vectors).astype(np.float32), thumbs, key)
     return BuildReport(
         output=str(output),
         digest=digest,
@@ -363,15 +366,18 @@ def build_watchlist(
 
 def rebuild_reason(bundle: Path, source: Path, embedder: str) -> str | None:
     """Why a deployment must build its bundle from the ``source`` folder its config names before
-    it runs: the bundle does not exist yet, or another embedder made it (its scores would not fit
-    the threshold). None: use the bundle as it is, an unreadable one too (loading it reports what
-    is wrong)."""
+    it runs: the bundle does not exist yet, another embedder made it (its scores would not fit
+    the threshold), or an lfr that kept faces unencrypted wrote it. None: use the bundle as it
+    is, an unreadable one too (loading it reports what is wrong)."""
     if not (bundle / MANIFEST).is_file():
         return f"building watchlist {bundle} from {source}"
     try:
-        built_with = bundle_info(bundle).get("embedder")
+        info = bundle_info(bundle)
     except WatchlistError:
         return None
+    built_with = info.get("embedder")
+    if not info.get("encrypted"):
+        return f"rebuilding watchlist {bundle}: it keeps faces unencrypted (an older lfr made it)"
     if built_with == embedder:
         return None
     return (f"rebuilding watchlist {bundle}: it was built with embedder {built_with!r}, "
