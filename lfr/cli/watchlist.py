@@ -121,12 +121,35 @@ def cmd_watchlist_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def destroyer(args: argparse.Namespace, config: Config | None) -> str:
+    """Who destroys the watchlist. Where the deployment has named users (a users file with an
+    active user), a supervisor logs in (``--user``): managing the watchlist is theirs. Without
+    users (a trial, the demo) the name given, else the OS user, is recorded as before."""
+    from lfr.cli.users import login
+    from lfr.config import Config
+    from lfr.users import UsersFileError, UserStore
+
+    store = UserStore(config.users_file() if config is not None else None)
+    try:
+        named = any(not u.disabled for u in store.users().values())
+    except UsersFileError as exc:
+        raise UserError(str(exc)) from None
+    if not named and not args.user:
+        return (config or Config(name="cli")).operator_name(args.operator)
+    user = login(store, args.user, args.password_stdin)
+    if not user.may("manage_watchlist"):
+        raise UserError(f"{user.name} is an {user.role}: only a supervisor may destroy a "
+                        "watchlist; nothing deleted")
+    return user.name
+
+
 def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
     from lfr.audit import AuditError, AuditLog, Kind
     from lfr.watchlist import WatchlistError, destroy_bundle
 
     bundle = Path(args.bundle)
     config = location_config(args)
+    operator = destroyer(args, config)  # before anything is opened or deleted
     audit: AuditLog | None = None
     data_dir = Path(args.data_dir) if args.data_dir else None
     if data_dir is None and config is not None:
@@ -145,9 +168,6 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
         except WatchlistError as exc:
             raise UserError(str(exc)) from None
         if audit is not None:
-            from lfr.config import Config
-
-            operator = (config or Config(name="cli")).operator_name(args.operator)
             audit.append(Kind.WATCHLIST_DESTROYED, {**record, "operator": operator})
             record["audited_in"] = str(audit.path)
     finally:
@@ -194,6 +214,12 @@ def register(sub: Any) -> None:
     )
     destroy.add_argument("bundle", help="bundle folder to delete")
     add_location(destroy, required=False)
-    destroy.add_argument("--operator", help="who destroys it (audit log); default: OS user")
+    destroy.add_argument("--user", metavar="NAME",
+                         help="log in as this supervisor (required where the deployment has "
+                         "named users: lfr users)")
+    destroy.add_argument("--password-stdin", action="store_true",
+                         help="read --user's password from the first line of stdin (else: asked)")
+    destroy.add_argument("--operator", help="without named users: who destroys it (audit log); "
+                         "default: OS user")
     destroy.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     destroy.set_defaults(func=cmd_watchlist_destroy)
