@@ -287,19 +287,22 @@ def test_calls_run_on_the_threads_the_reference_says(tmp_path, bundle):
     summary = anyio.run(deployment.run, False)
     assert summary.alerts and summary.failures == []
     on_loop = {call for call, threads in calls.threads.items() if threads == {loop_thread}}
-    # The factories and the index on the main (event loop) thread; inference in worker threads.
-    assert on_loop == {"factory", "build", "search", "deliver", "aclose"}, calls.threads
+    # The factories and the index's build on the main (event loop) thread; inference and the
+    # watchlist search in worker threads (watched for hangs).
+    assert on_loop == {"factory", "build", "deliver", "aclose"}, calls.threads
     assert loop_thread not in calls.threads["detect"] | calls.threads["embed"]
+    assert loop_thread not in calls.threads["search"]
     # One detector shared by both cameras behind one limiter, likewise the embedder.
     assert calls.most["detect"] == calls.most["embed"] == 1
     assert calls.most["deliver"] == 1
+    assert calls.most["search"] == 1  # the matcher's decide steps take turns
     assert len(calls.threads) == 7  # every call above was made
     # What the table says, row by row.
     rows = {row[0]: row[1] for row in table_after("### Threads and concurrency")}
     assert rows["Detector.detect"].startswith("a worker thread")
     assert rows["Embedder.embed"].startswith("a worker thread")
     assert rows["IndexBackend.build"].startswith("the event loop thread")
-    assert rows["`IndexBackend.search`, `len()`"].startswith("the event loop thread")
+    assert rows["IndexBackend.search"].startswith("a worker thread")
     assert rows["`Notifier.deliver`, `aclose`"].startswith("the event loop")
     assert rows["factory(settings, context)"].startswith("the main thread")
 

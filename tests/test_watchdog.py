@@ -377,3 +377,59 @@ async def test_unsubscribing_removes_the_subscriber_and_publish_goes_on() -> Non
     assert frames.statistics().subscribers == ()
     with pytest.raises(ValueError, match="capacity"):
         frames.subscribe(capacity=0)
+
+
+@pytest.mark.anyio
+async def test_a_hung_watchlist_search_is_reported_and_the_matcher_restarted(tmp_path) -> None:
+    """The matcher's decide step (the index search) runs in a watched worker thread: a search
+    that hangs is reported stuck instead of freezing the event loop; once it returns, the
+    restarted matcher goes on with the next frames."""
+    import numpy as np
+    from bundles import vector_bundle
+
+    from lfr.audit import AuditLog
+    from lfr.matching import Matcher
+    from lfr.messages import Detection, Face, Frame, FrameFaces
+    from lfr.pipeline.matcher import MatcherActor
+    from lfr.policy import AlertPolicy
+    from lfr.runtime.channels import open_channel
+
+    vector = np.zeros(128, np.float32)
+    vector[0] = 1.0
+    watchlist = vector_bundle(tmp_path / "wl", ["listed"], vector[None, :])
+    matcher = Matcher.for_watchlist(watchlist, 0.5)
+    release, hung = threading.Event(), threading.Event()
+
+    def search(queries: np.ndarray) -> list:
+        if not hung.is_set():
+            hung.set()
+            release.wait(30)  # the first search hangs until the test lets it go
+        return matcher.rank(queries)
+
+    def item(n: int) -> FrameFaces:
+        face = Face(camera="cam", frame_index=n, wall_time=1000.0 + n, mono_time=n / 10,
+                    detection=Detection((10.0, 10.0, 60.0, 60.0), ((0.0, 0.0),) * 5, 0.9),
+                    quality=0.9, embedding=vector, crop=np.zeros((8, 8, 3), np.uint8))
+        image = np.zeros((4, 4, 3), np.uint8)
+        return FrameFaces(Frame("cam", n, 1000.0 + n, n / 10, image), (face,))
+
+    events: list = []
+    supervisor = Supervisor(FAST, stuck_after_s=STUCK_AFTER_S, on_event=events.append)
+    faces_send, faces_recv = open_channel("faces", 16)
+    with Outbox(tmp_path / "data") as outbox, AuditLog(tmp_path / "data") as audit:
+        actor = MatcherActor(faces_recv, [], AlertPolicy(search, 0.5), watchlist, outbox, audit,
+                             [])
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervisor.supervise, actor)
+                await faces_send.send(item(0))
+                while not any(e.event == "stuck" for e in events):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)  # the event loop is free while the search hangs
+                release.set()
+                for n in range(1, 6):
+                    await faces_send.send(item(n))
+                faces_send.close()
+    stuck = [e for e in events if e.event == "stuck"]
+    assert stuck and stuck[0].actor == "matcher" and stuck[0].call == "search"
+    assert supervisor.statistics().abandoned_threads >= 1
+    assert actor.restarts >= 1 and actor.frame_count >= 5  # the frames after it were decided

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -15,7 +16,7 @@ from lfr.audit import AuditLog
 from lfr.matching import MatchResult
 from lfr.messages import Alert, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
-from lfr.policy import AlertPolicy
+from lfr.policy import AlertPolicy, PolicyStep
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.broadcast import Broadcast
 from lfr.runtime.channels import Receiver, Sender
@@ -117,6 +118,7 @@ class MatcherActor(Actor):
         self.alerts_by_person: dict[str, int] = {}
         self._cameras: dict[str, _CameraMeters] = {}
         self._latency = LatencyWindow()
+        self._deciding = threading.Lock()
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
@@ -124,7 +126,9 @@ class MatcherActor(Actor):
         async for item in self.faces:
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
-            step = self.policy.observe(item.frame.camera, item.faces, now)
+            # In a worker thread, watched: a plugin index whose search hangs is reported and the
+            # matcher restarted, instead of freezing the event loop.
+            step = await self.call_in_worker(self._decide, item, now, what="search")
             self.face_count += len(item.faces)
             self.match_count += step.matches
             alerts = [self._make_alert(v, now) for v in step.verdicts]
@@ -141,8 +145,19 @@ class MatcherActor(Actor):
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).
         now = self._last_mono if self._last_mono is not None else time.monotonic()
-        for verdict in self.policy.flush(now):
+        for verdict in await self.call_in_worker(self._flush, now, what="search"):
             await self._raise(self._make_alert(verdict, now))
+
+    def _decide(self, item: FrameFaces, now: float) -> PolicyStep:
+        # One decide step at a time: a call the watchdog abandoned holds the lock until it
+        # returns, so a restarted matcher waits (and is reported again) rather than sharing the
+        # tracks with it.
+        with self._deciding:
+            return self.policy.observe(item.frame.camera, item.faces, now)
+
+    def _flush(self, now: float) -> list[Verdict]:
+        with self._deciding:
+            return self.policy.flush(now)
 
     async def _hold_recent_alerts(self) -> None:
         """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``
