@@ -315,7 +315,7 @@ BASE: dict[str, Any] = {
     "quality": {"min_face_px": 24.0},
     "pipeline": {"frame_queue": 2, "face_queue": 64},
     "privacy": {"blur_non_matches": True, "alert_retention_days": 31.0},
-    "web": {"enabled": False, "listen": "127.0.0.1:8080", "token": "t"},
+    "web": {"enabled": False, "listen": "127.0.0.1:8080", "token": "t", "demo_token": True},
     "detector": {"kind": "yunet", "score_threshold": 0.7},
     "embedder": {"kind": "sface"},
     "index": {"kind": "exact"},
