@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 
 from lfr import __version__
-from lfr.config import parse_listen
+from lfr.listening import Listening
 from lfr.messages import utc_iso
 from lfr.runtime.actor import ActorState, ActorStats
 from lfr.sources.base import CameraStats, SourceState
@@ -288,12 +288,9 @@ class MetricsService:
 
     def __init__(self, listen: str = "127.0.0.1:9108",
                  latency_buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.listen = listen
-        self.host, self.port = parse_listen(listen, "metrics.listen")
-        self.url: str | None = None
+        self.listening = Listening("metrics.listen", listen)
         self.registry = CollectorRegistry()
         self._view: DeploymentView | None = None
-        self._ready: anyio.Event | None = None
         self._subscriptions: dict[str, Subscription[Any]] = {}
         self.latency = Histogram(
             "lfr_capture_to_decision_seconds",
@@ -343,16 +340,13 @@ class MetricsService:
         return web.Response(body=msgspec.json.encode(state), content_type="application/json",
                             status=200 if state.healthy else 503)
 
-    def _ready_event(self) -> anyio.Event:
-        if self._ready is None:
-            self._ready = anyio.Event()
-        return self._ready
+    @property
+    def url(self) -> str | None:
+        return self.listening.url
 
     async def wait_ready(self) -> str:
         """The base URL (``http://127.0.0.1:9108/``) once the server listens."""
-        await self._ready_event().wait()
-        assert self.url is not None
-        return self.url
+        return await self.listening.wait_ready()
 
     async def run(self, view: DeploymentView) -> None:
         """Serve until cancelled (the deployment cancels its services once it has drained)."""
@@ -381,20 +375,11 @@ class MetricsService:
             handle(item)
 
     async def _listen(self, runner: web.AppRunner) -> None:
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(exc.errno, f"metrics.listen {self.listen}: cannot listen: "
-                          f"{exc.strerror or exc}") from None
-        host, port = runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}/"
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
+        url = await self.listening.start(runner)
+        if not self.listening.loopback:
             log.warning("metrics: listening on %s, not only this machine: anyone who can reach it "
-                        "reads the deployment's figures", self.host)
-        log.info("metrics: %smetrics, health: %shealthz", self.url, self.url)
-        self._ready_event().set()
+                        "reads the deployment's figures", self.listening.host)
+        log.info("metrics: %smetrics, health: %shealthz", url, url)
 
 
 class _SubscriptionCollector:

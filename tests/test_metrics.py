@@ -203,7 +203,7 @@ def test_listen_address_is_checked_and_loopback_by_default():
         main(["run", "x.toml", "--metrics", "127.0.0.1"])
     assert usage.value.code == 2
     service = MetricsService("[::1]:0")
-    assert (service.host, service.port) == ("::1", 0)
+    assert (service.listening.host, service.listening.port) == ("::1", 0)
     with pytest.raises(ValueError, match=r"metrics\.listen"):
         MetricsService("localhost")
 

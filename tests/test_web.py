@@ -22,6 +22,7 @@ import lfr.web.tracks
 from lfr.audit import audit_records
 from lfr.config import WebConfig, parse_config
 from lfr.deployment import Deployment
+from lfr.listening import Listening
 from lfr.matching import MatchResult
 from lfr.messages import Detection, Face, Frame, FrameFaces
 from lfr.notify.outbox import Outbox
@@ -30,7 +31,7 @@ from lfr.plugins import load_plugins
 from lfr.vision.defaults import default_analyzer
 from lfr.vision.privacy import padded_box
 from lfr.watchlist import build_watchlist
-from lfr.web import TooManyViewers, WebService, ice_host_addresses, parse_listen
+from lfr.web import TooManyViewers, WebService, ice_host_addresses
 from lfr.web.tracks import FaceMark, render
 
 LIMIT_S = 90  # bound for anything that waits on the pipeline or the network
@@ -94,12 +95,16 @@ async def wait_for(predicate):
 
 
 def test_listen_is_parsed_and_localhost_by_default():
-    assert parse_listen(WebConfig().listen)[0] == "127.0.0.1"
-    assert parse_listen("0.0.0.0:9000") == ("0.0.0.0", 9000)
-    assert parse_listen("[::1]:0") == ("::1", 0)
+    def parse(listen: str) -> tuple[str, int]:
+        where = Listening("web.listen", listen)
+        return where.host, where.port
+
+    assert parse(WebConfig().listen)[0] == "127.0.0.1"
+    assert parse("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert parse("[::1]:0") == ("::1", 0)
     for bad in ("8080", "host:", "host:http", "host:70000"):
         with pytest.raises(ValueError, match=r"web\.listen"):
-            parse_listen(bad)
+            parse(bad)
     with pytest.raises(ValueError, match=r"web.ice_addresses\[1\]: not an IP address"):
         WebService(WebConfig(ice_addresses=["127.0.0.1", "eth0"]))
     assert WebService(WebConfig()).token is None  # named users; no shared token

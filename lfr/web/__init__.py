@@ -1,6 +1,6 @@
 """Browser viewer for supervisors: live video over WebRTC, alerts and decisions (``--web``)."""
 
-from lfr.web.server import TooManyViewers, WebService, WebStats, ice_host_addresses, parse_listen
+from lfr.web.server import TooManyViewers, WebService, WebStats, ice_host_addresses
 from lfr.web.tracks import ViewerStats, ViewerTrack
 
 __all__ = [
@@ -10,5 +10,4 @@ __all__ = [
     "WebService",
     "WebStats",
     "ice_host_addresses",
-    "parse_listen",
 ]

@@ -42,8 +42,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from lfr.audit import Kind
 from lfr.config import WebConfig
-from lfr.config import parse_listen as parse_address
 from lfr.decisions import AlreadyDecided, NotAllowed
+from lfr.listening import Listening
 from lfr.runtime.broadcast import Subscription
 from lfr.users import AuthError, Principal, UsersFileError, UserStore
 from lfr.web.tracks import CameraFeed, FaceMark, Shot, ViewerStats, ViewerTrack
@@ -61,7 +61,6 @@ RENDER_THREADS = 2  # worker threads drawing frames for viewers, all cameras tog
 _ID = r"[0-9A-Za-z_-]{1,64}"
 SESSION_COOKIE = "lfr_session"
 PUBLIC_PATHS = frozenset({"/login", "/api/login"})  # and /static/: the page code, no data
-LOOPBACK_NAMES = frozenset({"localhost"})
 PRINCIPAL = web.RequestKey("principal", Principal)  # who is asking, set by the auth middleware
 
 
@@ -74,20 +73,6 @@ class WebStats(msgspec.Struct, frozen=True):
     viewers: tuple[ViewerStats, ...]
     refused: int  # offers refused by the viewer cap
     event_clients: int
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) -> (host, port)."""
-    return parse_address(listen, "web.listen")
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
 
 
 def tls_context(config: WebConfig) -> ssl.SSLContext | None:
@@ -212,7 +197,7 @@ class WebService:
                  demo_operator: str | None = None) -> None:
         self.config = config
         self.demo_operator = demo_operator
-        self.host, self.port = parse_listen(config.listen)
+        self.listening = Listening("web.listen", config.listen)
         for i, address in enumerate(config.ice_addresses):
             try:
                 ipaddress.ip_address(address)
@@ -220,7 +205,7 @@ class WebService:
                 raise ValueError(
                     f"web.ice_addresses[{i}]: not an IP address: {address!r}"
                 ) from None
-        if not is_loopback(self.host) and not config.tls and not config.allow_plain_http:
+        if not self.listening.loopback and not config.tls and not config.allow_plain_http:
             raise ValueError(
                 f"web.listen {config.listen}: beyond this machine the viewer needs TLS "
                 "(set web.tls_cert and web.tls_key; `lfr web make-cert` makes a self-signed "
@@ -233,14 +218,12 @@ class WebService:
         self.token = (config.token or secrets.token_urlsafe(24)) if config.demo_token else None
         self.token_generated = config.demo_token and not config.token
         self._sessions: dict[str, _Session] = {}
-        self.url: str | None = None
         self.deployment: DeploymentView | None = None
         self.blur_non_matches = True
         self.refused = 0
         self._feeds: dict[str, CameraFeed] = {}
         self._peers: dict[str, tuple[RTCPeerConnection, ViewerTrack]] = {}
         self._subscribers: set[MemoryObjectSendStream[bytes]] = set()
-        self._ready: anyio.Event | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._closing = False
         self._cameras: frozenset[str] | None = None  # None: any camera (no deployment attached)
@@ -698,23 +681,21 @@ class WebService:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _ready_event(self) -> anyio.Event:
-        if self._ready is None:
-            self._ready = anyio.Event()
-        return self._ready
+    @property
+    def url(self) -> str | None:
+        """The bound address (no token), once the server listens."""
+        return self.listening.url
 
     async def wait_ready(self) -> str:
         """Returns the URL (without the token) once the server listens."""
-        await self._ready_event().wait()
-        assert self.url is not None
-        return self.url
+        return await self.listening.wait_ready()
 
     def settings(self) -> dict[str, Any]:
         """The settings this viewer runs with: the audit log's ``web_settings`` record."""
         return {
             "listen": self.config.listen,
             "url": self.url,
-            "beyond_loopback": not is_loopback(self.host),
+            "beyond_loopback": not self.listening.loopback,
             "tls": self.config.tls,
             "tls_cert": self.config.tls_cert,
             "allow_plain_http": self.config.allow_plain_http,
@@ -725,9 +706,9 @@ class WebService:
         }
 
     def _announce(self) -> None:
-        if not is_loopback(self.host):
+        if not self.listening.loopback:
             how = "over TLS" if self.config.tls else "in PLAIN HTTP (web.allow_plain_http)"
-            print(f"lfr web: listening on {self.host} {how}, not only this machine",
+            print(f"lfr web: listening on {self.listening.host} {how}, not only this machine",
                   file=sys.stderr)
         if self.token is None:
             print(f"lfr web: {self.url} (log in as a user: lfr users add)", file=sys.stderr,
@@ -765,19 +746,8 @@ class WebService:
                     await runner.cleanup()
 
     async def _listen(self, runner: web.AppRunner) -> None:
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"web.listen {self.config.listen}: cannot listen: {exc.strerror or exc}",
-            ) from None
-        host, port = runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"{'https' if self.ssl_context else 'http'}://{shown}:{port}/"
+        await self.listening.start(runner, self.ssl_context)
         self._announce()
-        self._ready_event().set()
 
     async def aclose(self) -> None:
         """Close every peer connection and end the alert streams."""
