@@ -470,3 +470,24 @@ def _source_failure(stats: ActorStats, failed_for_good: bool) -> str | None:
     if failed_for_good or state == "failed":
         return f"{stats.name}: {stats.last_error or state}"
     return None
+
+
+def run_following(deployment: Deployment, take: Callable[[list[FrameReport]], None]
+                  ) -> tuple[RunSummary, list[Alert]]:
+    """Run ``deployment`` to its end, handing ``take`` every frame report as they come (every
+    50 ms, so reports and the frames they hold do not pile up), and return its summary and every
+    alert it raised, in order. For offline runs that must see every frame: evaluation, review."""
+    with deployment.alerts.record() as raised, deployment.frames.record() as reports:
+
+        def take_so_far() -> None:
+            taken, reports.items[:] = list(reports.items), []
+            take(taken)
+
+        async def keep_up(_: DeploymentView) -> None:
+            while True:
+                take_so_far()
+                await anyio.sleep(0.05)
+
+        summary = anyio.run(lambda: deployment.run(False, [keep_up]))
+        take_so_far()
+    return summary, raised.items

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import av
 import av.error
@@ -271,9 +270,7 @@ def review(videos: Sequence[Path], bundle: Path, out: Path, registry: Registry, 
     (lfr's defaults without one); ``progress`` gets the frames processed so far and the
     frames of every file (from their containers). ReviewError for a file that cannot be read;
     the deployment's own errors (ConfigError, WatchlistError) for a bundle it cannot use."""
-    import anyio
-
-    from lfr.deployment import Deployment
+    from lfr.deployment import Deployment, run_following
 
     started = time.perf_counter()
     if not videos:
@@ -286,27 +283,16 @@ def review(videos: Sequence[Path], bundle: Path, out: Path, registry: Registry, 
     total = sum(len(stamps) for stamps in times.values())
     follower = _Follower(settings.matching.tracking.max_missed, total, progress)
 
-    with deployment.alerts.record() as raised, deployment.frames.record() as reports:
-
-        def take() -> None:  # the reports so far, dropped at once (their frames hold images)
-            taken, reports.items[:] = list(reports.items), []
-            follower.take(taken)
-
-        async def keep_up(_: Any) -> None:
-            while True:
-                take()
-                await anyio.sleep(0.05)
-
-        summary = anyio.run(lambda: deployment.run(False, [keep_up]))
-        take()
-    for alert in raised.items:  # those raised when the files ended (no frame report)
+    # Reports are dropped as they come (their frames hold images): only spans are kept.
+    summary, raised = run_following(deployment, follower.take)
+    for alert in raised:  # those raised when the files ended (no frame report)
         follower.place(alert)
 
     by_camera = dict(zip(cameras, videos, strict=True))
     crops = out / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     appearances = []
-    for span in _appearances(raised.items, follower):
+    for span in _appearances(raised, follower):
         best, first, last = max(span.alerts, key=lambda a: a.score), span.first, span.last
         video = by_camera[best.camera]
         stamps = times[video]

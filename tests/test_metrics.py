@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ import pytest
 from paths import CLIP, PEOPLE, REPO
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from services import LIMIT_S, running
 
 import lfr
 from lfr.cli import main
@@ -37,8 +37,6 @@ from lfr.runtime.supervisor import SupervisorStats
 from lfr.sources.base import CameraStats
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist
-
-LIMIT_S = 90  # bound for anything that waits on the pipeline or the network
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -216,24 +214,6 @@ def bundle(tmp_path_factory):
     path = tmp_path_factory.mktemp("wl") / "bundle"
     build_watchlist(PEOPLE, path, default_analyzer())
     return path
-
-
-@asynccontextmanager
-async def running(deployment, service):
-    """Runs the deployment with the service beside it; stops and drains it on exit."""
-    result = {}
-
-    async def run():
-        result["summary"] = await deployment.run(False, [service.run])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        with anyio.fail_after(LIMIT_S):
-            await service.wait_ready()
-        try:
-            yield result
-        finally:
-            deployment.stop()
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, str]:

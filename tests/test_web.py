@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import aiohttp
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from paths import CLIP, PEOPLE, SCENES
+from services import LIMIT_S, running
 from web_users import client, login, make_users
 
 import lfr.web.tracks
@@ -33,8 +33,6 @@ from lfr.vision.privacy import padded_box
 from lfr.watchlist import build_watchlist
 from lfr.web import TooManyViewers, WebService, ice_host_addresses
 from lfr.web.tracks import FaceMark, render
-
-LIMIT_S = 90  # bound for anything that waits on the pipeline or the network
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +62,6 @@ def make_config(tmp_path, bundle, camera, **web):
 
 
 LOOPING_CLIP = {"name": "stage", "url": str(CLIP), "realtime": True, "loop": True, "fps_cap": 5}
-
-
-@asynccontextmanager
-async def running(deployment, service):
-    """Runs the deployment with the service beside it; stops and drains it on exit."""
-    result = {}
-
-    async def run():
-        result["summary"] = await deployment.run(False, [service.run])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        with anyio.fail_after(LIMIT_S):
-            await service.wait_ready()
-        try:
-            yield result
-        finally:
-            deployment.stop()
 
 
 async def wait_for(predicate):

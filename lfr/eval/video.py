@@ -251,9 +251,7 @@ def run_video(
     ``record``, also keep every frame's faces (in memory) so `replay_video` can try other track
     settings and thresholds on the same detections. ``progress`` gets each frame's index;
     ``analyzer``: the config's, when the caller has built it already."""
-    import anyio
-
-    from lfr.deployment import Deployment
+    from lfr.deployment import Deployment, run_following
 
     start = time.perf_counter()
     decided: dict[str, int] = {}
@@ -272,22 +270,14 @@ def run_video(
         if progress is not None:
             progress(item.frame.index)
 
+    def on_frames(reports: list[Any]) -> None:
+        for report in reports:
+            on_frame(report)
+
     deployment = Deployment(config, registry, offline=True, once=True, analyzer=analyzer)
 
-    with deployment.alerts.record() as raised, deployment.frames.record() as reports:
-
-        def take() -> None:  # the reports so far, without their images (memory stays flat)
-            taken, reports.items[:] = list(reports.items), []
-            for report in taken:
-                on_frame(report)
-
-        async def keep_up(_: Any) -> None:
-            while True:
-                take()
-                await anyio.sleep(0.05)
-
-        summary = anyio.run(lambda: deployment.run(False, [keep_up]))
-        take()
+    # The reports' images are dropped as they come: memory stays flat over a long video.
+    summary, raised = run_following(deployment, on_frames)
     alerts = [
         VideoAlert(
             person_id=a.person_id,
@@ -296,7 +286,7 @@ def run_video(
             box=a.box,
             decided_frame=decided.get(a.id, last_frame[0] + 1),
         )
-        for a in raised.items
+        for a in raised
     ]
     matching = config.matching
     report = score_video(
