@@ -26,7 +26,14 @@ from typing import Generic, Self, TypeVar
 import anyio
 import msgspec
 
-from lfr.runtime.channels import ChannelStats, Overflow, Receiver, Sender, open_channel
+from lfr.runtime.channels import (
+    ChannelStats,
+    Closing,
+    Overflow,
+    Receiver,
+    Sender,
+    open_channel,
+)
 
 T = TypeVar("T")
 
@@ -38,7 +45,7 @@ class BroadcastStats(msgspec.Struct, frozen=True):
     subscribers: tuple[ChannelStats, ...]  # per subscriber: capacity, depth, dropped, ...
 
 
-class Subscription(Generic[T]):
+class Subscription(Closing, Generic[T]):
     """One subscriber's view: an async iterator over what was published since it subscribed.
 
     Close it (or leave its ``with`` block) to unsubscribe; iteration ends, and closes it, once the
@@ -75,20 +82,9 @@ class Subscription(Generic[T]):
             self.close()  # nothing more can come: an iteration that ran out needs no `with`
             raise StopAsyncIteration from None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
-class Recording(Generic[T]):
+class Recording(Closing, Generic[T]):
     """Everything published while it is open, in order, in memory: for offline runs (the demo,
     evaluation, benchmarks) that must see every item. It grows without bound, so a live viewer
     subscribes instead."""
@@ -99,12 +95,6 @@ class Recording(Generic[T]):
 
     def close(self) -> None:
         self._broadcast._recordings.discard(self)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Broadcast(Generic[T]):

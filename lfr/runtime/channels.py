@@ -99,15 +99,12 @@ class _Closable(Protocol):
     def close(self) -> None: ...
 
 
-class _End:
-    """Closing and context management, shared by both ends."""
-
-    _stream: _Closable
-    channel: Channel[Any]
+class Closing:
+    """``with`` and ``async with`` blocks (and ``aclose``) that end in ``close()``: a channel's
+    ends and a broadcast's subscriptions."""
 
     def close(self) -> None:
-        self._stream.close()
-        self.channel._on_close()
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         self.close()
@@ -123,6 +120,17 @@ class _End:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class _End(Closing):
+    """Closing, shared by both ends."""
+
+    _stream: _Closable
+    channel: Channel[Any]
+
+    def close(self) -> None:
+        self._stream.close()
+        self.channel._on_close()
 
 
 class Sender(_End, Generic[T]):
