@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from clips import make_clip
 from paths import LFW, REPO
+from walks import SMALL_WALK
 
 from lfr.audit import Kind, audit_records, verify
 from lfr.cli import main
@@ -108,22 +109,10 @@ def test_review_of_an_unreadable_file_names_it(tmp_path: Path, capsys: Any) -> N
 
 # --- a walk-past video with ground truth, end to end -------------------------------------------
 
-# 12 passers, 4 of them listed, about 14 s of video at 8 fps (as tests/test_walkpast.py's
-# settings, threshold 0.42 calibrated there). With seed 1 the deployment identifies all four:
+# 12 passers, 4 of them listed, about 14 s of video at 8 fps (the CI walk-past's look,
+# tests/walks.py). With seed 1 the deployment identifies all four:
 # this test is about what `lfr review` reports of them, `lfr eval video` measures accuracy.
-WALK: dict[str, Any] = {
-    "passers": 12,
-    "watchlisted": 4,
-    "seed": 1,
-    "fps": 8.0,
-    "width": 480,
-    "height": 270,
-    "concurrency": 3.0,
-    "duration": (2.5, 3.5),
-    "max_face": (100.0, 120.0),
-    "threshold": 0.42,
-    "log": False,
-}
+WALK: dict[str, Any] = {**SMALL_WALK, "passers": 12, "watchlisted": 4, "seed": 1}
 APPEARANCE_FIELDS = {"file", "camera", "person_id", "name", "first_s", "last_s", "first_frame",
                      "last_frame", "best_score", "best_frame", "alerts", "crop",
                      "watchlist_photo"}

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from paths import LFW, REPO
+from walks import SMALL_WALK
 
 import lfr.eval.video
 from lfr.cli import main
@@ -83,22 +84,8 @@ def test_truth_errors_name_the_file(tmp_path) -> None:
         load_truth(bad)
 
 
-# ~100 passers, 10 on the watchlist, small and short enough for CI (about 100 s of video at 8 fps).
-# Threshold: `lfr calibrate --footfall 1000 --false-alerts-per-day 1 --watchlist-size 10
-# --fix-labels` on lfw-dev gives 0.4216 (95% CI 0.415 to 0.431) with the default (flip) embedder.
-WALK: dict[str, Any] = {
-    "passers": 100,
-    "watchlisted": 10,
-    "seed": 5,
-    "fps": 8.0,
-    "width": 480,
-    "height": 270,
-    "concurrency": 3.0,
-    "duration": (2.5, 3.5),
-    "max_face": (100.0, 120.0),
-    "threshold": 0.42,
-    "log": False,
-}
+# ~100 passers, 10 on the watchlist (about 100 s of video at 8 fps).
+WALK: dict[str, Any] = {**SMALL_WALK, "passers": 100, "watchlisted": 10, "seed": 5}
 
 
 @pytest.fixture(scope="module")
