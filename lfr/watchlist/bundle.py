@@ -65,6 +65,11 @@ class ImageRecord(msgspec.Struct, frozen=True):
     row: int | None = None  # embedding row, for enrolled images
     thumbnail: str | None = None  # file name under thumbs/
     quality: float | None = None  # 0..1, picks the reference thumbnail
+    # What `lfr watchlist check` judges the picture by (None in bundles from before it existed).
+    face_px: float | None = None  # shorter side of the face box
+    det_score: float | None = None
+    sharpness: float | None = None  # variance of the Laplacian of the aligned face
+    yaw: float | None = None  # nose offset from the eyes' midline / eye distance (0: frontal)
 
 
 class PersonRecord(msgspec.Struct, frozen=True):

@@ -49,6 +49,7 @@ from lfr.watchlist.bundle import (
     parse_expiry,
     write_bundle,
 )
+from lfr.watchlist.pose import yaw_ratio
 
 CSV_REQUIRED = ("id", "name", "image")
 SECOND_FACE_MAX_AREA = 0.5  # a second face this large (vs the largest) makes a picture ambiguous
@@ -216,6 +217,7 @@ class _Enrolled(msgspec.Struct):
     embedding: np.ndarray | None = None
     thumbnail: bytes | None = None
     quality: float | None = None
+    measures: dict[str, float] = msgspec.field(default_factory=dict)  # ImageRecord's, for check
 
 
 def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
@@ -251,8 +253,11 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, THUMB_JPEG_QUALITY])
     if not ok:
         raise WatchlistError("cannot encode a thumbnail as JPEG")
+    measures = {"face_px": quality.face_px, "det_score": quality.det_score,
+                "sharpness": quality.sharpness, "yaw": yaw_ratio(chosen.detection.landmarks)}
     return _Enrolled(
-        "enrolled", embedding=embedding, thumbnail=jpeg.tobytes(), quality=quality.score
+        "enrolled", embedding=embedding, thumbnail=jpeg.tobytes(), quality=quality.score,
+        measures={k: round(float(v), 4) for k, v in measures.items()},
     )
 
 
@@ -327,6 +332,7 @@ def build_watchlist(
                     row=row,
                     thumbnail=thumb,
                     quality=result.quality,
+                    **result.measures,
                 )
             )
             outcome = EnrolOutcome(person.id, given, result.outcome, result.reason)
