@@ -53,6 +53,10 @@ class MatchingConfig(Section, frozen=True):
     # Person tracks ([matching.tracking], lfr.tracking): a camera's faces are linked across frames
     # and each track decides once, from its best faces.
     tracking: TrackerSettings = msgspec.field(default_factory=TrackerSettings)
+    # Per-entry calibration (lfr.matching): an entry's scores lose this much of how far its mean
+    # cosine to the reference crowd lies above the list's average. Needs a bundle built with
+    # `lfr watchlist build --crowd`; 0 searches plain cosines.
+    crowd_weight: Annotated[float, Meta(ge=0, le=2)] = 0.5
 
 
 class QualityConfig(Section, frozen=True):

@@ -94,7 +94,7 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
                    analyzer, allow_outside=args.allow_outside,
                    limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)),
-                   key=config_data_key(config))
+                   key=config_data_key(config), crowd=crowd)
     checked = (_check(Path(args.output), config, crowd, args.top)
                if report.persons_enrolled else None)
     if args.json:

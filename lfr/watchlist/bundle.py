@@ -79,6 +79,9 @@ class PersonRecord(msgspec.Struct, frozen=True):
     notes: str = ""
     expiry: str | None = None
     images: tuple[ImageRecord, ...] = ()
+    # Against the reference crowd of the build (``Manifest.crowd``): the mean cosine of its faces
+    # to this entry (best row). A generic-looking entry has a high one; see lfr.matching.
+    crowd_mean: float | None = None
 
     @property
     def rows(self) -> list[int]:
@@ -94,6 +97,14 @@ class Manifest(msgspec.Struct, frozen=True):
     persons: tuple[PersonRecord, ...]
     expiry: str | None = None
     bundle_id: str = ""  # set by write_bundle; names the bundle in its blobs' associated data
+    crowd: CrowdRecord | None = None  # the reference crowd the entries were measured against
+
+
+class CrowdRecord(msgspec.Struct, frozen=True):
+    """Which reference crowd the entries' ``crowd_mean`` comes from."""
+
+    folder: str
+    faces: int  # faces of unlisted people used (folders named like an entry left out)
 
 
 class _Version(msgspec.Struct):

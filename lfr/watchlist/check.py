@@ -66,6 +66,7 @@ class EntryCheck(msgspec.Struct, frozen=True, kw_only=True):
     nearest_listed: Neighbour | None
     crowd_alerts: int | None  # crowd faces over the threshold against this entry
     crowd_tail: float | None  # mean of the entry's TAIL highest crowd scores
+    crowd_mean: float | None  # as measured at build (``lfr watchlist build --crowd``)
     crowd_top: list[Neighbour]  # its highest crowd scores, best first
     advice: list[str]
 
@@ -134,6 +135,25 @@ def _person_max(scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.maximum.reduceat(scores, starts, axis=1) if scores.shape[1] else scores
 
 
+def unlisted_faces(crowd: Crowd, listed: set[str]) -> np.ndarray:
+    """Which crowd rows are strangers: those not in a folder named like a listed id."""
+    return np.array([p not in listed for p in crowd.people], bool)
+
+
+def crowd_means(crowd: Crowd, persons: Sequence[PersonRecord], vectors: np.ndarray,
+                block: int = 2048) -> np.ndarray:
+    """Per entry, the mean over the crowd's strangers of its best row's cosine (lfr.matching's
+    per-entry calibration); ``vectors`` holds the entries' rows in ``persons`` order."""
+    faces = crowd.vectors[unlisted_faces(crowd, {p.id for p in persons})]
+    if not len(faces):
+        raise ValueError(f"reference crowd {crowd.root}: no face of an unlisted person")
+    starts = np.cumsum([0] + [len(p.rows) for p in persons[:-1]]).astype(np.int64)
+    total = np.zeros(len(persons))
+    for lo in range(0, len(faces), block):
+        total += _person_max(faces[lo:lo + block] @ vectors.T, starts).sum(axis=0)
+    return total / len(faces)
+
+
 def check_watchlist(watchlist: Watchlist, threshold: float, crowd: Crowd | None = None,
                     top: int = 20, block: int = 2048) -> CheckReport:
     """Score every entry of ``watchlist`` (see the module notes); ``top``: how many of the
@@ -159,8 +179,7 @@ def check_watchlist(watchlist: Watchlist, threshold: float, crowd: Crowd | None 
     used = np.zeros(0, bool)
     any_alert = 0
     if crowd is not None:
-        listed = set(ids)
-        used = np.array([p not in listed for p in crowd.people], bool)
+        used = unlisted_faces(crowd, set(ids))
         faces = crowd.vectors[used]
         paths = [p for p, u in zip(crowd.paths, used, strict=True) if u]
         alerts = np.zeros(len(persons), np.int64)
@@ -201,7 +220,7 @@ def check_watchlist(watchlist: Watchlist, threshold: float, crowd: Crowd | None 
         checks.append(EntryCheck(
             id=person.id, name=person.name, photos=len(person.rows), risk=round(risk, 4),
             photo_issues=issues, nearest_listed=nearest, crowd_alerts=alerts_e,
-            crowd_tail=tail_e, crowd_top=crowd_top[e],
+            crowd_tail=tail_e, crowd_top=crowd_top[e], crowd_mean=person.crowd_mean,
             advice=_advice(person, issues, nearest, alerts_e, crowd_top[e], threshold)))
     # Riskiest first; among equals, the one with more crowd alerts and photo problems.
     checks.sort(key=lambda c: (-c.risk, -(c.crowd_alerts or 0), -len(c.photo_issues), c.id))

@@ -40,6 +40,7 @@ from lfr.watchlist.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     OUTCOMES,
+    CrowdRecord,
     ImageRecord,
     Manifest,
     Outcome,
@@ -49,6 +50,7 @@ from lfr.watchlist.bundle import (
     parse_expiry,
     write_bundle,
 )
+from lfr.watchlist.check import Crowd, crowd_means, unlisted_faces
 from lfr.watchlist.pose import yaw_ratio
 
 CSV_REQUIRED = ("id", "name", "image")
@@ -301,11 +303,13 @@ def build_watchlist(
     limits: ImageLimits = DEFAULT_LIMITS,
     allow_outside: bool = False,
     key: DataKey | None = None,
+    crowd: Crowd | None = None,
 ) -> BuildReport:
     """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle.
 
     ``allow_outside``: a CSV may name images outside its own folder. ``key``: the data key that
-    seals the bundle (default: the user's, ``lfr.keys``)."""
+    seals the bundle (default: the user's, ``lfr.keys``). ``crowd``: a reference crowd (same
+    embedder) to measure each entry against, for per-entry calibration (``lfr.matching``)."""
     if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
         raise WatchlistError(f"expiry {expiry} is in the past")
     persons = _read_source(source, allow_outside)
@@ -351,6 +355,9 @@ def build_watchlist(
         )
     if not vectors:
         raise WatchlistError(f"{source}: no image could be enrolled; no bundle written")
+    crowd_record = None
+    if crowd is not None:
+        records, crowd_record = _measure_crowd(records, np.stack(vectors), crowd)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         created=utc_iso(time.time()),
@@ -359,6 +366,7 @@ def build_watchlist(
         dim=int(analyzer.embedder.dim),
         persons=tuple(records),
         expiry=expiry,
+        crowd=crowd_record,
     )
     digest = write_bundle(output, manifest, np.stack(vectors).astype(np.float32), thumbs, key)
     return BuildReport(
@@ -368,6 +376,24 @@ def build_watchlist(
         persons_without_images=tuple(r.id for r in records if not r.rows),
         outcomes=tuple(outcomes),
     )
+
+
+def _measure_crowd(records: list[PersonRecord], vectors: np.ndarray, crowd: Crowd
+                   ) -> tuple[list[PersonRecord], CrowdRecord]:
+    """The records with each enrolled entry's crowd mean, and what crowd it was."""
+    if crowd.vectors.shape[1:] != vectors.shape[1:]:
+        raise WatchlistError(f"reference crowd {crowd.root}: embeddings of shape "
+                             f"{crowd.vectors.shape[1:]}, the enrolled ones {vectors.shape[1:]}")
+    enrolled = [r for r in records if r.rows]
+    rows = [row for r in enrolled for row in r.rows]
+    try:
+        means = crowd_means(crowd, enrolled, vectors[rows])
+    except ValueError as exc:
+        raise WatchlistError(str(exc)) from None
+    by_id = {r.id: round(float(m), 5) for r, m in zip(enrolled, means, strict=True)}
+    measured = [msgspec.structs.replace(r, crowd_mean=by_id.get(r.id)) for r in records]
+    faces = int(unlisted_faces(crowd, {r.id for r in enrolled}).sum())
+    return measured, CrowdRecord(folder=crowd.root, faces=faces)
 
 
 def rebuild_reason(bundle: Path, source: Path, embedder: str) -> str | None:
