@@ -43,6 +43,9 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 class WatchlistConfig(Section, frozen=True):
     bundle: str  # path to a bundle built by `lfr watchlist build`
     source: str | None = None  # photos to (re)build the bundle from: missing, or another embedder
+    # A reference crowd (folder of <person>/<image> of people not listed) measured at that build,
+    # for per-entry calibration ([matching] crowd_weight).
+    crowd: str | None = None
 
 
 class MatchingConfig(Section, frozen=True):

@@ -16,7 +16,13 @@ from lfr.cli import main
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist import build_watchlist, load_bundle
-from lfr.watchlist.bundle import ImageRecord
+from lfr.watchlist.bundle import (
+    FORMAT_VERSION,
+    ImageRecord,
+    Manifest,
+    PersonRecord,
+    write_bundle,
+)
 from lfr.watchlist.check import Crowd, check_watchlist, photo_issues
 from lfr.watchlist.pose import yaw_ratio
 
@@ -164,3 +170,25 @@ def test_crowd_alerts_count_faces_over_the_threshold(tmp_path: Path) -> None:
     assert by_id["generic"].crowd_top[0].who == "x/1.jpg"
     assert report.crowd_alerts == 2 and report.crowd_alerts_per_1000 == pytest.approx(666.667)
     assert "add a second photo" in by_id["generic"].advice[0]
+
+
+def test_a_photo_unlike_its_entry_s_others_is_named(tmp_path: Path) -> None:
+    # "mixed" has three photos: two of one face and one of somebody else.
+    vectors = np.eye(4, 8, dtype=np.float32)
+    vectors[1] = (vectors[0] + 0.2 * vectors[3]) / np.linalg.norm(vectors[0] + 0.2 * vectors[3])
+    persons = (
+        PersonRecord(id="mixed", name="Mixed", images=tuple(
+            ImageRecord(source=f"mixed/{row}.jpg", sha256="", outcome="enrolled", row=row,
+                        thumbnail=f"{row:05d}.jpg") for row in range(3))),
+        PersonRecord(id="other", name="Other", images=(
+            ImageRecord(source="other/3.jpg", sha256="", outcome="enrolled", row=3,
+                        thumbnail="00003.jpg"),)),
+    )
+    manifest = Manifest(format_version=FORMAT_VERSION, created="2025-01-01T00:00:00.000+00:00",
+                        detector="d", embedder="e", dim=8, persons=persons)
+    write_bundle(tmp_path / "wl", manifest, vectors, {f"{r:05d}.jpg": b"x" for r in range(4)})
+    report = check_watchlist(load_bundle(tmp_path / "wl"), threshold=0.5)
+    by_id = {c.id: c for c in report.riskiest}
+    assert len(by_id["mixed"].photo_issues) == 1
+    assert by_id["mixed"].photo_issues[0].startswith("mixed/2.jpg: looks like none")
+    assert by_id["other"].photo_issues == []

@@ -80,7 +80,10 @@ def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> Face
     reason = rebuild_reason(bundle, source, analyzer.embedder.name)
     if reason is not None:
         stderr.print(reason)
-        enrol(source, bundle, None, not as_json, analyzer, key=config_data_key(config))
+        crowd = (_crowd(str(config.resolve_path(wl.crowd)), analyzer, not as_json)
+                 if wl.crowd else None)
+        enrol(source, bundle, None, not as_json, analyzer, key=config_data_key(config),
+              crowd=crowd)
     return analyzer
 
 
@@ -94,7 +97,7 @@ def cmd_watchlist_build(args: argparse.Namespace) -> int:
     report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
                    analyzer, allow_outside=args.allow_outside,
                    limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)),
-                   key=config_data_key(config), crowd=crowd)
+                   key=config_data_key(config), crowd=crowd, views=args.views)
     checked = (_check(Path(args.output), config, crowd, args.top)
                if report.persons_enrolled else None)
     if args.json:
@@ -281,6 +284,9 @@ def register(sub: Any) -> None:
                        help="a CSV may name images outside its own folder")
     build.add_argument("--max-megapixels", type=positive_float, default=50.0, metavar="MP",
                        help="refuse images larger than this, from their header (default 50)")
+    build.add_argument("--views", action="store_true",
+                       help="enrol each photo as the mean of augmented views (re-aligned with "
+                       "scale and shift jitter, mildly blurred): 8 embeddings per photo")
     _add_check_options(build)
     build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     build.set_defaults(func=cmd_watchlist_build)

@@ -318,7 +318,10 @@ def run_seed(
     threshold: float,
     fpirs: Sequence[float] = FPIRS,
     crowd_weight: float = 0.0,
+    templates: np.ndarray | None = None,
 ) -> tuple[IdentifyReport, SeedScores]:
+    """One draw of the protocol. ``templates``: per image, the row it gives when enrolled (such
+    as the mean of augmented views), where it differs from its search embedding."""
     index = emb.index()
     ok = emb.ok
     vectors = emb.vectors
@@ -349,7 +352,7 @@ def run_seed(
     others = [n for n in sorted(rows) if n not in chosen]
     non_mated = [i for n in others for i in rows[n]]
 
-    gal = vectors[gallery]
+    gal = (vectors if templates is None else templates)[gallery]
     start_arr = np.asarray(starts, np.int64)
     owner = np.asarray(mated_owner, np.int64)
     m_scores = person_max(vectors[mated] @ gal.T, start_arr)

@@ -3,6 +3,8 @@
 Three looks at every entry (a listed person), each from what the bundle holds:
 
 - its photos: face size, detector score, sharpness and head pose, recorded at enrolment;
+- its photos against each other: a photo that looks like none of the entry's other photos is
+  most likely someone else filed under this name;
 - the other listed people: the best score between any of its rows and any other entry's. Two
   entries far above the threshold are most likely one person under two names (how LFW's own
   label errors show up) or twins; a face of one would alert as the other;
@@ -33,6 +35,7 @@ MIN_SHARPNESS = 40.0
 MAX_YAW = 0.25  # nose a quarter eye-distance off the midline: roughly 30 degrees turned
 SAME_PHOTO = 0.97  # a crowd face scoring this high is the same photo (or a near copy)
 MERGE_MARGIN = 0.1  # two entries this far above the threshold: most likely one person
+STRANGER_MARGIN = 0.2  # a photo this far below the threshold against all its entry's others
 TAIL = 10  # crowd scores averaged as the entry's tail
 
 
@@ -204,11 +207,12 @@ def check_watchlist(watchlist: Watchlist, threshold: float, crowd: Crowd | None 
         for e in range(len(persons)):
             crowd_top[e] = [Neighbour(paths[int(top_rows[j, e])], round(float(top_scores[j, e]), 4))
                             for j in range(min(3, keep))]
+    strangers = _odd_photos(persons, vectors, threshold - STRANGER_MARGIN)
     checks = []
     pairs: dict[tuple[str, str], float] = {}
     for e, person in enumerate(persons):
         issues = [i for image in person.images if image.row is not None
-                  for i in photo_issues(image)]
+                  for i in photo_issues(image)] + strangers.get(person.id, [])
         nearest = (Neighbour(ids[int(nearest_id[e])], round(float(nearest_score[e]), 4))
                    if len(persons) > 1 else None)
         if nearest is not None and nearest.score >= threshold + MERGE_MARGIN:
@@ -238,6 +242,29 @@ def check_watchlist(watchlist: Watchlist, threshold: float, crowd: Crowd | None 
         near_duplicates=sorted(((a, b, s) for (a, b), s in pairs.items()), key=lambda p: -p[2]),
         riskiest=shown,
     )
+
+
+def _odd_photos(persons: Sequence[PersonRecord], vectors: np.ndarray, floor: float
+                ) -> dict[str, list[str]]:
+    """Per entry with 2+ photos, those whose best score against the entry's other photos is
+    below ``floor`` (rows of ``vectors`` in ``persons`` order)."""
+    odd: dict[str, list[str]] = {}
+    start = 0
+    for person in persons:
+        rows = vectors[start:start + len(person.rows)]
+        start += len(person.rows)
+        if len(rows) < 2:
+            continue
+        scores = rows @ rows.T
+        np.fill_diagonal(scores, -np.inf)
+        best = scores.max(axis=1)
+        images = [i for i in person.images if i.row is not None]
+        for image, score in zip(images, best, strict=True):
+            if score < floor:
+                odd.setdefault(person.id, []).append(
+                    f"{image.source}: looks like none of this entry's other photos (best "
+                    f"{score:.2f}): someone else's photo?")
+    return odd
 
 
 def summary_lines(report: CheckReport, limit: int = 10) -> list[str]:

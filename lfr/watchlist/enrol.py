@@ -52,6 +52,7 @@ from lfr.watchlist.bundle import (
 )
 from lfr.watchlist.check import Crowd, crowd_means, unlisted_faces
 from lfr.watchlist.pose import yaw_ratio
+from lfr.watchlist.views import enrolment_views, template
 
 CSV_REQUIRED = ("id", "name", "image")
 SECOND_FACE_MAX_AREA = 0.5  # a second face this large (vs the largest) makes a picture ambiguous
@@ -238,7 +239,7 @@ def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
     return faces[0]
 
 
-def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
+def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer, views: bool = False) -> _Enrolled:
     faces = analyzer.detect(image)
     chosen = _choose_face(faces)
     if isinstance(chosen, _Enrolled):
@@ -247,7 +248,9 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     if not quality.passed:
         small = quality.face_px < analyzer.gate.min_face_px
         return _Enrolled("face_too_small" if small else "low_quality", quality.reason)
-    embedding = analyzer.embed([chosen])[0].embedding
+    embedding: np.ndarray | None = (
+        template(analyzer.embedder.embed(enrolment_views(image, chosen.detection.landmarks)))
+        if views else analyzer.embed([chosen])[0].embedding)
     if embedding is None:
         return _Enrolled("low_quality", "not embedded")
     bystanders = [f.detection.box for f in faces if f is not chosen]
@@ -276,7 +279,7 @@ def count_images(source: Path) -> int:
     return sum(len(p.images) for p in _read_source(source))
 
 
-def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits
+def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits, views: bool = False
                 ) -> tuple[str, _Enrolled]:
     """The sha256 of the file's bytes (empty when it was refused before decoding) and its
     outcome."""
@@ -290,7 +293,7 @@ def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits
     decoded = decode_image(data)
     if decoded is None:
         return sha, _Enrolled("unreadable", "not a readable image (corrupt or truncated)")
-    return sha, _enrol_image(decoded, analyzer)
+    return sha, _enrol_image(decoded, analyzer, views)
 
 
 def build_watchlist(
@@ -304,12 +307,14 @@ def build_watchlist(
     allow_outside: bool = False,
     key: DataKey | None = None,
     crowd: Crowd | None = None,
+    views: bool = False,
 ) -> BuildReport:
     """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle.
 
     ``allow_outside``: a CSV may name images outside its own folder. ``key``: the data key that
     seals the bundle (default: the user's, ``lfr.keys``). ``crowd``: a reference crowd (same
-    embedder) to measure each entry against, for per-entry calibration (``lfr.matching``)."""
+    embedder) to measure each entry against, for per-entry calibration (``lfr.matching``).
+    ``views``: each photo's row is the mean of its augmented views (``lfr.watchlist.views``)."""
     if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
         raise WatchlistError(f"expiry {expiry} is in the past")
     persons = _read_source(source, allow_outside)
@@ -321,7 +326,7 @@ def build_watchlist(
         images = []
         for image in person.images:
             given = image.given
-            sha, result = _enrol_file(image, analyzer, limits)
+            sha, result = _enrol_file(image, analyzer, limits, views)
             row = thumb = None
             if result.embedding is not None and result.thumbnail is not None:
                 row, thumb = len(vectors), f"{len(vectors):05d}.jpg"
