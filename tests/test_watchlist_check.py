@@ -25,6 +25,7 @@ from lfr.watchlist.bundle import (
 )
 from lfr.watchlist.check import Crowd, check_watchlist, photo_issues
 from lfr.watchlist.pose import yaw_ratio
+from lfr.watchlist.views import enrolment_views
 
 PLANTED = "Planted_Alias"
 
@@ -192,3 +193,22 @@ def test_a_photo_unlike_its_entry_s_others_is_named(tmp_path: Path) -> None:
     assert len(by_id["mixed"].photo_issues) == 1
     assert by_id["mixed"].photo_issues[0].startswith("mixed/2.jpg: looks like none")
     assert by_id["other"].photo_issues == []
+
+
+def test_enrolment_from_augmented_views(planted: tuple[Path, Path, str], analyzer: FaceAnalyzer,
+                                        tmp_path: Path) -> None:
+    source = tmp_path / "two"
+    for name in sorted(p.name for p in planted[0].iterdir())[:2]:
+        shutil.copytree(planted[0] / name, source / name)
+    build_watchlist(source, tmp_path / "plain", analyzer)
+    build_watchlist(source, tmp_path / "views", analyzer, views=True)
+    plain, views = load_bundle(tmp_path / "plain"), load_bundle(tmp_path / "views")
+    assert plain.labels == views.labels
+    agreement = np.sum(plain.vectors * views.vectors, axis=1)
+    assert np.all(agreement > 0.9) and np.all(agreement < 0.9999)  # the same face, other rows
+    assert np.allclose(np.linalg.norm(views.vectors, axis=1), 1.0, atol=1e-4)
+    image = cv2.imread(str(next((source / plain.labels[0]).iterdir())))
+    face = analyzer.detect(image)[0]
+    aligned = enrolment_views(image, face.detection.landmarks)
+    assert len(aligned) == 8 and all(v.shape == (112, 112, 3) for v in aligned)
+    assert np.array_equal(aligned[0], face.aligned)  # the first view is the plain alignment
