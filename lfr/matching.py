@@ -70,7 +70,9 @@ class Matcher:
         self.top_k = top_k
         self.offsets = dict(offsets or {})  # per person, subtracted from its cosine
         most_rows = max(Counter(self.labels).values(), default=1)
-        self._search_k = top_k * most_rows
+        # Offsets may lift a person from just below the raw top_k: rank twice as many first.
+        self._persons_wanted = top_k * (2 if self.offsets else 1)
+        self._search_k = self._persons_wanted * most_rows
 
     @classmethod
     def for_watchlist(
@@ -102,11 +104,11 @@ class Matcher:
                 person = self.labels[row]
                 if person not in best:
                     best[person] = float(score)
-                    if len(best) == self.top_k:
+                    if len(best) == self._persons_wanted:
                         break
             if self.offsets:
                 best = {p: s - self.offsets.get(p, 0.0) for p, s in best.items()}
-                best = dict(sorted(best.items(), key=lambda item: -item[1]))
+                best = dict(sorted(best.items(), key=lambda item: -item[1])[:self.top_k])
             ranked.append([Candidate(person_id=p, score=s) for p, s in best.items()])
         return ranked
 

@@ -66,6 +66,9 @@ def test_the_matcher_lowers_a_generic_entry(tmp_path: Path) -> None:
     assert [c.person_id for c in raw] == ["generic", "distinct"]
     calibrated = Matcher.for_watchlist(watchlist, threshold=0.5, crowd_weight=0.5).rank(query)[0]
     assert [c.person_id for c in calibrated] == ["distinct", "generic"]
+    # With one candidate wanted, the one the offsets lift from second place still wins.
+    only = Matcher.for_watchlist(watchlist, threshold=0.5, top_k=1, crowd_weight=0.5).rank(query)
+    assert [c.person_id for c in only[0]] == ["distinct"]
     by_id = {c.person_id: c.score for c in calibrated}
     assert by_id["generic"] == pytest.approx(raw[0].score - 0.05, abs=1e-6)
     assert by_id["distinct"] == pytest.approx(raw[1].score + 0.05, abs=1e-6)
@@ -84,3 +87,23 @@ def test_identify_with_a_cross_fitted_crowd_keeps_the_draws() -> None:
     # Offsets move each score by a small amount (the spread of crowd means), never a lot.
     finite = np.isfinite(scores.non_mated) & np.isfinite(plain_scores.non_mated)
     assert np.max(np.abs(scores.non_mated[finite] - plain_scores.non_mated[finite])) < 0.2
+
+
+def test_evaluation_and_matcher_decide_alike(tmp_path: Path) -> None:
+    """`lfr eval identify` scores matrices; the deployment ranks through the Matcher. With the same
+    crowd means, both give every search the same best person and score."""
+    rng = np.random.default_rng(3)
+    gallery = unit(rng.normal(size=(30, 16)).tolist())
+    means = rng.uniform(0.05, 0.15, size=30)
+    ids = [f"p{i:02d}" for i in range(30)]
+    plain = vector_bundle(tmp_path / "wl", ids, gallery)
+    persons = tuple(msgspec.structs.replace(p, crowd_mean=float(m))
+                    for p, m in zip(plain.manifest.persons, means, strict=True))
+    write_bundle(tmp_path / "wl", msgspec.structs.replace(plain.manifest, persons=persons),
+                 gallery, {f"{r:05d}.jpg": b"x" for r in range(30)})
+    matcher = Matcher.for_watchlist(load_bundle(tmp_path / "wl"), 0.5, crowd_weight=0.5)
+    searches = unit(rng.normal(size=(50, 16)).tolist())
+    scores = searches @ gallery.T - crowd_offsets(means, 0.5)
+    ranked = matcher.rank(searches)
+    assert [r[0].person_id for r in ranked] == [ids[i] for i in scores.argmax(axis=1)]
+    assert [r[0].score for r in ranked] == pytest.approx(scores.max(axis=1).tolist(), abs=1e-5)
