@@ -212,3 +212,23 @@ def test_enrolment_from_augmented_views(planted: tuple[Path, Path, str], analyze
     aligned = enrolment_views(image, face.detection.landmarks)
     assert len(aligned) == 8 and all(v.shape == (112, 112, 3) for v in aligned)
     assert np.array_equal(aligned[0], face.aligned)  # the first view is the plain alignment
+
+
+def test_a_deployment_builds_its_bundle_with_its_crowd(
+    planted: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lfr.cli.plugins import load_registry
+    from lfr.cli.watchlist import prepare_watchlist
+    from lfr.config import load_config
+
+    monkeypatch.setenv("LFR_CACHE_DIR", str(tmp_path / "cache"))
+    source, crowd_dir, _ = planted
+    config_file = tmp_path / "site.toml"
+    config_file.write_text(f'name = "site"\n[watchlist]\nbundle = "wl"\nsource = "{source}"\n'
+                           f'crowd = "{crowd_dir}"\n')
+    prepare_watchlist(load_config(config_file), True, load_registry())
+    watchlist = load_bundle(tmp_path / "wl")
+    assert watchlist.manifest.crowd is not None
+    assert watchlist.manifest.crowd.folder == str(crowd_dir) and watchlist.manifest.crowd.faces > 10
+    means = [p.crowd_mean for p in watchlist.persons]
+    assert all(m is not None and -1 < m < 1 for m in means) and len(set(means)) > 1
