@@ -43,6 +43,9 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 class WatchlistConfig(Section, frozen=True):
     bundle: str  # path to a bundle built by `lfr watchlist build`
     source: str | None = None  # photos to (re)build the bundle from: missing, or another embedder
+    # A reference crowd (folder of <person>/<image> of people not listed) measured at that build,
+    # for per-entry calibration ([matching] crowd_weight).
+    crowd: str | None = None
 
 
 class MatchingConfig(Section, frozen=True):
@@ -53,6 +56,10 @@ class MatchingConfig(Section, frozen=True):
     # Person tracks ([matching.tracking], lfr.tracking): a camera's faces are linked across frames
     # and each track decides once, from its best faces.
     tracking: TrackerSettings = msgspec.field(default_factory=TrackerSettings)
+    # Per-entry calibration (lfr.matching): an entry's scores lose this much of how far its mean
+    # cosine to the reference crowd lies above the list's average. Needs a bundle built with
+    # `lfr watchlist build --crowd`; 0 searches plain cosines.
+    crowd_weight: Annotated[float, Meta(ge=0, le=2)] = 0.5
 
 
 class QualityConfig(Section, frozen=True):

@@ -110,6 +110,9 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--plot needs matplotlib: pip install 'lfr[plot]'") from None
     config = _config(args.config)
+    crowd_weight = config.matching.crowd_weight if args.crowd_weight is None else args.crowd_weight
+    if not 0 <= crowd_weight <= 2:
+        raise UserError(f"--crowd-weight {crowd_weight}: must be from 0 to 2")
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("embedding dataset images", total=None)
         try:
@@ -124,6 +127,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
                 fix_labels=args.fix_labels,
                 cache=_cache(args),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                crowd_weight=crowd_weight,
             )
         except DatasetError as exc:
             raise UserError(str(exc)) from None
@@ -329,6 +333,14 @@ def register(sub: Any) -> None:
         help="mated searches per listed person at most (default 10)",
     )
     _add_fix_labels(ident)
+    ident.add_argument(
+        "--crowd-weight",
+        type=float,
+        metavar="W",
+        help="per-entry calibration weight ([matching] crowd_weight; 0: plain cosines); "
+        "the crowd is half the people not listed, scored by the other half (default: the "
+        "config's)",
+    )
     ident.add_argument("--plot", metavar="FILE.png", help="write the DET curve (needs matplotlib)")
     _add_output_options(ident)
     ident.set_defaults(func=cmd_eval_identify)

@@ -1,5 +1,6 @@
-"""``lfr watchlist build|info|destroy``; and ``prepare_watchlist()``, which builds a deployment's
-bundle from its source folder when the library says it must (``run``, ``eval video``)."""
+"""``lfr watchlist build|check|info|destroy``; and ``prepare_watchlist()``, which builds a
+deployment's bundle from its source folder when the library says it must (``run``,
+``eval video``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from lfr.sealed import DataKey
     from lfr.vision.analyzer import FaceAnalyzer
     from lfr.watchlist import BuildReport
+    from lfr.watchlist.check import CheckReport, Crowd
 
 
 def enrol(source: Path, output: Path, expiry: str | None, show_progress: bool,
@@ -78,29 +80,111 @@ def prepare_watchlist(config: Config, as_json: bool, registry: Registry) -> Face
     reason = rebuild_reason(bundle, source, analyzer.embedder.name)
     if reason is not None:
         stderr.print(reason)
-        enrol(source, bundle, None, not as_json, analyzer, key=config_data_key(config))
+        crowd = (_crowd(str(config.resolve_path(wl.crowd)), analyzer, not as_json)
+                 if wl.crowd else None)
+        enrol(source, bundle, None, not as_json, analyzer, key=config_data_key(config),
+              crowd=crowd)
     return analyzer
 
 
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
-    from lfr.config import default_config, load_config
     from lfr.pipeline.wiring import build_analyzer
-
-    config = load_config(Path(args.config)) if args.config else default_config("watchlist")
     from lfr.vision.image_file import ImageLimits
 
+    config = _watchlist_config(args.config)
+    analyzer = build_analyzer(config, load_registry())
+    crowd = _crowd(args.crowd, analyzer, not args.json) if args.crowd else None
     report = enrol(Path(args.source), Path(args.output), args.expiry, not args.json,
-                   build_analyzer(config, load_registry()), allow_outside=args.allow_outside,
+                   analyzer, allow_outside=args.allow_outside,
                    limits=ImageLimits(max_pixels=round(args.max_megapixels * 1e6)),
-                   key=config_data_key(config))
+                   key=config_data_key(config), crowd=crowd, views=args.views)
+    checked = (_check(Path(args.output), config, crowd, args.top)
+               if report.persons_enrolled else None)
     if args.json:
-        print_json(report.to_dict())
+        print_json(report.to_dict() | {"check": checked})
     else:
         stderr.print(outcome_table(report))
         for item in report.problems():
             stderr.print(f"[yellow]{escape(item)}[/]")
         stderr.print(f"{report.persons_enrolled} people enrolled -> {args.output}")
+        if checked is not None:
+            _print_check(checked)
     return EXIT_OK if report.persons_enrolled else EXIT_FAILED
+
+
+def _watchlist_config(path: str | None) -> Config:
+    from lfr.config import default_config, load_config
+
+    return load_config(Path(path)) if path else default_config("watchlist")
+
+
+def _crowd(folder: str, analyzer: FaceAnalyzer, show_progress: bool) -> Crowd:
+    """The reference crowd of ``--crowd``, embedded (cached) by the bundle's own models."""
+    from lfr.eval.crowd import load_crowd
+    from lfr.eval.dataset import default_cache_dir
+    from lfr.eval.identify import DatasetError, list_people
+
+    root = Path(folder)
+    try:
+        total = sum(len(p) for p in list_people(root).values())
+        with progress(f"embedding the crowd {root}", total, show_progress) as advance:
+            done = [0]
+
+            def step(n: int, _total: int) -> None:
+                advance(n - done[0])
+                done[0] = n
+
+            return load_crowd(root, analyzer, cache=default_cache_dir(), progress=step)
+    except DatasetError as exc:
+        raise UserError(f"--crowd {exc}") from None
+
+
+def _check(bundle: Path, config: Config, crowd: Crowd | None, top: int) -> CheckReport:
+    from lfr.watchlist import WatchlistError, load_bundle
+    from lfr.watchlist.check import check_watchlist
+
+    try:
+        watchlist = load_bundle(bundle, key=config_data_key(config))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+    if crowd is not None and len(crowd.vectors) and crowd.vectors.shape[1] != watchlist.dim:
+        raise UserError(f"--crowd {crowd.root}: embeddings of {crowd.vectors.shape[1]} "
+                        f"dimensions, the bundle's have {watchlist.dim}")
+    return check_watchlist(watchlist, config.matching.threshold, crowd, top=top)
+
+
+def _print_check(report: CheckReport) -> None:
+    from lfr.watchlist.check import summary_lines
+
+    for line in summary_lines(report):
+        stderr.print(escape(line), highlight=False)
+
+
+def cmd_watchlist_check(args: argparse.Namespace) -> int:
+    from lfr.pipeline.wiring import build_analyzer
+    from lfr.watchlist import WatchlistError, bundle_info
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: must be >= 1")
+    config = _watchlist_config(args.config)
+    bundle = Path(args.bundle)
+    try:
+        info = bundle_info(bundle)  # fail fast, before loading models
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+    crowd = None
+    if args.crowd:
+        analyzer = build_analyzer(config, load_registry())
+        if info.get("embedder") != analyzer.embedder.name:
+            raise UserError(f"{bundle}: built with embedder {info.get('embedder')!r}, the "
+                            f"config embeds with {analyzer.embedder.name!r}: rebuild it first")
+        crowd = _crowd(args.crowd, analyzer, not args.json)
+    report = _check(bundle, config, crowd, args.top)
+    if args.json:
+        print_json(report)
+    else:
+        _print_check(report)
+    return EXIT_OK
 
 
 def cmd_watchlist_info(args: argparse.Namespace) -> int:
@@ -200,8 +284,22 @@ def register(sub: Any) -> None:
                        help="a CSV may name images outside its own folder")
     build.add_argument("--max-megapixels", type=positive_float, default=50.0, metavar="MP",
                        help="refuse images larger than this, from their header (default 50)")
+    build.add_argument("--views", action="store_true",
+                       help="enrol each photo as the mean of augmented views (re-aligned with "
+                       "scale and shift jitter, mildly blurred): 8 embeddings per photo")
+    _add_check_options(build)
     build.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     build.set_defaults(func=cmd_watchlist_build)
+
+    check = wl_sub.add_parser(
+        "check", help="the entries that would raise most false alerts, with advice "
+        "(photo quality, look-alike entries, scores against a crowd of unlisted faces)")
+    check.add_argument("bundle", help="bundle folder to check")
+    check.add_argument("--config", help="deployment config: its threshold, models and data key "
+                       "(default: lfr's defaults)")
+    _add_check_options(check)
+    check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    check.set_defaults(func=cmd_watchlist_check)
 
     info = wl_sub.add_parser("info", help="describe a bundle")
     info.add_argument("bundle")
@@ -223,3 +321,13 @@ def register(sub: Any) -> None:
                          "default: OS user")
     destroy.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     destroy.set_defaults(func=cmd_watchlist_destroy)
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crowd", metavar="DIR",
+                        help="reference crowd: a folder of <person>/<image> folders of people "
+                        "not on the list (e.g. a dataset); folders named like a listed id are "
+                        "left out as that person's own photos")
+    parser.add_argument("--top", type=int, default=20, metavar="N",
+                        help="list the N riskiest entries (and every one over the threshold; "
+                        "default 20)")

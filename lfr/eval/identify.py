@@ -12,6 +12,11 @@ Protocol (``lfr eval identify``), per seed:
 - TPIR at FPIR x: the threshold is set so that at most floor(x * non-mated) searches alert (see
   ``lfr.eval.metrics``), reported with that count so readers see how few false alerts a rate
   rests on. It is null where the data allow no false alert at all (fewer than 1/x non-mated).
+- Per-entry calibration (``[matching] crowd_weight``, see ``lfr.matching``): the reference crowd
+  must not hold the searches it is scored on, so it is cross-fitted: the people not listed are
+  split in two at random, each half's faces measure every entry's crowd mean for the other half's
+  non-mated searches (mated searches take either half's, alternately). Each entry's offset comes
+  from ``lfr.matching.crowd_offsets``, as in a deployment. Gallery growth stays on plain cosines.
 - Gallery growth: the people not listed are split in two; one half is enrolled as distractors in
   growing galleries, the other half searches them, so FPIR can be read against gallery size.
 
@@ -273,6 +278,7 @@ class IdentifyReport(msgspec.Struct, frozen=True, kw_only=True):
     label_fixes: list[LabelFix]
     seeds: list[int]
     model: str
+    crowd_weight: float = 0.0  # per-entry calibration weight (0: plain cosines)
     seconds: float = 0.0
     per_seed: list[IdentifyReport] = msgspec.field(default_factory=list)
 
@@ -311,7 +317,11 @@ def run_seed(
     max_probes: int,
     threshold: float,
     fpirs: Sequence[float] = FPIRS,
+    crowd_weight: float = 0.0,
+    templates: np.ndarray | None = None,
 ) -> tuple[IdentifyReport, SeedScores]:
+    """One draw of the protocol. ``templates``: per image, the row it gives when enrolled (such
+    as the mean of augmented views), where it differs from its search embedding."""
     index = emb.index()
     ok = emb.ok
     vectors = emb.vectors
@@ -342,7 +352,7 @@ def run_seed(
     others = [n for n in sorted(rows) if n not in chosen]
     non_mated = [i for n in others for i in rows[n]]
 
-    gal = vectors[gallery]
+    gal = (vectors if templates is None else templates)[gallery]
     start_arr = np.asarray(starts, np.int64)
     owner = np.asarray(mated_owner, np.int64)
     m_scores = person_max(vectors[mated] @ gal.T, start_arr)
@@ -351,6 +361,13 @@ def run_seed(
     m_ok = ok[mated]
     mated_scores = np.where(first & m_ok, own, MISS)
     nm_all = person_max(vectors[non_mated] @ gal.T, start_arr)
+    if crowd_weight:
+        m_scores, nm_all = _calibrated(
+            vectors, found, others, gal, start_arr, m_scores, nm_all,
+            [n for n in others for _ in rows[n]], seed=seed, weight=crowd_weight)
+        own = m_scores[np.arange(len(mated)), owner]
+        first = m_scores.argmax(axis=1) == owner
+        mated_scores = np.where(first & m_ok, own, MISS)
     nm_ok = ok[non_mated]
     nm_scores = np.where(nm_ok, nm_all.max(axis=1), MISS)
     rates = identification_rates(mated_scores, nm_scores, threshold, fpirs)
@@ -393,8 +410,41 @@ def run_seed(
         label_fixes=[],
         seeds=[seed],
         model=emb.model,
+        crowd_weight=crowd_weight,
     )
     return report, SeedScores(seed, mated_scores, nm_scores)
+
+
+def _calibrated(
+    vectors: np.ndarray,
+    found: Mapping[str, list[int]],
+    others: list[str],
+    gal: np.ndarray,
+    starts: np.ndarray,
+    mated: np.ndarray,
+    non_mated: np.ndarray,
+    non_mated_people: list[str],
+    *,
+    seed: int,
+    weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mated and non-mated person scores with each entry's crowd offset, the crowd cross-fitted
+    (module notes). Its own generator: the draws of the protocol stay as they were."""
+    from lfr.matching import crowd_offsets
+
+    rng = np.random.default_rng([seed, 15])
+    half = {name: int(rng.integers(2)) for name in others}
+    offsets = []
+    for fold in (0, 1):
+        faces = [i for name in others if half[name] == fold for i in found[name]]
+        if not faces:
+            raise DatasetError("too few people outside the gallery for a reference crowd")
+        means = person_max(vectors[faces] @ gal.T, starts).mean(axis=0)
+        offsets.append(crowd_offsets(means, weight))
+    mated_fold = np.arange(len(mated)) % 2
+    searcher_fold = 1 - np.array([half[name] for name in non_mated_people], np.int64)
+    return (mated - np.stack(offsets)[mated_fold],
+            non_mated - np.stack(offsets)[searcher_fold])
 
 
 def _growth(
@@ -534,6 +584,7 @@ def run_identify(
     fix_labels: bool = False,
     cache: Path | None = None,
     progress: Progress | None = None,
+    crowd_weight: float = 0.0,
 ) -> tuple[IdentifyReport, list[SeedScores]]:
     """Embed the dataset once (cached), then run the protocol for each seed."""
     start = time.perf_counter()
@@ -550,6 +601,7 @@ def run_identify(
             enrol_images=enrol_images,
             max_probes=max_probes,
             threshold=threshold,
+            crowd_weight=crowd_weight,
         )
         reports.append(msgspec.structs.replace(report, label_fixes=applied))
         scores.append(seed_scores)
@@ -602,6 +654,8 @@ def render_identify(report: IdentifyReport) -> Table:
             f"label fix ({fix.action})",
             f"{fix.item}{' -> ' + fix.into if fix.into else ''}: {fix.note}",
         )
+    table.add_row("per-entry calibration", f"crowd weight {report.crowd_weight:g}"
+                  + (" (crowd: half the people not listed)" if report.crowd_weight else ""))
     table.add_row("model", report.model)
     table.add_row("time", f"{report.seconds:.1f} s")
     return table

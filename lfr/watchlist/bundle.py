@@ -65,6 +65,11 @@ class ImageRecord(msgspec.Struct, frozen=True):
     row: int | None = None  # embedding row, for enrolled images
     thumbnail: str | None = None  # file name under thumbs/
     quality: float | None = None  # 0..1, picks the reference thumbnail
+    # What `lfr watchlist check` judges the picture by (None in bundles from before it existed).
+    face_px: float | None = None  # shorter side of the face box
+    det_score: float | None = None
+    sharpness: float | None = None  # variance of the Laplacian of the aligned face
+    yaw: float | None = None  # nose offset from the eyes' midline / eye distance (0: frontal)
 
 
 class PersonRecord(msgspec.Struct, frozen=True):
@@ -74,6 +79,9 @@ class PersonRecord(msgspec.Struct, frozen=True):
     notes: str = ""
     expiry: str | None = None
     images: tuple[ImageRecord, ...] = ()
+    # Against the reference crowd of the build (``Manifest.crowd``): the mean cosine of its faces
+    # to this entry (best row). A generic-looking entry has a high one; see lfr.matching.
+    crowd_mean: float | None = None
 
     @property
     def rows(self) -> list[int]:
@@ -89,6 +97,14 @@ class Manifest(msgspec.Struct, frozen=True):
     persons: tuple[PersonRecord, ...]
     expiry: str | None = None
     bundle_id: str = ""  # set by write_bundle; names the bundle in its blobs' associated data
+    crowd: CrowdRecord | None = None  # the reference crowd the entries were measured against
+
+
+class CrowdRecord(msgspec.Struct, frozen=True):
+    """Which reference crowd the entries' ``crowd_mean`` comes from."""
+
+    folder: str
+    faces: int  # faces of unlisted people used (folders named like an entry left out)
 
 
 class _Version(msgspec.Struct):

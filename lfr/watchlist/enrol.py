@@ -40,6 +40,7 @@ from lfr.watchlist.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     OUTCOMES,
+    CrowdRecord,
     ImageRecord,
     Manifest,
     Outcome,
@@ -49,6 +50,9 @@ from lfr.watchlist.bundle import (
     parse_expiry,
     write_bundle,
 )
+from lfr.watchlist.check import Crowd, crowd_means, unlisted_faces
+from lfr.watchlist.pose import yaw_ratio
+from lfr.watchlist.views import enrolment_views, template
 
 CSV_REQUIRED = ("id", "name", "image")
 SECOND_FACE_MAX_AREA = 0.5  # a second face this large (vs the largest) makes a picture ambiguous
@@ -216,6 +220,7 @@ class _Enrolled(msgspec.Struct):
     embedding: np.ndarray | None = None
     thumbnail: bytes | None = None
     quality: float | None = None
+    measures: dict[str, float] = msgspec.field(default_factory=dict)  # ImageRecord's, for check
 
 
 def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
@@ -234,7 +239,7 @@ def _choose_face(faces: list[AnalyzedFace]) -> AnalyzedFace | _Enrolled:
     return faces[0]
 
 
-def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
+def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer, views: bool = False) -> _Enrolled:
     faces = analyzer.detect(image)
     chosen = _choose_face(faces)
     if isinstance(chosen, _Enrolled):
@@ -243,7 +248,9 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     if not quality.passed:
         small = quality.face_px < analyzer.gate.min_face_px
         return _Enrolled("face_too_small" if small else "low_quality", quality.reason)
-    embedding = analyzer.embed([chosen])[0].embedding
+    embedding: np.ndarray | None = (
+        template(analyzer.embedder.embed(enrolment_views(image, chosen.detection.landmarks)))
+        if views else analyzer.embed([chosen])[0].embedding)
     if embedding is None:
         return _Enrolled("low_quality", "not embedded")
     bystanders = [f.detection.box for f in faces if f is not chosen]
@@ -251,8 +258,11 @@ def _enrol_image(image: np.ndarray, analyzer: FaceAnalyzer) -> _Enrolled:
     ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, THUMB_JPEG_QUALITY])
     if not ok:
         raise WatchlistError("cannot encode a thumbnail as JPEG")
+    measures = {"face_px": quality.face_px, "det_score": quality.det_score,
+                "sharpness": quality.sharpness, "yaw": yaw_ratio(chosen.detection.landmarks)}
     return _Enrolled(
-        "enrolled", embedding=embedding, thumbnail=jpeg.tobytes(), quality=quality.score
+        "enrolled", embedding=embedding, thumbnail=jpeg.tobytes(), quality=quality.score,
+        measures={k: round(float(v), 4) for k, v in measures.items()},
     )
 
 
@@ -269,7 +279,7 @@ def count_images(source: Path) -> int:
     return sum(len(p.images) for p in _read_source(source))
 
 
-def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits
+def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits, views: bool = False
                 ) -> tuple[str, _Enrolled]:
     """The sha256 of the file's bytes (empty when it was refused before decoding) and its
     outcome."""
@@ -283,7 +293,7 @@ def _enrol_file(image: _Image, analyzer: FaceAnalyzer, limits: ImageLimits
     decoded = decode_image(data)
     if decoded is None:
         return sha, _Enrolled("unreadable", "not a readable image (corrupt or truncated)")
-    return sha, _enrol_image(decoded, analyzer)
+    return sha, _enrol_image(decoded, analyzer, views)
 
 
 def build_watchlist(
@@ -296,11 +306,15 @@ def build_watchlist(
     limits: ImageLimits = DEFAULT_LIMITS,
     allow_outside: bool = False,
     key: DataKey | None = None,
+    crowd: Crowd | None = None,
+    views: bool = False,
 ) -> BuildReport:
     """Enrol every image of ``source`` (a folder of person folders, or a CSV) into a bundle.
 
     ``allow_outside``: a CSV may name images outside its own folder. ``key``: the data key that
-    seals the bundle (default: the user's, ``lfr.keys``)."""
+    seals the bundle (default: the user's, ``lfr.keys``). ``crowd``: a reference crowd (same
+    embedder) to measure each entry against, for per-entry calibration (``lfr.matching``).
+    ``views``: each photo's row is the mean of its augmented views (``lfr.watchlist.views``)."""
     if expiry and parse_expiry(expiry, "expiry") <= datetime.now(UTC):
         raise WatchlistError(f"expiry {expiry} is in the past")
     persons = _read_source(source, allow_outside)
@@ -312,7 +326,7 @@ def build_watchlist(
         images = []
         for image in person.images:
             given = image.given
-            sha, result = _enrol_file(image, analyzer, limits)
+            sha, result = _enrol_file(image, analyzer, limits, views)
             row = thumb = None
             if result.embedding is not None and result.thumbnail is not None:
                 row, thumb = len(vectors), f"{len(vectors):05d}.jpg"
@@ -327,6 +341,7 @@ def build_watchlist(
                     row=row,
                     thumbnail=thumb,
                     quality=result.quality,
+                    **result.measures,
                 )
             )
             outcome = EnrolOutcome(person.id, given, result.outcome, result.reason)
@@ -345,6 +360,9 @@ def build_watchlist(
         )
     if not vectors:
         raise WatchlistError(f"{source}: no image could be enrolled; no bundle written")
+    crowd_record = None
+    if crowd is not None:
+        records, crowd_record = _measure_crowd(records, np.stack(vectors), crowd)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         created=utc_iso(time.time()),
@@ -353,6 +371,7 @@ def build_watchlist(
         dim=int(analyzer.embedder.dim),
         persons=tuple(records),
         expiry=expiry,
+        crowd=crowd_record,
     )
     digest = write_bundle(output, manifest, np.stack(vectors).astype(np.float32), thumbs, key)
     return BuildReport(
@@ -362,6 +381,24 @@ def build_watchlist(
         persons_without_images=tuple(r.id for r in records if not r.rows),
         outcomes=tuple(outcomes),
     )
+
+
+def _measure_crowd(records: list[PersonRecord], vectors: np.ndarray, crowd: Crowd
+                   ) -> tuple[list[PersonRecord], CrowdRecord]:
+    """The records with each enrolled entry's crowd mean, and what crowd it was."""
+    if crowd.vectors.shape[1:] != vectors.shape[1:]:
+        raise WatchlistError(f"reference crowd {crowd.root}: embeddings of shape "
+                             f"{crowd.vectors.shape[1:]}, the enrolled ones {vectors.shape[1:]}")
+    enrolled = [r for r in records if r.rows]
+    rows = [row for r in enrolled for row in r.rows]
+    try:
+        means = crowd_means(crowd, enrolled, vectors[rows])
+    except ValueError as exc:
+        raise WatchlistError(str(exc)) from None
+    by_id = {r.id: round(float(m), 5) for r, m in zip(enrolled, means, strict=True)}
+    measured = [msgspec.structs.replace(r, crowd_mean=by_id.get(r.id)) for r in records]
+    faces = int(unlisted_faces(crowd, {r.id for r in enrolled}).sum())
+    return measured, CrowdRecord(folder=crowd.root, faces=faces)
 
 
 def rebuild_reason(bundle: Path, source: Path, embedder: str) -> str | None:
