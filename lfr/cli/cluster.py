@@ -1,0 +1,136 @@
+"""``lfr node`` (one node of a deployment spread over machines), ``lfr status`` and ``lfr alerts``
+(what the deployment's NATS server holds of it)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, stderr
+from lfr.cli.plugins import load_registry
+from lfr.textsafe import safe_text
+
+
+def _bus_error(exc: Exception, url: str) -> UserError:
+    return UserError(f"NATS at {url}: {exc or type(exc).__name__}")
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from lfr.cluster.bus import BusError
+    from lfr.cluster.node import run_node
+    from lfr.config import load_config
+    from lfr.pipeline.wiring import build_analyzer
+
+    config = load_config(Path(args.config))
+    if config.watchlist is None:
+        raise UserError(f"{args.config}: a node needs a [watchlist] bundle")
+    bundle = config.resolve_path(config.watchlist.bundle)
+    if not (bundle / "manifest.json").is_file():
+        # Nodes never build it: two nodes building one folder would race.
+        raise UserError(f"{args.config}: watchlist bundle {bundle} not found: build it once "
+                        "(lfr watchlist build) where every node can read it")
+    name = args.node or socket.gethostname().split(".")[0]
+    registry = load_registry()
+    analyzer = build_analyzer(config, registry)
+    try:
+        summaries = run_node(config, args.nats, name, registry, analyzer)
+    except BusError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise _bus_error(exc, args.nats) from None
+    failures = [f for s in summaries for f in s.failures]
+    if args.json:
+        print_json({"node": name, "runs": len(summaries),
+                    "frames": sum(s.frames for s in summaries),
+                    "alerts": sum(s.alerts for s in summaries), "failures": failures})
+    else:
+        stderr.print(f"node {name}: {len(summaries)} runs, "
+                     f"{sum(s.alerts for s in summaries)} alerts")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _read(args: argparse.Namespace, what: str) -> dict[str, Any]:
+    from lfr.cluster import status
+    from lfr.cluster.bus import BusError
+
+    try:
+        result: dict[str, Any] = getattr(status, what)(args.nats, args.deployment)
+    except BusError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # no server there, refused, timed out
+        if type(exc).__module__.startswith("nats") or isinstance(exc, OSError):
+            raise _bus_error(exc, args.nats) from None
+        raise
+    return result
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    result = _read(args, "status")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    nodes = Table(title=f"deployment {result['deployment']}: nodes", title_justify="left")
+    for column in ("node", "alive", "cameras", "last seen", "unpublished"):
+        nodes.add_column(column)
+    for node in result["nodes"]:
+        nodes.add_row(safe_text(node["name"]), "yes" if node["alive"] else "no",
+                      safe_text(", ".join(node["cameras"])), node["last_seen"],
+                      str(node["unpublished"]))
+    cameras = Table(title="cameras", title_justify="left")
+    for column in ("camera", "node", "state"):
+        cameras.add_column(column)
+    for camera in result["cameras"]:
+        cameras.add_row(safe_text(camera["name"]), safe_text(camera["node"] or "-"),
+                        camera["state"])
+    stderr.print(nodes)
+    stderr.print(cameras)
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    result = _read(args, "alerts")
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    table = Table(title=f"{len(result['alerts'])} alerts ({result['stream_records']} records, "
+                  f"{result['duplicates']} duplicates)", title_justify="left")
+    for column in ("time", "node", "camera", "person", "score", "decision"):
+        table.add_column(column)
+    for a in result["alerts"]:
+        table.add_row(a["time"], safe_text(a["node"]), safe_text(a["camera"]),
+                      safe_text(f"{a['name']} ({a['person_id']})"), f"{a['score']:.3f}",
+                      a["decision"] or "-")
+    stderr.print(table)
+    return EXIT_OK
+
+
+def _add_bus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats", required=True, metavar="URL",
+                        help="the deployment's NATS server(s), e.g. nats://127.0.0.1:4222 "
+                        "(several: comma-separated)")
+
+
+def register(sub: Any) -> None:
+    node = sub.add_parser("node", help="run one node of a deployment spread over machines: "
+                          "its share of the cameras, its alerts to the NATS stream")
+    node.add_argument("config", help="the deployment's config (TOML), the same on every node")
+    _add_bus(node)
+    node.add_argument("--node", metavar="NAME",
+                      help="this node's name (letters, digits, '-', '_'; default: host name); "
+                      "its records go to data_dir/NAME/")
+    node.add_argument("--json", action="store_true",
+                      help="print one JSON object on stdout when the node stops")
+    node.set_defaults(func=cmd_node)
+
+    for name, func, what in (("status", cmd_status, "its nodes and which camera runs where"),
+                             ("alerts", cmd_alerts, "its alerts in the stream, with decisions")):
+        parser = sub.add_parser(name, help=f"a deployment spread over nodes: {what}")
+        _add_bus(parser)
+        parser.add_argument("--deployment", required=True, metavar="NAME",
+                            help="the deployment's name (its config's `name`)")
+        parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        parser.set_defaults(func=func)
