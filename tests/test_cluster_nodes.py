@@ -1,0 +1,286 @@
+"""A deployment spread over nodes, end to end: `lfr node` processes share file cameras (the demo
+clip, looping in real time) through a real nats-server on loopback.
+
+- Three nodes, six cameras: SIGKILL one node, its cameras run on the others within the lease
+  plus a few seconds; restarted, every alert it had stored is in the stream exactly once; no
+  camera ever ran on two nodes at once (from every node's audit log).
+- The NATS server restarted mid-run: the nodes keep processing, their alerts wait in the
+  outboxes and are published when it is back; none lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from natsserver import NatsServer, serve
+from paths import CLIP, PEOPLE
+
+from lfr.audit import audit_records, verify
+from lfr.cluster import status as cluster_status
+from lfr.vision.defaults import default_analyzer
+from lfr.watchlist import build_watchlist
+
+pytestmark = pytest.mark.slow
+
+LFR = Path(sys.executable).with_name("lfr")
+LEASE_S = 10.0  # the default
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    yield from serve(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wl") / "bundle"
+    build_watchlist(PEOPLE, path, default_analyzer())
+    return path
+
+
+def write_config(tmp_path: Path, bundle: Path, cameras: int) -> Path:
+    config = tmp_path / "site.toml"
+    entries = "".join(f"""
+[[cameras]]
+name = "cam{i}"
+url = "{CLIP}"
+realtime = true
+loop = true
+fps_cap = 2
+""" for i in range(cameras))
+    config.write_text(f"""
+name = "site"
+data_dir = "data"
+operator = "tester"
+
+[watchlist]
+bundle = "{bundle}"
+
+[matching]
+cooldown_s = 1.0
+
+[pipeline]
+checkpoint_s = 1.0
+
+[[notifiers]]
+kind = "jsonl"
+path = "alerts.jsonl"
+{entries}""")
+    return config
+
+
+class Nodes:
+    """`lfr node` processes of one config, by name."""
+
+    def __init__(self, config: Path, url: str) -> None:
+        self.config, self.url = config, url
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        log = self.config.parent / f"{name}.log"
+        with log.open("ab") as out:
+            self.processes[name] = subprocess.Popen(
+                [str(LFR), "node", str(self.config), "--nats", self.url, "--node", name],
+                cwd=self.config.parent, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    def check_running(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                log = (self.config.parent / f"{name}.log").read_text()[-3000:]
+                raise AssertionError(f"node {name} exited ({process.returncode}):\n{log}")
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> dict[str, int]:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = -9
+        self.processes.clear()
+        return codes
+
+    def data_dir(self, name: str) -> Path:
+        return self.config.parent / "data" / name
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, nodes: Nodes) -> float:
+    """Seconds it took; fails naming ``what`` after ``timeout_s`` or when a node exited."""
+    started = time.monotonic()
+    while not predicate():
+        nodes.check_running()
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def read_status(nodes: Nodes) -> dict[str, Any]:
+    try:
+        return cluster_status.status(nodes.url, "site")
+    except Exception:  # not created yet, or the server away
+        return {"nodes": [], "cameras": []}
+
+
+def holders(nodes: Nodes) -> dict[str, str]:
+    """camera -> node, for the cameras running now."""
+    return {c["name"]: c["node"] for c in read_status(nodes)["cameras"]
+            if c["state"] == "running"}
+
+
+def outbox_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    path = data_dir / "outbox.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def stored_alerts(data_dir: Path) -> set[str]:
+    return {str(r[0]) for r in outbox_rows(data_dir, "SELECT id FROM alerts")}
+
+
+def unpublished(data_dir: Path) -> set[str]:
+    return {str(r[0]) for r in outbox_rows(
+        data_dir, "SELECT id FROM alerts WHERE id NOT IN"
+        " (SELECT id FROM published WHERE kind = 'alert')")}
+
+
+def _when(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def camera_intervals(data_dir: Path, killed_at: float | None = None
+                     ) -> list[tuple[str, float, float]]:
+    """(camera, from, to) for every run of the node, from its audit log: from the run's config
+    record (before any camera started) to its stop record (after every camera stopped); a run
+    that was killed ends at ``killed_at`` (or now)."""
+    found = []
+    open_run: tuple[list[str], float] | None = None
+    for record in audit_records(data_dir):
+        if record.kind == "config":
+            open_run = ([c["name"] for c in record.data["cameras"]], _when(record.time))
+        elif record.kind == "deployment_stop" and open_run is not None:
+            found += [(c, open_run[1], _when(record.time)) for c in open_run[0]]
+            open_run = None
+        elif record.kind == "seal" and record.data.get("reason") == "resume" and open_run:
+            found += [(c, open_run[1], killed_at or time.time()) for c in open_run[0]]
+            open_run = None
+    if open_run is not None:
+        found += [(c, open_run[1], killed_at or time.time()) for c in open_run[0]]
+    return found
+
+
+def assert_no_camera_on_two_nodes(intervals: dict[str, list[tuple[str, float, float]]]) -> None:
+    for node, runs in intervals.items():
+        for other, other_runs in intervals.items():
+            if other <= node:
+                continue
+            for camera, start, end in runs:
+                for camera2, start2, end2 in other_runs:
+                    assert not (camera == camera2 and start < end2 and start2 < end), (
+                        f"{camera} ran on {node} ({start}-{end}) and {other} ({start2}-{end2})")
+
+
+@pytest.mark.timeout(420)
+def test_three_nodes_share_six_cameras_and_survive_a_sigkill(
+        tmp_path: Path, bundle: Path, nats_server: NatsServer) -> None:
+    config = write_config(tmp_path, bundle, cameras=6)
+    nodes = Nodes(config, nats_server.url)
+    names = ["node0", "node1", "node2"]
+    try:
+        for name in names:
+            nodes.start(name)
+
+        def spread_evenly() -> bool:
+            held = holders(nodes)
+            counts = sorted(list(held.values()).count(n) for n in names)
+            return len(held) == 6 and counts == [2, 2, 2]
+
+        wait_until(spread_evenly, 120, "six cameras running, two per node", nodes)
+        victim = holders(nodes)
+        lost = {c for c, n in victim.items() if n == "node2"}
+        wait_until(lambda: bool(stored_alerts(nodes.data_dir("node2"))), 90,
+                   "an alert on node2", nodes)
+
+        nodes.kill("node2")
+        killed_at = time.time()
+        stored = stored_alerts(nodes.data_dir("node2"))
+
+        def moved() -> bool:
+            held = holders(nodes)
+            return all(held.get(c) in ("node0", "node1") for c in lost)
+
+        took = wait_until(moved, LEASE_S + 30, "node2's cameras on the others", nodes)
+        assert took <= LEASE_S + 15, f"node2's cameras took {took:.1f} s to move"
+        status = read_status(nodes)
+        alive = {n["name"]: n["alive"] for n in status["nodes"]}
+        assert alive == {"node0": True, "node1": True, "node2": False}
+
+        nodes.start("node2")  # comes back: publishes what it had stored, takes its share again
+        wait_until(lambda: not unpublished(nodes.data_dir("node2"))
+                   and spread_evenly(), 120, "node2 back with its share, outbox published",
+                   nodes)
+        result = cluster_status.alerts(nodes.url, "site")
+        in_stream = [a["id"] for a in result["alerts"]]
+        assert stored <= set(in_stream), "an alert node2 had stored is not in the stream"
+        assert result["duplicates"] == 0
+        assert result["stream_records"] == len(in_stream) == len(set(in_stream))
+        by_id = {a["id"]: a for a in result["alerts"]}
+        assert {by_id[i]["node"] for i in stored} == {"node2"}
+    finally:
+        codes = nodes.stop_all()
+    assert codes == {name: 0 for name in names}, codes
+    everything = set()
+    for name in names:
+        everything |= stored_alerts(nodes.data_dir(name))
+        assert verify(nodes.data_dir(name) / "audit.jsonl").ok
+    final = cluster_status.alerts(nats_server.url, "site")
+    assert {a["id"] for a in final["alerts"]} == everything  # every node's, published at stop
+    assert final["duplicates"] == 0
+    assert_no_camera_on_two_nodes({
+        name: camera_intervals(nodes.data_dir(name), killed_at if name == "node2" else None)
+        for name in names})
+    # The killed run of node2 is in the stream's copy of its audit chain, in order, once.
+    nats_audit = _audit_in_stream(nats_server.url)
+    for name in names:
+        seqs = [r["seq"] for r in nats_audit[name]]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+def _audit_in_stream(url: str) -> dict[str, list[dict[str, Any]]]:
+    import asyncio
+
+    from lfr.cluster.bus import Bus, Names, connect
+    from lfr.cluster.status import audit_records_by_node
+
+    async def read() -> dict[str, list[dict[str, Any]]]:
+        nc = await connect(url, "test")
+        try:
+            return await audit_records_by_node(await Bus(nc, Names("site")).bind())
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
