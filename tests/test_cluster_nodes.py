@@ -284,3 +284,52 @@ def _audit_in_stream(url: str) -> dict[str, list[dict[str, Any]]]:
             await nc.close()
 
     return asyncio.run(read())
+
+
+def deployment_starts(data_dir: Path) -> int:
+    return sum(1 for r in audit_records(data_dir) if r.kind == "deployment_start")
+
+
+@pytest.mark.timeout(300)
+def test_nodes_keep_processing_while_the_server_restarts(
+        tmp_path: Path, bundle: Path, nats_server: NatsServer) -> None:
+    config = write_config(tmp_path, bundle, cameras=4)
+    nodes = Nodes(config, nats_server.url)
+    names = ["node0", "node1"]
+    try:
+        for name in names:
+            nodes.start(name)
+        wait_until(lambda: len(holders(nodes)) == 4 and set(holders(nodes).values()) ==
+                   set(names), 120, "four cameras running on two nodes", nodes)
+        runs = {name: deployment_starts(nodes.data_dir(name)) for name in names}
+        before = {name: stored_alerts(nodes.data_dir(name)) for name in names}
+
+        # Down for less than a lease: nobody's cameras stop, alerts wait in the outboxes.
+        nats_server.stop(signal.SIGKILL)
+        down_since = time.monotonic()
+
+        def raised_while_down() -> bool:
+            return all(stored_alerts(nodes.data_dir(n)) - before[n] for n in names)
+
+        wait_until(raised_while_down, LEASE_S - 4, "alerts on both nodes while the server is "
+                   "down", nodes)
+        waiting = {n: unpublished(nodes.data_dir(n)) for n in names}
+        assert all(waiting.values()), f"nothing waiting for the stream: {waiting}"
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - down_since)))
+        nats_server.start()
+        wait_until(lambda: not any(unpublished(nodes.data_dir(n)) for n in names), 60,
+                   "the outboxes published after the server came back", nodes)
+        # They kept processing: no camera was stopped and started again.
+        assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
+        result = cluster_status.alerts(nodes.url, "site")
+        in_stream = {a["id"] for a in result["alerts"]}
+        for name in names:
+            assert waiting[name] <= in_stream
+        assert result["duplicates"] == 0
+    finally:
+        codes = nodes.stop_all()
+    assert codes == {name: 0 for name in names}, codes
+    final = cluster_status.alerts(nats_server.url, "site")
+    everything = set().union(*(stored_alerts(nodes.data_dir(n)) for n in names))
+    assert {a["id"] for a in final["alerts"]} == everything
+    assert final["duplicates"] == 0 and final["stream_records"] == len(everything)
