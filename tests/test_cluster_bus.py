@@ -10,7 +10,9 @@ from pathlib import Path
 
 import anyio
 import msgspec
+import numpy as np
 import pytest
+from bundles import vector_bundle
 
 from lfr.cluster.bus import Bus, BusError, Names, connect
 from lfr.cluster.leases import CameraLeases, Heartbeat, fair_share
@@ -19,6 +21,7 @@ from lfr.cluster.status import read_alerts, read_status
 from lfr.config import ClusterConfig, parse_config
 from lfr.messages import Adjudication, Alert
 from lfr.notify.outbox import Outbox
+from lfr.watchlist import load_bundle
 from tests.natsserver import NatsServer, serve
 
 pytestmark = pytest.mark.anyio
@@ -199,4 +202,40 @@ async def test_capacity_bounds_what_a_node_takes(nats_server: NatsServer) -> Non
     status = await read_status(bus)
     states = sorted(c["state"] for c in status["cameras"])
     assert states == ["running"] * 2 + ["unassigned"] * 4
+    await nc.close()
+
+
+async def test_watchlist_versions_are_checked_and_destroyed(nats_server: NatsServer,
+                                                           tmp_path: Path) -> None:
+    from lfr.cluster import watchlist
+
+    bundle = tmp_path / "bundle"
+    vector_bundle(bundle, ["ann", "bob"], np.eye(2, 4, dtype=np.float32))
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep4")).open()
+    first = await watchlist.publish(bus, bundle, "sup", only_if_none=True)
+    assert first is not None and (first.version, first.people) == (1, 2)
+    # A node starting with a bundle in its config publishes only when the store has none.
+    assert await watchlist.publish(bus, bundle, "node1", only_if_none=True) is None
+    second = await watchlist.publish(bus, bundle, "sup")
+    assert second is not None and second.version == 2 and second.sha256 == first.sha256
+    copy = await watchlist.fetch(bus, second, tmp_path / "copy" / "v2")
+    assert sorted(p.name for p in copy.rglob("*") if p.is_file()) == sorted(
+        p.name for p in bundle.rglob("*") if p.is_file())
+    assert load_bundle(copy).persons == load_bundle(bundle).persons
+
+    forged = msgspec.structs.replace(second, sha256="0" * 64)
+    with pytest.raises(watchlist.WatchlistError, match="sha256"):
+        await watchlist.fetch(bus, forged, tmp_path / "copy" / "forged")
+
+    destroyed = await watchlist.destroy(bus, "sup")
+    assert destroyed.destroyed and destroyed.version == 3
+    assert (await watchlist.current(bus))[0] == destroyed
+    assert bus.bundles is not None
+    from nats.js.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):  # no bundle left in the store
+        await bus.bundles.list(ignore_deletes=True)
+    with pytest.raises(watchlist.WatchlistError, match="no published watchlist"):
+        await watchlist.destroy(bus, "sup")
     await nc.close()

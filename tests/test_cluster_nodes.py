@@ -333,3 +333,61 @@ def test_nodes_keep_processing_while_the_server_restarts(
     everything = set().union(*(stored_alerts(nodes.data_dir(n)) for n in names))
     assert {a["id"] for a in final["alerts"]} == everything
     assert final["duplicates"] == 0 and final["stream_records"] == len(everything)
+
+
+def watchlist_records(data_dir: Path, kind: str) -> list[dict[str, Any]]:
+    return [r.data for r in audit_records(data_dir) if r.kind == kind]
+
+
+@pytest.mark.timeout(300)
+def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
+        tmp_path: Path, bundle: Path, nats_server: NatsServer) -> None:
+    from lfr.cli import main
+
+    smaller = tmp_path / "two-people"
+    smaller.mkdir()
+    for person in sorted(PEOPLE.iterdir())[:2]:  # links: the shared photos are not copied
+        (smaller / person.name).symlink_to(person)
+    second = tmp_path / "bundle2"
+    build_watchlist(smaller, second, default_analyzer())
+
+    config = write_config(tmp_path, bundle, cameras=2)
+    nodes = Nodes(config, nats_server.url)
+    names = ["node0", "node1"]
+
+    def versions() -> dict[str, Any]:
+        return read_status(nodes).get("watchlist", {}).get("nodes", {})
+
+    try:
+        for name in names:
+            nodes.start(name)
+        # The first node published the config's bundle as version 1; both run it.
+        wait_until(lambda: versions() == {"node0": 1, "node1": 1} and len(holders(nodes)) == 2,
+                   120, "both nodes on watchlist version 1", nodes)
+        assert main(["watchlist", "publish", str(second), "--nats", nodes.url,
+                     "--deployment", "site", "--operator", "sup", "--json"]) == 0
+        took = wait_until(lambda: versions() == {"node0": 2, "node1": 2}, 60,
+                          "both nodes on version 2", nodes)
+        assert took < 30
+        wait_until(lambda: len(holders(nodes)) == 2, 60, "cameras running again", nodes)
+        status = read_status(nodes)
+        assert status["watchlist"]["version"] == 2 and status["watchlist"]["people"] == 2
+        for name in names:
+            loaded = watchlist_records(nodes.data_dir(name), "watchlist_loaded")
+            assert loaded and loaded[-1]["version"] == 2 and loaded[-1]["persons"] == 2
+
+        assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",
+                     "--operator", "sup", "--json"]) == 0
+        wait_until(lambda: all(watchlist_records(nodes.data_dir(n), "watchlist_destroyed")
+                               for n in names), 60, "every node's copy destroyed", nodes)
+        for name in names:
+            copies = nodes.data_dir(name) / "watchlists"
+            assert not any(copies.iterdir())
+            (record,) = watchlist_records(nodes.data_dir(name), "watchlist_destroyed")
+            assert record["version"] == 3 and record["operator"] == "sup"
+        assert read_status(nodes)["watchlist"]["destroyed"] is True
+        wait_until(lambda: not holders(nodes), 30, "no camera running without a watchlist",
+                   nodes)
+    finally:
+        codes = nodes.stop_all()
+    assert codes == {name: 0 for name in names}, codes

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.table import Table
 
 from lfr.cli.output import EXIT_FAILED, EXIT_OK, UserError, print_json, stderr
@@ -25,14 +26,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     from lfr.config import load_config
     from lfr.pipeline.wiring import build_analyzer
 
+    # Nodes never build a bundle (two nodes building one folder would race): they load the
+    # deployment's published one, or publish the config's [watchlist] bundle when none is.
     config = load_config(Path(args.config))
-    if config.watchlist is None:
-        raise UserError(f"{args.config}: a node needs a [watchlist] bundle")
-    bundle = config.resolve_path(config.watchlist.bundle)
-    if not (bundle / "manifest.json").is_file():
-        # Nodes never build it: two nodes building one folder would race.
-        raise UserError(f"{args.config}: watchlist bundle {bundle} not found: build it once "
-                        "(lfr watchlist build) where every node can read it")
     name = args.node or socket.gethostname().split(".")[0]
     registry = load_registry()
     analyzer = build_analyzer(config, registry)
@@ -106,6 +102,96 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                       a["decision"] or "-")
     stderr.print(table)
     return EXIT_OK
+
+
+def cmd_watchlist_publish(args: argparse.Namespace) -> int:
+    from lfr.cluster.watchlist import WatchlistError
+
+    try:
+        version = _on_bus(args, _publish(Path(args.bundle), args.operator))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print_json({"published": version})
+    else:
+        stderr.print(f"published {args.bundle} as watchlist version {version['version']} of "
+                     f"{args.deployment} (sha256 {version['sha256']}, {version['people']} "
+                     "people)", highlight=False)
+    return EXIT_OK
+
+
+def destroy_published(args: argparse.Namespace, operator: str) -> dict[str, Any]:
+    """``lfr watchlist destroy --nats``: the deployment's published watchlist, from the store
+    and from every node (each deletes its copy and audits it)."""
+    from lfr.cluster.watchlist import WatchlistError
+
+    try:
+        return _on_bus(args, _destroy(operator))
+    except WatchlistError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _publish(bundle: Path, operator: str | None) -> Any:
+    import getpass
+
+    from lfr.cluster import watchlist
+
+    async def run(bus: Any) -> dict[str, Any]:
+        version = await watchlist.publish(bus, bundle, operator or getpass.getuser())
+        assert version is not None
+        return msgspec.to_builtins(version)
+
+    return run
+
+
+def _destroy(operator: str) -> Any:
+    from lfr.cluster import watchlist
+
+    async def run(bus: Any) -> dict[str, Any]:
+        return msgspec.to_builtins(await watchlist.destroy(bus, operator))
+
+    return run
+
+
+def _on_bus(args: argparse.Namespace, action: Any) -> dict[str, Any]:
+    """Run ``action(bus)`` on the deployment's bus (opened: created when missing)."""
+    import asyncio
+
+    from lfr.cluster.bus import Bus, BusError, Names, connect
+
+    async def run() -> dict[str, Any]:
+        nc = await connect(args.nats, "lfr-console")
+        try:
+            result: dict[str, Any] = await action(await Bus(nc, Names(args.deployment)).open())
+            return result
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except BusError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("nats") or isinstance(exc, OSError):
+            raise _bus_error(exc, args.nats) from None
+        raise
+
+
+def add_watchlist_commands(wl_sub: Any, destroy: argparse.ArgumentParser) -> None:
+    """``lfr watchlist publish`` and ``destroy --nats`` (called by lfr.cli.watchlist)."""
+    publish = wl_sub.add_parser("publish", help="publish a bundle to a deployment spread over "
+                                "nodes: the next version, used by every node within seconds")
+    publish.add_argument("bundle", help="bundle folder (lfr watchlist build)")
+    _add_bus(publish)
+    publish.add_argument("--deployment", required=True, metavar="NAME",
+                         help="the deployment's name (its config's `name`)")
+    publish.add_argument("--operator", help="who publishes it (default: OS user)")
+    publish.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    publish.set_defaults(func=cmd_watchlist_publish)
+    destroy.add_argument("--nats", metavar="URL",
+                         help="destroy the watchlist published to a deployment spread over nodes "
+                         "(with --deployment): from the store and from every node")
+    destroy.add_argument("--deployment", metavar="NAME", help="with --nats: the deployment")
 
 
 def _add_bus(parser: argparse.ArgumentParser) -> None:

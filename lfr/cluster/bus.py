@@ -9,6 +9,8 @@ One deployment, one stream and two key-value buckets, all named from the deploym
   (within ``cluster.duplicate_window_s``).
 - bucket ``lfr_<name>_cameras``: one key per camera, the lease of the node that runs it.
 - bucket ``lfr_<name>_nodes``: one key per node, its heartbeat (cameras, capacity, time).
+- bucket ``lfr_<name>_watchlist`` (the version in use) and object store ``lfr_<name>_bundles``
+  (the bundles): lfr.cluster.watchlist.
 
 Nothing about a face that did not match is ever published; alerts cross without their images
 (the crop and the watchlist picture stay in the node's sealed outbox).
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
+    from nats.js.object_store import ObjectStore
 
 # Stream, bucket and subject tokens: letters, digits, '-' and '_' (a '.' separates subject tokens).
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -53,6 +56,8 @@ class Names:
         self.stream = f"LFR_{deployment}"
         self.cameras_bucket = f"lfr_{deployment}_cameras"
         self.nodes_bucket = f"lfr_{deployment}_nodes"
+        self.watchlist_bucket = f"lfr_{deployment}_watchlist"
+        self.bundles_store = f"lfr_{deployment}_bundles"
 
     def subject(self, what: str, node: str) -> str:
         return f"lfr.{self.deployment}.{what}.{node}"
@@ -113,18 +118,27 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=3)
         self.cameras: KeyValue | None = None
         self.nodes: KeyValue | None = None
+        self.watchlist: KeyValue | None = None
+        self.bundles: ObjectStore | None = None
 
     async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0) -> Bus:
         from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
 
-        config = StreamConfig(name=self.names.stream, subjects=[self.names.subjects],
-                              storage=StorageType.FILE, num_replicas=replicas,
-                              duplicate_window=duplicate_window_s)
-        await self.js.add_stream(config)  # the same config again is accepted as is
+        try:  # the first node or console creates it; later ones take it as it is
+            await self.js.stream_info(self.names.stream)
+        except NotFoundError:
+            await self.js.add_stream(StreamConfig(
+                name=self.names.stream, subjects=[self.names.subjects], storage=StorageType.FILE,
+                num_replicas=replicas, duplicate_window=duplicate_window_s))
         self.cameras = await self.js.create_key_value(
             bucket=self.names.cameras_bucket, history=1, replicas=replicas)
         self.nodes = await self.js.create_key_value(
             bucket=self.names.nodes_bucket, history=1, replicas=replicas)
+        self.watchlist = await self.js.create_key_value(
+            bucket=self.names.watchlist_bucket, history=5, replicas=replicas)
+        self.bundles = await self.js.create_object_store(
+            bucket=self.names.bundles_store, replicas=replicas)
         return self
 
     async def bind(self) -> Bus:
@@ -136,6 +150,8 @@ class Bus:
             await self.js.stream_info(self.names.stream)
             self.cameras = await self.js.key_value(self.names.cameras_bucket)
             self.nodes = await self.js.key_value(self.names.nodes_bucket)
+            self.watchlist = await self.js.key_value(self.names.watchlist_bucket)
+            self.bundles = await self.js.object_store(self.names.bundles_store)
         except (NotFoundError, BucketNotFoundError):
             raise BusError(f"no deployment {self.names.deployment!r} on this NATS server "
                            "(no node of it has started)") from None

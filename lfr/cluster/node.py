@@ -12,6 +12,7 @@ stopped.
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Iterable
@@ -21,15 +22,18 @@ from typing import Any
 import anyio
 import msgspec
 
-from lfr.cluster.bus import Bus, Names, check_token, connect
+from lfr.cluster import watchlist as watchlists
+from lfr.cluster.bus import Bus, BusError, Names, check_token, connect
 from lfr.cluster.leases import CameraLeases, Heartbeat
 from lfr.cluster.publisher import Publisher
-from lfr.config import Config
+from lfr.cluster.watchlist import Version
+from lfr.config import Config, WatchlistConfig
 from lfr.deployment import Deployment, DeploymentView, RunSummary
 from lfr.keys import load_data_key
 from lfr.notify.outbox import Outbox
 from lfr.plugins import Registry
 from lfr.vision.analyzer import FaceAnalyzer
+from lfr.watchlist.bundle import destroy_bundle
 
 log = logging.getLogger("lfr.cluster.node")
 
@@ -78,6 +82,11 @@ class Node:
         self.summaries: list[RunSummary] = []
         self._running: set[str] = set()
         self._watchlist: dict[str, object] = {}
+        # The published watchlist this node runs (lfr.cluster.watchlist): its version and local
+        # copy; None before the first is loaded, or once destroyed.
+        self._version: Version | None = None
+        self._bundle: Path | None = None
+        self._destroyed: Version | None = None  # to audit once the cameras have stopped
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,12 +102,14 @@ class Node:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             leases = CameraLeases(bus, self.name, camera_names(self.config), settings)
             await leases.register()
+            await self._first_watchlist(bus)
             with Outbox(self.data_dir, load_data_key(self.config.data_key_file())) as outbox:
                 publisher = Publisher(bus, self.name, outbox, self.data_dir)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_signals)
                     tg.start_soon(self._keep_leases, bus, leases, outbox)
                     tg.start_soon(publisher.run)
+                    tg.start_soon(self._follow_watchlist, bus)
                     await self._run_cameras(leases)
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
@@ -112,22 +123,90 @@ class Node:
     async def _run_cameras(self, leases: CameraLeases) -> None:
         while not self._stop.is_set():
             self._changed = anyio.Event()
+            if self._destroyed is not None:
+                await anyio.to_thread.run_sync(self._record_destroyed)
             wanted = leases.running()
-            if not wanted:
+            if not wanted or self._bundle is None:
                 await self._changed.wait()
                 continue
             self._running = set(wanted)
-            deployment = Deployment(with_cameras(self.config, wanted, self.data_dir),
-                                    self._registry, analyzer=self._analyzer)
+            config = with_cameras(self.config, wanted, self.data_dir)
+            config = msgspec.structs.replace(config, watchlist=WatchlistConfig(
+                bundle=str(self._bundle)))
+            deployment = Deployment(config, self._registry, analyzer=self._analyzer,
+                                    watchlist_version=self._version.version
+                                    if self._version else None)
             log.info("%s: running cameras %s", self.name, sorted(wanted))
             summary = await deployment.run(handle_signals=False, services=[self._until_changed])
             self._running = set()
             self.summaries.append(summary)
-            if deployment.watchlist is not None:
-                self._watchlist = {"sha256": deployment.watchlist.digest(),
-                                   "people": len(deployment.watchlist.persons)}
             # What was given up has stopped now: other nodes may take it.
             await leases.release(leases.surplus())
+
+    # -- the watchlist ---------------------------------------------------------------------
+
+    async def _first_watchlist(self, bus: Bus) -> None:
+        """The store's version; when it has none, the config's bundle, published by the first
+        node to get there (compare-and-set): the others load that one."""
+        version, _ = await watchlists.current(bus)
+        configured = self.config.watchlist
+        if version is None and configured is not None:
+            bundle = self.config.resolve_path(configured.bundle)
+            if (bundle / "manifest.json").is_file():
+                published = await watchlists.publish(bus, bundle, self.name, only_if_none=True)
+                if published is not None:
+                    log.info("%s: published %s as watchlist version %d", self.name, bundle,
+                             published.version)
+                version, _ = await watchlists.current(bus)
+        if version is None:
+            raise BusError(f"deployment {self.names.deployment!r}: no watchlist published and "
+                           "none in the config's [watchlist] bundle: publish one (lfr watchlist "
+                           "publish BUNDLE --nats URL --deployment NAME)")
+        await self._load(bus, version)
+
+    async def _follow_watchlist(self, bus: Bus) -> None:
+        """Every heartbeat: a newer version is loaded, then the cameras switch to it."""
+        while True:
+            await anyio.sleep(self.config.cluster.heartbeat_s)
+            try:
+                version, _ = await watchlists.current(bus)
+                if version is not None and (self._version is None
+                                            or version.version > self._version.version):
+                    await self._load(bus, version)
+                    self._changed.set()
+            except Exception as exc:  # the server away, a bad upload: keep the one in use
+                log.warning("%s: watchlist not updated: %s", self.name, exc)
+
+    async def _load(self, bus: Bus, version: Version) -> None:
+        if version.destroyed:
+            self._bundle, self._version, self._destroyed = None, version, version
+            self._watchlist = {"version": version.version, "destroyed": True}
+            log.warning("%s: watchlist destroyed by %s: cameras stop", self.name, version.by)
+            return
+        copies = self.data_dir / "watchlists"
+        bundle = await watchlists.fetch(bus, version, copies / f"v{version.version}")
+        self._bundle, self._version = bundle, version
+        self._watchlist = {"version": version.version, "sha256": version.sha256,
+                           "people": version.people}
+        log.info("%s: watchlist version %d loaded", self.name, version.version)
+
+    def _record_destroyed(self) -> None:
+        """The cameras have stopped: delete this node's copies and audit it."""
+        from lfr.audit import AuditLog, Kind
+
+        version, self._destroyed = self._destroyed, None
+        assert version is not None
+        copies = self.data_dir / "watchlists"
+        removed = sorted(p.name for p in copies.iterdir()) if copies.is_dir() else []
+        for path in copies.iterdir() if copies.is_dir() else []:
+            if (path / "manifest.json").is_file():
+                destroy_bundle(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+        with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit:
+            audit.append(Kind.WATCHLIST_DESTROYED, {
+                "version": version.version, "operator": version.by, "node": self.name,
+                "copies": removed})
 
     async def _until_changed(self, view: DeploymentView) -> None:
         await self._changed.wait()

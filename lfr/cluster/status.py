@@ -51,8 +51,7 @@ async def read_status(bus: Bus) -> dict[str, Any]:
         if alive:
             alive_names.add(name)
             running.update({camera: name for camera in beat.cameras})
-            if beat.watchlist:
-                watchlists.append(beat.watchlist)
+            watchlists.append({"node": name, **beat.watchlist})
     cameras = []
     for camera, value in sorted((await _entries(bus.cameras)).items()):
         lease = decode_lease(value)
@@ -60,12 +59,16 @@ async def read_status(bus: Bus) -> dict[str, Any]:
         state = ("running" if holder and running.get(camera) == holder
                  else "starting" if holder else "unassigned")
         cameras.append({"name": camera, "node": holder, "state": state})
-    digests = {str(w.get("sha256")) for w in watchlists}
+    from lfr.cluster.watchlist import current
+
+    version, _ = await current(bus)
     watchlist: dict[str, Any] = {"version": None, "sha256": None, "people": None}
-    if len(digests) == 1:
-        watchlist.update(sha256=digests.pop(), people=watchlists[0].get("people"))
-    elif digests:
-        watchlist["sha256"] = sorted(digests)  # nodes disagree: every one shown
+    if version is not None:
+        watchlist = {"version": version.version, "sha256": version.sha256 or None,
+                     "people": version.people, "published": version.published,
+                     "by": version.by, "destroyed": version.destroyed}
+    # Which version each live node runs: all of them the same once they have switched.
+    watchlist["nodes"] = {w["node"]: w.get("version") for w in watchlists}
     return {"deployment": bus.names.deployment, "nodes": nodes, "cameras": cameras,
             "watchlist": watchlist}
 
