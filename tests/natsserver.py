@@ -20,8 +20,12 @@ def free_port() -> int:
 
 
 class NatsServer:
-    def __init__(self, store: Path, port: int | None = None) -> None:
+    def __init__(self, store: Path, port: int | None = None, config: Path | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
+        """``config``: a server config file (it names the port and store: give the same);
+        ``extra``: more arguments (a cluster's)."""
         self.store, self.port = store, port or free_port()
+        self.config, self.extra = config, extra
         self.log = store.parent / f"nats-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -33,9 +37,11 @@ class NatsServer:
         assert self.process is None, "already running"
         self.store.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
+            where = (["-c", str(self.config)] if self.config else
+                     ["-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)])
             self.process = subprocess.Popen(
-                [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                 "-sd", str(self.store)], stdout=log, stderr=subprocess.STDOUT)
+                [str(find_nats_server()), *where, *self.extra], stdout=log,
+                stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from natsserver import NatsServer, serve
+from natsserver import NatsServer, free_port, serve
 from paths import CLIP, PEOPLE
 
 from lfr.audit import audit_records, verify
@@ -85,11 +85,12 @@ class Nodes:
         self.config, self.url = config, url
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *extra: str) -> None:
         log = self.config.parent / f"{name}.log"
         with log.open("ab") as out:
             self.processes[name] = subprocess.Popen(
-                [str(LFR), "node", str(self.config), "--nats", self.url, "--node", name],
+                [str(LFR), "node", str(self.config), "--nats", self.url, "--node", name,
+                 *extra],
                 cwd=self.config.parent, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
     def check_running(self) -> None:
@@ -391,3 +392,40 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
     finally:
         codes = nodes.stop_all()
     assert codes == {name: 0 for name in names}, codes
+
+
+@pytest.mark.timeout(300)
+def test_a_node_runs_on_a_locked_bus_with_its_own_credentials(
+        tmp_path: Path, bundle: Path) -> None:
+    from lfr.cli import main
+    from lfr.cluster.credentials import load_credentials
+
+    port = free_port()
+    conf, creds = tmp_path / "server.conf", tmp_path / "creds"
+    assert main(["nats-config", "site", "--node", "node0", "--console", "ops", "--listen",
+                 f"127.0.0.1:{port}", "--store", str(tmp_path / "store"), "-o", str(conf),
+                 "--credentials-dir", str(creds)]) == 0
+    server = NatsServer(tmp_path / "store", port=port, config=conf)
+    server.start()
+    nodes = Nodes(write_config(tmp_path, bundle, cameras=1), server.url)
+    console = load_credentials(creds / "ops.json")
+    try:
+        nodes.start("node0", "--credentials", str(creds / "node0.json"))
+
+        def running() -> bool:
+            try:
+                found = cluster_status.status(server.url, "site", console)
+            except Exception:
+                return False
+            return [c["state"] for c in found["cameras"]] == ["running"]
+
+        wait_until(running, 120, "the camera running on a locked bus", nodes)
+        wait_until(lambda: bool(stored_alerts(nodes.data_dir("node0"))), 90, "an alert", nodes)
+        wait_until(lambda: not unpublished(nodes.data_dir("node0")), 30, "it published", nodes)
+        found = cluster_status.alerts(server.url, "site", console)
+        assert found["alerts"] and found["duplicates"] == 0
+    finally:
+        codes = nodes.stop_all()
+        server.stop()
+    assert codes == {"node0": 0}
+    assert "violation" not in (tmp_path / "node0.log").read_text().lower()

@@ -16,6 +16,40 @@ from lfr.cli.plugins import load_registry
 from lfr.textsafe import safe_text
 
 
+def _credentials(args: argparse.Namespace, deployment: str, user: str) -> Any:
+    """``--credentials``, else this user's in lfr's key directory, else None."""
+    from lfr.cluster.credentials import CredentialsError, find_credentials
+
+    explicit = getattr(args, "credentials", None)
+    try:
+        return find_credentials(deployment, user, Path(explicit) if explicit else None)
+    except CredentialsError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_nats_config(args: argparse.Namespace) -> int:
+    from lfr.cluster.bus import BusError
+    from lfr.cluster.credentials import CredentialsError, generate
+    from lfr.config import parse_listen
+
+    try:
+        parse_listen(args.listen, "--listen")
+        written = generate(args.deployment, args.node, args.console, args.listen,
+                           Path(args.store).resolve(), Path(args.output),
+                           Path(args.credentials_dir) if args.credentials_dir else None)
+    except (ValueError, BusError, CredentialsError) as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print_json({"server_config": str(Path(args.output).resolve()),
+                    "credentials": [str(p) for p in written]})
+    else:
+        stderr.print(f"wrote {args.output} (start: nats-server -c {args.output}) and "
+                     f"credentials for {len(written)} users:", highlight=False)
+        for path in written:
+            stderr.print(f"  {path}", highlight=False)
+    return EXIT_OK
+
+
 def _bus_error(exc: Exception, url: str) -> UserError:
     return UserError(f"NATS at {url}: {exc or type(exc).__name__}")
 
@@ -32,8 +66,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     name = args.node or socket.gethostname().split(".")[0]
     registry = load_registry()
     analyzer = build_analyzer(config, registry)
+    credentials = _credentials(args, config.name, name)
     try:
-        summaries = run_node(config, args.nats, name, registry, analyzer)
+        summaries = run_node(config, args.nats, name, registry, analyzer, credentials)
     except BusError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
@@ -53,8 +88,9 @@ def _read(args: argparse.Namespace, what: str) -> dict[str, Any]:
     from lfr.cluster import status
     from lfr.cluster.bus import BusError
 
+    credentials = _credentials(args, args.deployment, "console")
     try:
-        result: dict[str, Any] = getattr(status, what)(args.nats, args.deployment)
+        result: dict[str, Any] = getattr(status, what)(args.nats, args.deployment, credentials)
     except BusError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:  # no server there, refused, timed out
@@ -159,8 +195,10 @@ def _on_bus(args: argparse.Namespace, action: Any) -> dict[str, Any]:
 
     from lfr.cluster.bus import Bus, BusError, Names, connect
 
+    credentials = _credentials(args, args.deployment, "console")
+
     async def run() -> dict[str, Any]:
-        nc = await connect(args.nats, "lfr-console")
+        nc = await connect(args.nats, "lfr-console", credentials=credentials)
         try:
             result: dict[str, Any] = await action(await Bus(nc, Names(args.deployment)).open())
             return result
@@ -192,12 +230,20 @@ def add_watchlist_commands(wl_sub: Any, destroy: argparse.ArgumentParser) -> Non
                          help="destroy the watchlist published to a deployment spread over nodes "
                          "(with --deployment): from the store and from every node")
     destroy.add_argument("--deployment", metavar="NAME", help="with --nats: the deployment")
+    _add_credentials(destroy)
 
 
 def _add_bus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nats", required=True, metavar="URL",
                         help="the deployment's NATS server(s), e.g. nats://127.0.0.1:4222 "
                         "(several: comma-separated)")
+    _add_credentials(parser)
+
+
+def _add_credentials(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--credentials", metavar="FILE",
+                        help="NATS credentials (lfr nats-config); default: this node's, or "
+                        "console.json, in lfr's key directory under nats/DEPLOYMENT/ if there")
 
 
 def register(sub: Any) -> None:
@@ -211,6 +257,26 @@ def register(sub: Any) -> None:
     node.add_argument("--json", action="store_true",
                       help="print one JSON object on stdout when the node stops")
     node.set_defaults(func=cmd_node)
+
+    nats = sub.add_parser("nats-config", help="lock a deployment's NATS server: its config "
+                          "(JetStream, one user per node and console, subject permissions) and "
+                          "each user's credentials in lfr's key directory")
+    nats.add_argument("deployment", help="the deployment's name (its config's `name`)")
+    nats.add_argument("--node", action="append", default=[], metavar="NAME",
+                      help="a node's name (repeat for each node)")
+    nats.add_argument("--console", action="append", default=[], metavar="NAME",
+                      help="a console user (lfr status, alerts, watchlist publish); repeat; "
+                      "console commands use the one named console by default")
+    nats.add_argument("--listen", default="127.0.0.1:4222", metavar="HOST:PORT",
+                      help="where the server listens (default 127.0.0.1:4222)")
+    nats.add_argument("--store", required=True, metavar="DIR", help="JetStream's store folder")
+    nats.add_argument("-o", "--output", required=True, metavar="FILE",
+                      help="server config to write (0600): nats-server -c FILE")
+    nats.add_argument("--credentials-dir", metavar="DIR",
+                      help="write the credentials here (default: lfr's key directory, "
+                      "nats/DEPLOYMENT/)")
+    nats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    nats.set_defaults(func=cmd_nats_config)
 
     for name, func, what in (("status", cmd_status, "its nodes and which camera runs where"),
                              ("alerts", cmd_alerts, "its alerts in the stream, with decisions")):

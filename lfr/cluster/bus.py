@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
     from nats.js.object_store import ObjectStore
 
+    from lfr.cluster.credentials import Credentials
+
 # Stream, bucket and subject tokens: letters, digits, '-' and '_' (a '.' separates subject tokens).
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 ALERT, DECISION, AUDIT = "alert", "decision", "audit"
@@ -85,10 +87,17 @@ def find_nats_server() -> Path:
 
 
 async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
-                  on_state: Any | None = None) -> Client:
+                  on_state: Any | None = None, credentials: Credentials | None = None
+                  ) -> Client:
     """A connection that reconnects for ever: a node goes on while the server is away (its
-    alerts wait in the outbox) and resumes when the server is back."""
+    alerts wait in the outbox) and resumes when the server is back. ``credentials``: the
+    user's (lfr.cluster.credentials), with replies to an inbox of its own."""
     import nats
+
+    login: dict[str, Any] = {}
+    if credentials is not None:
+        login = {"user": credentials.user, "password": credentials.password,
+                 "inbox_prefix": credentials.inbox_prefix}
 
     async def noted(what: str) -> None:
         if on_state is not None:
@@ -107,7 +116,7 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
         servers=[u.strip() for u in url.split(",") if u.strip()], name=name,
         max_reconnect_attempts=-1, reconnect_time_wait=reconnect_wait_s,
         connect_timeout=2, allow_reconnect=True, disconnected_cb=disconnected,
-        reconnected_cb=reconnected, error_cb=error)
+        reconnected_cb=reconnected, error_cb=error, **login)
 
 
 class Bus:

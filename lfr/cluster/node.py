@@ -24,6 +24,7 @@ import msgspec
 
 from lfr.cluster import watchlist as watchlists
 from lfr.cluster.bus import Bus, BusError, Names, check_token, connect
+from lfr.cluster.credentials import Credentials
 from lfr.cluster.leases import CameraLeases, Heartbeat
 from lfr.cluster.publisher import Publisher
 from lfr.cluster.watchlist import Version
@@ -70,7 +71,8 @@ class Node:
     """A node of ``config``'s deployment on the NATS server(s) at ``url``."""
 
     def __init__(self, config: Config, url: str, name: str, registry: Registry,
-                 analyzer: FaceAnalyzer) -> None:
+                 analyzer: FaceAnalyzer, credentials: Credentials | None = None) -> None:
+        self._credentials = credentials
         self.config, self.url, self.name = config, url, check_token(name, "node name")
         for camera in camera_names(config):
             check_token(camera, f"camera name (in {config.source_file or '<config>'})")
@@ -94,7 +96,7 @@ class Node:
 
     async def run(self) -> None:
         settings = self.config.cluster
-        nc = await connect(self.url, f"lfr-node-{self.name}",
+        nc = await connect(self.url, f"lfr-node-{self.name}", credentials=self._credentials,
                            on_state=lambda s: log.info("%s: NATS %s", self.name, s))
         try:
             bus = await Bus(nc, self.names).open(
@@ -255,8 +257,8 @@ class Node:
 
 
 def run_node(config: Config, url: str, name: str, registry: Registry,
-             analyzer: FaceAnalyzer) -> list[Any]:
+             analyzer: FaceAnalyzer, credentials: Credentials | None = None) -> list[Any]:
     """Run a node until SIGINT/SIGTERM; the summaries of its deployments, in order."""
-    node = Node(config, url, name, registry, analyzer)
+    node = Node(config, url, name, registry, analyzer, credentials)
     anyio.run(node.run)
     return node.summaries

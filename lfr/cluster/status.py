@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from lfr.cluster.bus import ALERT, AUDIT, DECISION, Bus, Names, connect
+from lfr.cluster.credentials import Credentials
 from lfr.cluster.leases import decode_heartbeat, decode_lease, is_alive
 from lfr.messages import utc_iso
 
@@ -124,8 +125,9 @@ async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-async def _with_bus(url: str, deployment: str, read: Any) -> dict[str, Any]:
-    nc = await connect(url, "lfr-console")
+async def _with_bus(url: str, deployment: str, read: Any,
+                    credentials: Credentials | None) -> dict[str, Any]:
+    nc = await connect(url, "lfr-console", credentials=credentials)
     try:
         result: dict[str, Any] = await read(await Bus(nc, Names(deployment)).bind())
         return result
@@ -133,9 +135,11 @@ async def _with_bus(url: str, deployment: str, read: Any) -> dict[str, Any]:
         await nc.close()
 
 
-def status(url: str, deployment: str) -> dict[str, Any]:
-    return asyncio.run(_with_bus(url, deployment, read_status))
+def status(url: str, deployment: str, credentials: Credentials | None = None
+           ) -> dict[str, Any]:
+    return asyncio.run(_with_bus(url, deployment, read_status, credentials))
 
 
-def alerts(url: str, deployment: str) -> dict[str, Any]:
-    return asyncio.run(_with_bus(url, deployment, read_alerts))
+def alerts(url: str, deployment: str, credentials: Credentials | None = None
+           ) -> dict[str, Any]:
+    return asyncio.run(_with_bus(url, deployment, read_alerts, credentials))
