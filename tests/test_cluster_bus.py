@@ -239,3 +239,18 @@ async def test_watchlist_versions_are_checked_and_destroyed(nats_server: NatsSer
     with pytest.raises(watchlist.WatchlistError, match="no published watchlist"):
         await watchlist.destroy(bus, "sup")
     await nc.close()
+
+
+def test_the_cluster_example_config_is_valid() -> None:
+    from paths import REPO
+
+    from lfr.cluster.node import camera_names, with_cameras
+    from lfr.config import load_config
+
+    config = load_config(REPO / "examples" / "cluster.toml")
+    assert config.cluster.capacity == 4
+    names = camera_names(config)
+    assert names == ["gate", "yard", "workshop", "office"]
+    subset = with_cameras(config, {"yard", "office"}, Path("/tmp/x/van1"))
+    assert [c.name for c in subset.cameras] == ["yard", "office"]
+    assert subset.resolved_data_dir() == Path("/tmp/x/van1")
