@@ -269,6 +269,41 @@ def test_three_nodes_share_six_cameras_and_survive_a_sigkill(
     for name in names:
         seqs = [r["seq"] for r in nats_audit[name]]
         assert seqs == list(range(1, len(seqs) + 1))
+    check_report(nats_server.url, config, names)
+
+
+def check_report(url: str, config: Path, names: list[str]) -> None:
+    """`lfr report --nats` verifies every node's chain, from the stream and against its own
+    log; a log truncated or rewritten after publishing fails, naming the node."""
+    args = ["report", "--nats", url, "--deployment", "site", "--config", str(config), "--json"]
+    report = run_json(args)
+    assert report["ok"] and report["duplicates"] == 0
+    assert set(report["nodes"]) == set(names)
+    assert all(n["checked_against_local_log"] and not n["problems"]
+               for n in report["nodes"].values())
+    assert report["faces"] > 0
+
+    log = config.parent / "data" / names[1] / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-3]))  # truncated after publishing
+    report = run_json(args, expect=1)
+    assert not report["ok"]
+    assert [n for n, node in report["nodes"].items() if node["problems"]] == [names[1]]
+    assert "truncated" in report["nodes"][names[1]]["problems"][0]
+
+    log.write_bytes(b"".join(lines[:2]) + lines[2].replace(b'"kind"', b'"kind" ', 1)
+                    + b"".join(lines[3:]))  # rewritten
+    report = run_json(args, expect=1)
+    assert "rewritten" in report["nodes"][names[1]]["problems"][0]
+
+
+def run_json(args: list[str], expect: int = 0) -> dict[str, Any]:
+    import json
+
+    done = subprocess.run([str(LFR), *args], capture_output=True, timeout=120)
+    assert done.returncode == expect, done.stderr.decode()[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _audit_in_stream(url: str) -> dict[str, list[dict[str, Any]]]:

@@ -189,8 +189,9 @@ def _destroy(operator: str) -> Any:
     return run
 
 
-def _on_bus(args: argparse.Namespace, action: Any) -> dict[str, Any]:
-    """Run ``action(bus)`` on the deployment's bus (opened: created when missing)."""
+def _on_bus(args: argparse.Namespace, action: Any, create: bool = True) -> dict[str, Any]:
+    """Run ``action(bus)`` on the deployment's bus (created when missing, unless not
+    ``create``)."""
     import asyncio
 
     from lfr.cluster.bus import Bus, BusError, Names, connect
@@ -200,7 +201,8 @@ def _on_bus(args: argparse.Namespace, action: Any) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         nc = await connect(args.nats, "lfr-console", credentials=credentials)
         try:
-            result: dict[str, Any] = await action(await Bus(nc, Names(args.deployment)).open())
+            bus = Bus(nc, Names(args.deployment))
+            result: dict[str, Any] = await action(await (bus.open() if create else bus.bind()))
             return result
         finally:
             await nc.close()
@@ -231,6 +233,53 @@ def add_watchlist_commands(wl_sub: Any, destroy: argparse.ArgumentParser) -> Non
                          "(with --deployment): from the store and from every node")
     destroy.add_argument("--deployment", metavar="NAME", help="with --nats: the deployment")
     _add_credentials(destroy)
+
+
+def cmd_cluster_report(args: argparse.Namespace) -> int:
+    """``lfr report --nats URL --deployment NAME [--config C]``: exit 1 naming every node whose
+    chain fails."""
+    from lfr.cli.options import location_config
+    from lfr.cluster.report import deployment_report
+
+    if not args.deployment:
+        raise UserError("report --nats: name the deployment (--deployment NAME)")
+    config = location_config(args)
+    data_dir = Path(args.data_dir) if args.data_dir else (
+        config.resolved_data_dir() if config is not None else None)
+
+    async def read(bus: Any) -> dict[str, Any]:
+        return await deployment_report(bus, data_dir)
+
+    report = _on_bus(args, read, create=False)
+    if args.json:
+        print_json(report)
+    else:
+        stderr.print(f"deployment {report['deployment']}: {report['alerts']} alerts "
+                     f"({report['duplicates']} duplicates in the stream), {report['decisions']} "
+                     f"decided, {report['false_alerts']} false; {report['faces']} faces",
+                     highlight=False)
+        for name, node in report["nodes"].items():
+            verdict = "; ".join(node["problems"]) or "chain verified" + (
+                " against its own log" if node["checked_against_local_log"] else "")
+            stderr.print(f"  {safe_text(name)}: {node['records']} audit records: "
+                         f"{safe_text(verdict)}", highlight=False)
+    failed = [name for name, node in report["nodes"].items() if node["problems"]]
+    if failed:
+        from lfr.cli.output import print_error
+
+        print_error(f"audit chain fails on {', '.join(failed)}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def add_report_options(report: argparse.ArgumentParser) -> None:
+    """``lfr report --nats URL --deployment NAME`` (called by lfr.cli.report)."""
+    report.add_argument("--nats", metavar="URL",
+                        help="a deployment spread over nodes: its report from the stream, every "
+                        "node's audit chain verified (against its own log too with --config or "
+                        "--data-dir)")
+    report.add_argument("--deployment", metavar="NAME", help="with --nats: the deployment")
+    _add_credentials(report)
 
 
 def _add_bus(parser: argparse.ArgumentParser) -> None:

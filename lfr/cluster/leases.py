@@ -57,6 +57,7 @@ class Heartbeat(msgspec.Struct, frozen=True):
     unpublished: int = 0  # alerts and decisions in its outbox waiting for the stream
     watchlist: dict[str, object] = msgspec.field(default_factory=dict)  # digest, people
     stopping: bool = False  # a clean stop: not alive from now on
+    audit_public_key: str = ""  # PEM of the key that seals its audit log (lfr report --nats)
 
 
 _lease_decoder = msgspec.json.Decoder(Lease)

@@ -238,7 +238,8 @@ class Node:
         beat = Heartbeat(node=self.name, time=time.time(), cameras=sorted(self._running),
                          capacity=self.config.cluster.capacity,
                          heartbeat_s=self.config.cluster.heartbeat_s, unpublished=unpublished,
-                         watchlist=self._watchlist, stopping=stopping)
+                         watchlist=self._watchlist, stopping=stopping,
+                         audit_public_key=self._public_key())
         try:
             await bus.nodes.put(self.name, msgspec.json.encode(beat))
         except Exception as exc:
@@ -246,6 +247,13 @@ class Node:
                 log.debug("%s: last heartbeat failed: %s", self.name, exc)
                 return
             raise
+
+    def _public_key(self) -> str:
+        """The audit log's public key, published beside it once a deployment has run."""
+        from lfr.keys import PUBLIC_KEY_NAME
+
+        published = self.data_dir / PUBLIC_KEY_NAME
+        return published.read_text() if published.is_file() else ""
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

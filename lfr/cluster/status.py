@@ -15,7 +15,7 @@ from lfr.cluster.leases import decode_heartbeat, decode_lease, is_alive
 from lfr.messages import utc_iso
 
 
-async def _entries(kv: Any) -> dict[str, bytes]:
+async def entries(kv: Any) -> dict[str, bytes]:
     from nats.js.errors import KeyNotFoundError, NoKeysError
 
     try:
@@ -41,7 +41,7 @@ async def read_status(bus: Bus) -> dict[str, Any]:
     running: dict[str, str] = {}
     alive_names = set()
     watchlists = []
-    for name, value in sorted((await _entries(bus.nodes)).items()):
+    for name, value in sorted((await entries(bus.nodes)).items()):
         beat = decode_heartbeat(value)
         if beat is None:
             continue
@@ -54,7 +54,7 @@ async def read_status(bus: Bus) -> dict[str, Any]:
             running.update({camera: name for camera in beat.cameras})
             watchlists.append({"node": name, **beat.watchlist})
     cameras = []
-    for camera, value in sorted((await _entries(bus.cameras)).items()):
+    for camera, value in sorted((await entries(bus.cameras)).items()):
         lease = decode_lease(value)
         holder = lease.node if lease is not None and lease.node in alive_names else None
         state = ("running" if holder and running.get(camera) == holder
