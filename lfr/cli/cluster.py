@@ -71,8 +71,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         summaries = run_node(config, args.nats, name, registry, analyzer, credentials)
     except BusError as exc:
         raise UserError(str(exc)) from None
-    except OSError as exc:
-        raise _bus_error(exc, args.nats) from None
+    except Exception as exc:  # no server there, refused: named; anything else is a bug
+        if type(exc).__module__.startswith("nats") or isinstance(exc, OSError):
+            raise _bus_error(exc, args.nats) from None
+        raise
     failures = [f for s in summaries for f in s.failures]
     if args.json:
         print_json({"node": name, "runs": len(summaries),
@@ -199,7 +201,7 @@ def _on_bus(args: argparse.Namespace, action: Any, create: bool = True) -> dict[
     credentials = _credentials(args, args.deployment, "console")
 
     async def run() -> dict[str, Any]:
-        nc = await connect(args.nats, "lfr-console", credentials=credentials)
+        nc = await connect(args.nats, "lfr-console", credentials=credentials, wait=False)
         try:
             bus = Bus(nc, Names(args.deployment))
             result: dict[str, Any] = await action(await (bus.open() if create else bus.bind()))

@@ -89,6 +89,14 @@ class Node:
         self._version: Version | None = None
         self._bundle: Path | None = None
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
+        self._last_bus_state = ""
+
+    def _bus_state(self, state: str) -> None:
+        """NATS connection news, each once until it changes (a server away is retried
+        twice a second)."""
+        if state != self._last_bus_state:
+            log.warning("%s: NATS %s", self.name, state)
+            self._last_bus_state = state
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,7 +105,7 @@ class Node:
     async def run(self) -> None:
         settings = self.config.cluster
         nc = await connect(self.url, f"lfr-node-{self.name}", credentials=self._credentials,
-                           on_state=lambda s: log.info("%s: NATS %s", self.name, s))
+                           on_state=self._bus_state)
         try:
             bus = await Bus(nc, self.names).open(
                 replicas=settings.replicas, duplicate_window_s=settings.duplicate_window_s)
@@ -142,6 +150,12 @@ class Node:
             summary = await deployment.run(handle_signals=False, services=[self._until_changed])
             self._running = set()
             self.summaries.append(summary)
+            if not self._changed.is_set():
+                # It ended by itself (files played out, every camera failed): not again at once.
+                log.warning("%s: cameras %s ended by themselves%s", self.name, sorted(wanted),
+                            f" ({'; '.join(summary.failures)})" if summary.failures else "")
+                with anyio.move_on_after(self.config.cluster.lease_s):
+                    await self._changed.wait()
             # What was given up has stopped now: other nodes may take it.
             await leases.release(leases.surplus())
 

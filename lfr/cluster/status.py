@@ -127,7 +127,7 @@ async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:
 
 async def _with_bus(url: str, deployment: str, read: Any,
                     credentials: Credentials | None) -> dict[str, Any]:
-    nc = await connect(url, "lfr-console", credentials=credentials)
+    nc = await connect(url, "lfr-console", credentials=credentials, wait=False)
     try:
         result: dict[str, Any] = await read(await Bus(nc, Names(deployment)).bind())
         return result
