@@ -234,8 +234,10 @@ def test_three_nodes_share_six_cameras_and_survive_a_sigkill(
             held = holders(nodes)
             return all(held.get(c) in ("node0", "node1") for c in lost)
 
-        took = wait_until(moved, LEASE_S + 30, "node2's cameras on the others", nodes)
-        assert took <= LEASE_S + 15, f"node2's cameras took {took:.1f} s to move"
+        # The lease, two heartbeats before node2 is counted dead, the taker's restart: wide.
+        took = wait_until(moved, LEASE_S + 40, "node2's cameras on the others", nodes)
+        assert took <= LEASE_S + 20, f"node2's cameras took {took:.1f} s to move"
+        print(f"node2's cameras ran on the others {took:.1f} s after SIGKILL")
         status = read_status(nodes)
         alive = {n["name"]: n["alive"] for n in status["nodes"]}
         assert alive == {"node0": True, "node1": True, "node2": False}

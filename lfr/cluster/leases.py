@@ -167,23 +167,13 @@ class CameraLeases:
                 self._held[camera], self._renewed[camera] = new, sent
 
     async def balance(self) -> None:
-        """Read the bucket, count the nodes alive, then take or give up cameras to the fair
-        share."""
+        """Count the nodes alive, then give up cameras over the fair share, or read the leases
+        of the others and take free or expired ones up to it. A node at its share reads no
+        lease: the bus's load grows with nodes + cameras, not nodes x cameras (a revision seen
+        earlier stays a safe observation: unchanged since then means unrenewed since then)."""
         from nats.js.errors import KeyNotFoundError
 
         assert self._bus.cameras is not None
-        now = self._clock()
-        leases: dict[str, tuple[int, Lease | None] | None] = {}
-        for camera in self.cameras:
-            try:
-                entry = await self._bus.cameras.get(camera)
-            except KeyNotFoundError:
-                leases[camera] = None
-                continue
-            seen = int(entry.revision or 0)
-            leases[camera] = (seen, decode_lease(entry.value))
-            if self._seen.get(camera, (None, 0.0))[0] != seen:
-                self._seen[camera] = (seen, now)
         self.alive_nodes = await self.count_alive()
         share = fair_share(len(self.cameras), self.alive_nodes, self._settings.capacity)
         running = sorted(self.running(), key=lambda c: _rank(self.node, c))
@@ -193,6 +183,22 @@ class CameraLeases:
             log.info("%s: %d nodes alive, a share of %d: giving up %s", self.node,
                      self.alive_nodes, share, sorted(running[share:]))
             return
+        if len(running) == share:
+            return
+        leases: dict[str, tuple[int, Lease | None] | None] = {}
+        for camera in self.cameras:
+            if camera in self._held:
+                continue
+            try:
+                entry = await self._bus.cameras.get(camera)
+            except KeyNotFoundError:
+                leases[camera] = None
+                continue
+            seen = int(entry.revision or 0)
+            leases[camera] = (seen, decode_lease(entry.value))
+            if self._seen.get(camera, (None, 0.0))[0] != seen:
+                self._seen[camera] = (seen, self._clock())  # after the read: never early
+        now = self._clock()
         wanted = share - len(running)
         for camera in sorted(self.cameras, key=lambda c: _rank(self.node, c)):
             if wanted <= 0:
