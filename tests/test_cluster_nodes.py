@@ -169,6 +169,17 @@ def unpublished(data_dir: Path) -> set[str]:
         " (SELECT id FROM published WHERE kind = 'alert')")}
 
 
+def notified(data_dir: Path) -> set[str]:
+    """Alert ids the node's jsonl notifier has delivered."""
+    import json
+
+    path = data_dir / "alerts.jsonl"
+    if not path.exists():
+        return set()
+    lines = path.read_text().splitlines()
+    return {json.loads(line)["id"] for line in lines if line.strip().endswith("}")}
+
+
 def _when(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -353,10 +364,16 @@ def test_nodes_keep_processing_while_the_server_restarts(
                    "down", nodes)
         waiting = {n: unpublished(nodes.data_dir(n)) for n in names}
         assert all(waiting.values()), f"nothing waiting for the stream: {waiting}"
+        # The stream comes first: no notifier has delivered what it does not hold yet.
+        time.sleep(1.0)
+        for name in names:
+            assert not waiting[name] & notified(nodes.data_dir(name))
         time.sleep(max(0.0, 5.0 - (time.monotonic() - down_since)))
         nats_server.start()
         wait_until(lambda: not any(unpublished(nodes.data_dir(n)) for n in names), 60,
                    "the outboxes published after the server came back", nodes)
+        wait_until(lambda: all(waiting[n] <= notified(nodes.data_dir(n)) for n in names), 60,
+                   "the local notifiers delivering them after the stream has them", nodes)
         # They kept processing: no camera was stopped and started again.
         assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
         result = cluster_status.alerts(nodes.url, "site")

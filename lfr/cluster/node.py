@@ -25,6 +25,7 @@ import msgspec
 from lfr.cluster import watchlist as watchlists
 from lfr.cluster.bus import Bus, BusError, Names, check_token, connect
 from lfr.cluster.credentials import Credentials
+from lfr.cluster.gate import GatedRegistry
 from lfr.cluster.leases import CameraLeases, Heartbeat
 from lfr.cluster.publisher import Publisher
 from lfr.cluster.watchlist import Version
@@ -120,7 +121,7 @@ class Node:
                     tg.start_soon(self._keep_leases, bus, leases, outbox)
                     tg.start_soon(publisher.run)
                     tg.start_soon(self._follow_watchlist, bus)
-                    await self._run_cameras(leases)
+                    await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
                     await self._beat(bus, leases, outbox, stopping=True)
@@ -130,7 +131,9 @@ class Node:
         finally:
             await nc.close()
 
-    async def _run_cameras(self, leases: CameraLeases) -> None:
+    async def _run_cameras(self, leases: CameraLeases, registry: Registry) -> None:
+        """Run the cameras held, again whenever that set or the watchlist changes; notifiers
+        (through ``registry``) deliver an alert only once the stream holds it."""
         while not self._stop.is_set():
             self._changed = anyio.Event()
             if self._destroyed is not None:
@@ -143,7 +146,7 @@ class Node:
             config = with_cameras(self.config, wanted, self.data_dir)
             config = msgspec.structs.replace(config, watchlist=WatchlistConfig(
                 bundle=str(self._bundle)))
-            deployment = Deployment(config, self._registry, analyzer=self._analyzer,
+            deployment = Deployment(config, registry, analyzer=self._analyzer,
                                     watchlist_version=self._version.version
                                     if self._version else None)
             log.info("%s: running cameras %s", self.name, sorted(wanted))

@@ -328,6 +328,11 @@ class Outbox:
         self._write(*(("INSERT OR IGNORE INTO published (kind, id, at) VALUES (?, ?, ?)",
                        (kind, item, now)) for item in ids))
 
+    def is_published(self, alert_id: str) -> bool:
+        """The stream has acknowledged this alert."""
+        return bool(self._read("SELECT 1 FROM published WHERE kind = 'alert' AND id = ?",
+                               (alert_id,)))
+
     def unpublished_count(self) -> int:
         """Alerts and decisions waiting for the stream's acknowledgement."""
         ((alerts,),) = self._read("SELECT COUNT(*) FROM alerts WHERE id NOT IN"
