@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from natsserver import NatsServer, free_port, serve
 from paths import CLIP, PEOPLE
+from web_users import PASSWORDS, make_users
 
 from lfr.audit import audit_records, verify
 from lfr.cluster import status as cluster_status
@@ -310,10 +311,11 @@ def check_report(url: str, config: Path, names: list[str]) -> None:
     assert "rewritten" in report["nodes"][names[1]]["problems"][0]
 
 
-def run_json(args: list[str], expect: int = 0) -> dict[str, Any]:
+def run_json(args: list[str], expect: int = 0, stdin: str = "") -> dict[str, Any]:
     import json
 
-    done = subprocess.run([str(LFR), *args], capture_output=True, timeout=120)
+    done = subprocess.run([str(LFR), *args], capture_output=True, timeout=120,
+                          input=(stdin + "\n").encode())
     assert done.returncode == expect, done.stderr.decode()[-2000:]
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -390,7 +392,7 @@ def test_nodes_keep_processing_while_the_server_restarts(
     assert final["duplicates"] == 0 and final["stream_records"] == len(everything)
 
 
-def watchlist_records(data_dir: Path, kind: str) -> list[dict[str, Any]]:
+def audit_data(data_dir: Path, kind: str) -> list[dict[str, Any]]:
     return [r.data for r in audit_records(data_dir) if r.kind == kind]
 
 
@@ -428,17 +430,17 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         status = read_status(nodes)
         assert status["watchlist"]["version"] == 2 and status["watchlist"]["people"] == 2
         for name in names:
-            loaded = watchlist_records(nodes.data_dir(name), "watchlist_loaded")
+            loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
             assert loaded and loaded[-1]["version"] == 2 and loaded[-1]["persons"] == 2
 
         assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",
                      "--operator", "sup", "--json"]) == 0
-        wait_until(lambda: all(watchlist_records(nodes.data_dir(n), "watchlist_destroyed")
+        wait_until(lambda: all(audit_data(nodes.data_dir(n), "watchlist_destroyed")
                                for n in names), 60, "every node's copy destroyed", nodes)
         for name in names:
             copies = nodes.data_dir(name) / "watchlists"
             assert not any(copies.iterdir())
-            (record,) = watchlist_records(nodes.data_dir(name), "watchlist_destroyed")
+            (record,) = audit_data(nodes.data_dir(name), "watchlist_destroyed")
             assert record["version"] == 3 and record["operator"] == "sup"
         assert read_status(nodes)["watchlist"]["destroyed"] is True
         wait_until(lambda: not holders(nodes), 30, "no camera running without a watchlist",
@@ -478,6 +480,25 @@ def test_a_node_runs_on_a_locked_bus_with_its_own_credentials(
         wait_until(lambda: not unpublished(nodes.data_dir("node0")), 30, "it published", nodes)
         found = cluster_status.alerts(server.url, "site", console)
         assert found["alerts"] and found["duplicates"] == 0
+
+        # A person logs in at a console and decides; the node that raised the alert records
+        # the decision (audit log: who, with which role) and publishes it.
+        make_users(tmp_path / "users.json")
+        alert_id = found["alerts"][0]["id"]
+        decide = ["decide", alert_id, "false_alert", "--nats", server.url, "--deployment",
+                  "site", "--credentials", str(creds / "ops.json"), "--users-file",
+                  str(tmp_path / "users.json"), "--user", "olive", "--password-stdin", "--json"]
+        reply = run_json(decide, stdin=PASSWORDS["olive"])
+        assert reply["ok"] and reply["node"] == "node0"
+        assert reply["decision"]["operator"] == "olive"
+        audrey = [*decide[:-4], "--user", "audrey", "--password-stdin", "--json"]
+        assert "auditor" in run_json(audrey, expect=2, stdin=PASSWORDS["audrey"])["error"]
+        wait_until(lambda: {a["id"]: a["decision"] for a in cluster_status.alerts(
+            server.url, "site", console)["alerts"]}[alert_id] == "false_alert", 30,
+            "the decision in the stream", nodes)
+        (record,) = [r for r in audit_data(nodes.data_dir("node0"), "adjudication")]
+        assert (record["alert_id"], record["operator"], record["role"]) == (
+            alert_id, "olive", "operator")
     finally:
         codes = nodes.stop_all()
         server.stop()

@@ -274,6 +274,54 @@ def cmd_cluster_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_decide(args: argparse.Namespace) -> int:
+    """``lfr decide``: the person logs in here; the node that raised the alert records the
+    decision (outbox, audit log) and publishes it."""
+    from lfr.cli.users import login
+    from lfr.users import UsersFileError, UserStore
+
+    try:
+        store = UserStore(Path(args.users_file) if args.users_file else None)
+    except UsersFileError as exc:
+        raise UserError(str(exc)) from None
+    user = login(store, args.user, args.password_stdin)
+    if not user.may("decide"):
+        raise UserError(f"{user.name} is an {user.role}: auditors read, they do not decide")
+
+    async def ask(bus: Any) -> dict[str, Any]:
+        from lfr.cluster.status import read_alerts
+
+        raised = {a["id"]: a["node"] for a in (await read_alerts(bus))["alerts"]}
+        if args.alert_id not in raised:
+            return {"ok": False, "error": f"no alert {args.alert_id!r} in the stream of "
+                    f"{args.deployment}"}
+        request = {"alert_id": args.alert_id, "decision": args.decision, "by": user.name,
+                   "role": user.role, "note": args.note}
+        reply = await bus.nc.request(bus.names.decide(raised[args.alert_id]),
+                                     msgspec.json.encode(request), timeout=10)
+        answer: dict[str, Any] = msgspec.json.decode(reply.data)
+        return answer
+
+    try:
+        result = _on_bus(args, ask, create=False)
+    except UserError as exc:
+        if "no responders" in str(exc).lower():
+            raise UserError(f"the node that raised {args.alert_id} is not running: its decision "
+                            "can be recorded once it is back") from None
+        raise
+    if args.json:
+        print_json(result if result["ok"] else {**result, "exit_code": EXIT_FAILED})
+    elif result["ok"]:
+        decided = result["decision"]
+        stderr.print(f"{decided['alert_id']}: {decided['decision']} by {decided['operator']}, "
+                     f"recorded on {result['node']}", highlight=False)
+    else:
+        from lfr.cli.output import print_error
+
+        print_error(result["error"])
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
 def add_report_options(report: argparse.ArgumentParser) -> None:
     """``lfr report --nats URL --deployment NAME`` (called by lfr.cli.report)."""
     report.add_argument("--nats", metavar="URL",
@@ -328,6 +376,24 @@ def register(sub: Any) -> None:
                       "nats/DEPLOYMENT/)")
     nats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     nats.set_defaults(func=cmd_nats_config)
+
+    decide = sub.add_parser("decide", help="a deployment spread over nodes: decide on an alert; "
+                            "the node that raised it records and publishes the decision")
+    decide.add_argument("alert_id", help="the alert (lfr alerts)")
+    decide.add_argument("decision", choices=("confirmed", "false_alert", "no_action"))
+    _add_bus(decide)
+    decide.add_argument("--deployment", required=True, metavar="NAME",
+                        help="the deployment's name (its config's `name`)")
+    decide.add_argument("--user", metavar="NAME", help="who decides (lfr users; asked if not "
+                        "given)")
+    decide.add_argument("--password-stdin", action="store_true",
+                        help="read --user's password from the first line of stdin")
+    decide.add_argument("--users-file", metavar="FILE",
+                        help="the deployment's users (default: users.json in lfr's key "
+                        "directory)")
+    decide.add_argument("--note", default="", help="a note kept with the decision")
+    decide.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    decide.set_defaults(func=cmd_decide)
 
     for name, func, what in (("status", cmd_status, "its nodes and which camera runs where"),
                              ("alerts", cmd_alerts, "its alerts in the stream, with decisions")):

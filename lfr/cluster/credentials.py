@@ -4,8 +4,9 @@ needs, and the nats-server config that says so.
 - A node publishes its own records only (``lfr.<name>.{alert,decision,audit}.<node>``) and its
   own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera: it may
   have to take one over) and the watchlist (the first node publishes the config's).
-- A console (``lfr status``, ``lfr alerts``, ``lfr watchlist publish|destroy --nats``) reads,
-  and writes the watchlist; it cannot publish an alert, a decision or an audit record.
+- A console (``lfr status``, ``lfr alerts``, ``lfr decide``, ``lfr watchlist publish|destroy
+  --nats``) reads, writes the watchlist and asks a node to record a decision; it cannot publish
+  an alert, a decision or an audit record itself.
 - Nobody may delete, purge or reconfigure a stream or delete one of its messages.
 - Replies come to an inbox of the user's own (``_INBOX_<user>.``): nobody reads another's.
 
@@ -81,15 +82,18 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
     d = names.deployment
     shared = [f"$KV.{names.watchlist_bucket}.>", f"$O.{names.bundles_store}.>",
               "$JS.API.>", "$JS.FC.>", "$JS.ACK.>"]
+    subscribe = [f"_INBOX_{user}.>"]
     if role == "node":
         own = [names.subject(what, user) for what in (ALERT, DECISION, AUDIT)]
         publish = [*own, f"$KV.{names.cameras_bucket}.>", f"$KV.{names.nodes_bucket}.{user}",
                    *shared]
         deny = _DENIED_API
+        subscribe.append(names.decide(user))  # decisions on its own alerts, from consoles
     else:
-        publish, deny = shared, [*_DENIED_API, f"lfr.{d}.>"]
-    return {"publish": {"allow": publish, "deny": deny},
-            "subscribe": {"allow": [f"_INBOX_{user}.>"]}}
+        publish, deny = [*shared, names.decide("*")], [*_DENIED_API, f"lfr.{d}.>"]
+    # allow_responses: a node answers the consoles' requests, and nothing else of theirs.
+    return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe},
+            "allow_responses": role == "node"}
 
 
 def server_config(names: Names, users: list[Credentials], listen: str, store_dir: Path,

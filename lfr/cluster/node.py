@@ -32,12 +32,24 @@ from lfr.cluster.watchlist import Version
 from lfr.config import Config, WatchlistConfig
 from lfr.deployment import Deployment, DeploymentView, RunSummary
 from lfr.keys import load_data_key
+from lfr.messages import Decision
 from lfr.notify.outbox import Outbox
 from lfr.plugins import Registry
+from lfr.users import Role
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.watchlist.bundle import destroy_bundle
 
 log = logging.getLogger("lfr.cluster.node")
+
+
+class DecisionRequest(msgspec.Struct, frozen=True):
+    """What ``lfr decide`` sends the node that raised the alert."""
+
+    alert_id: str
+    decision: Decision
+    by: str  # the person, as the console authenticated them
+    role: Role
+    note: str = ""
 
 
 def camera_names(config: Config) -> list[str]:
@@ -91,6 +103,7 @@ class Node:
         self._bundle: Path | None = None
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
         self._last_bus_state = ""
+        self._deployment: Deployment | None = None  # while one runs
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -121,7 +134,10 @@ class Node:
                     tg.start_soon(self._keep_leases, bus, leases, outbox)
                     tg.start_soon(publisher.run)
                     tg.start_soon(self._follow_watchlist, bus)
+                    decisions = await nc.subscribe(self.names.decide(self.name),
+                                                   cb=self._decide)
                     await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
+                    await decisions.unsubscribe()
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
                     await self._beat(bus, leases, outbox, stopping=True)
@@ -143,6 +159,7 @@ class Node:
                 await self._changed.wait()
                 continue
             self._running = set(wanted)
+            self._deployment = None
             config = with_cameras(self.config, wanted, self.data_dir)
             config = msgspec.structs.replace(config, watchlist=WatchlistConfig(
                 bundle=str(self._bundle)))
@@ -150,7 +167,12 @@ class Node:
                                     watchlist_version=self._version.version
                                     if self._version else None)
             log.info("%s: running cameras %s", self.name, sorted(wanted))
-            summary = await deployment.run(handle_signals=False, services=[self._until_changed])
+            self._deployment = deployment
+            try:
+                summary = await deployment.run(handle_signals=False,
+                                               services=[self._until_changed])
+            finally:
+                self._deployment = None
             self._running = set()
             self.summaries.append(summary)
             if not self._changed.is_set():
@@ -226,6 +248,32 @@ class Node:
             audit.append(Kind.WATCHLIST_DESTROYED, {
                 "version": version.version, "operator": version.by, "node": self.name,
                 "copies": removed})
+
+    async def _decide(self, msg: Any) -> None:
+        """A console's request to record a decision on one of this node's alerts: recorded
+        like the dashboard's (outbox, audit log with who decided), then published to the
+        stream by the publisher. The console authenticated the person; the bus's permissions
+        say only consoles may ask."""
+        from lfr.decisions import AlreadyDecided, NotAllowed
+        from lfr.users import Principal
+
+        try:
+            request = msgspec.json.decode(msg.data, type=DecisionRequest)
+            deployment = self._deployment
+            if deployment is None:
+                raise RuntimeError(f"node {self.name} runs no camera right now: try again")
+            adjudication = deployment.view.adjudicate(
+                request.alert_id, request.decision,
+                Principal(name=request.by, role=request.role), request.note)
+            reply: dict[str, Any] = {"ok": True, "node": self.name,
+                                     "decision": msgspec.to_builtins(adjudication)}
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = {"ok": False, "error": f"not a decision request: {exc}"}
+        except KeyError as exc:
+            reply = {"ok": False, "error": str(exc.args[0]) if exc.args else str(exc)}
+        except (RuntimeError, ValueError, NotAllowed, AlreadyDecided) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        await msg.respond(msgspec.json.encode(reply))
 
     async def _until_changed(self, view: DeploymentView) -> None:
         await self._changed.wait()
