@@ -108,3 +108,39 @@ def test_the_server_config_names_each_users_subjects(tmp_path: Path) -> None:
     assert "lfr.sec.>" in users["ops"]["permissions"]["publish"]["deny"]
     assert main(["nats-config", "sec", "--node", "a.b", "--store", str(tmp_path / "s"),
                  "-o", str(conf)]) == 2
+
+
+async def test_beyond_loopback_the_bus_speaks_tls(tmp_path: Path) -> None:
+    from lfr.web.tls import make_self_signed
+
+    conf, creds = tmp_path / "server.conf", tmp_path / "creds"
+    base = ["nats-config", "tls", "--node", "node0", "--store", str(tmp_path / "store"),
+            "-o", str(conf), "--credentials-dir", str(creds)]
+    assert main([*base, "--listen", "192.0.2.5:4222"]) == 2  # plain beyond loopback: refused
+    cert, key = make_self_signed(tmp_path / "tls", hosts=("127.0.0.1",))
+    port = free_port()
+    assert main([*base, "--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert),
+                 "--tls-key", str(key)]) == 0
+    node0 = load_credentials(creds / "node0.json")
+    assert node0.ca_file == str(cert.resolve())
+    server = NatsServer(tmp_path / "store", port=port, config=conf)
+    server.start()
+    try:
+        nc = await connect(server.url, "node0", credentials=node0)
+        bus = await Bus(nc, Names("tls")).open()
+        assert not await bus.publish(Names("tls").subject(ALERT, "node0"), b"{}", "t1")
+        await nc.close()
+        # The same user without TLS: refused (the server asks for TLS first and drops a
+        # client that speaks plain text).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            info = json.loads(raw.recv(4096).split(b" ", 1)[1])
+            assert info["tls_required"] is True
+            login = {"user": node0.user, "pass": node0.password, "verbose": False}
+            raw.sendall(b"CONNECT " + json.dumps(login).encode() + b"\r\nPING\r\n")
+            try:
+                reply = raw.recv(4096)
+            except ConnectionResetError:
+                reply = b""
+            assert b"PONG" not in reply and b"+OK" not in reply, reply
+    finally:
+        server.stop()

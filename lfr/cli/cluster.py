@@ -34,9 +34,13 @@ def cmd_nats_config(args: argparse.Namespace) -> int:
 
     try:
         parse_listen(args.listen, "--listen")
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key: give both or neither")
+        tls = (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
         written = generate(args.deployment, args.node, args.console, args.listen,
                            Path(args.store).resolve(), Path(args.output),
-                           Path(args.credentials_dir) if args.credentials_dir else None)
+                           Path(args.credentials_dir) if args.credentials_dir else None,
+                           tls=tls, ca_file=Path(args.tls_ca) if args.tls_ca else None)
     except (ValueError, BusError, CredentialsError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -374,6 +378,11 @@ def register(sub: Any) -> None:
     nats.add_argument("--credentials-dir", metavar="DIR",
                       help="write the credentials here (default: lfr's key directory, "
                       "nats/DEPLOYMENT/)")
+    nats.add_argument("--tls-cert", metavar="PEM", help="the server's TLS certificate (chain); "
+                      "required beyond loopback")
+    nats.add_argument("--tls-key", metavar="PEM", help="its private key")
+    nats.add_argument("--tls-ca", metavar="PEM", help="what clients check the server against "
+                      "(default: --tls-cert itself, a self-signed certificate)")
     nats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     nats.set_defaults(func=cmd_nats_config)
 

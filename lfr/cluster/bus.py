@@ -105,6 +105,10 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
     if credentials is not None:
         login = {"user": credentials.user, "password": credentials.password,
                  "inbox_prefix": credentials.inbox_prefix}
+        if credentials.ca_file:
+            import ssl
+
+            login["tls"] = ssl.create_default_context(cafile=credentials.ca_file)
 
     async def noted(what: str) -> None:
         if on_state is not None:

@@ -10,8 +10,10 @@ needs, and the nats-server config that says so.
 - Nobody may delete, purge or reconfigure a stream or delete one of its messages.
 - Replies come to an inbox of the user's own (``_INBOX_<user>.``): nobody reads another's.
 
-The server config is written 0600 and holds the passwords as they are (nats-server takes bcrypt
-hashes too; no bcrypt library is a dependency yet); each user's credentials go to lfr's key
+Beyond loopback the server speaks TLS only (a certificate and key given to ``lfr nats-config``)
+and clients check it against the certificate named in their credentials. The server config is
+written 0600 and holds the passwords as they are (nats-server takes bcrypt hashes too; no bcrypt
+library is a dependency yet); each user's credentials go to lfr's key
 directory (``nats/<deployment>/<user>.json``, 0600), where ``lfr node`` and the console
 commands find them. A client without credentials is refused at connect.
 """
@@ -40,6 +42,9 @@ class Credentials(msgspec.Struct, frozen=True):
     user: str
     role: Role
     password: str
+    # The certificate (PEM) the server's TLS certificate is checked against; empty: plain
+    # connection (a server on loopback only).
+    ca_file: str = ""
 
     @property
     def inbox_prefix(self) -> str:
@@ -97,12 +102,16 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
 
 
 def server_config(names: Names, users: list[Credentials], listen: str, store_dir: Path,
-                  extra: dict[str, Any] | None = None) -> str:
-    """A nats-server config (JSON, which its parser reads) with JetStream and these users."""
+                  tls: tuple[Path, Path] | None = None, extra: dict[str, Any] | None = None
+                  ) -> str:
+    """A nats-server config (JSON, which its parser reads) with JetStream and these users;
+    ``tls``: (certificate, key) PEM files, and every client must speak TLS."""
     host, _, port = listen.rpartition(":")
     config: dict[str, Any] = {
         "host": host or "127.0.0.1", "port": int(port),
         "jetstream": {"store_dir": str(store_dir)},
+        **({"tls": {"cert_file": str(tls[0].resolve()), "key_file": str(tls[1].resolve()),
+                    "timeout": 2}} if tls else {}),
         "authorization": {"users": [
             {"user": u.user, "password": u.password,
              "permissions": permissions(names, u.role, u.user)} for u in users]},
@@ -112,18 +121,28 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
 
 
 def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str,
-             store_dir: Path, config_file: Path, into: Path | None = None) -> list[Path]:
+             store_dir: Path, config_file: Path, into: Path | None = None,
+             tls: tuple[Path, Path] | None = None, ca_file: Path | None = None) -> list[Path]:
     """Write the server config and every user's credentials (new passwords); returns the
-    credential files."""
+    credential files. Beyond loopback ``tls`` (certificate, key) is required; clients check the
+    server against ``ca_file`` (default: the certificate itself, a self-signed one)."""
     names = Names(deployment)
+    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    if tls is None and not _is_loopback(host):
+        raise CredentialsError(f"listen {listen}: beyond loopback the bus speaks TLS only: give "
+                               "--tls-cert and --tls-key (lfr web make-cert makes a test pair)")
+    for path in (*(tls or ()), *((ca_file,) if ca_file else ())):
+        if not path.is_file():
+            raise CredentialsError(f"{path}: no such file")
+    trust = str((ca_file or tls[0]).resolve()) if tls else ""
     users = [Credentials(deployment, check_token(n, "node name"), "node",
-                         secrets.token_urlsafe(24)) for n in nodes]
+                         secrets.token_urlsafe(24), trust) for n in nodes]
     users += [Credentials(deployment, check_token(c, "console name"), "console",
-                          secrets.token_urlsafe(24)) for c in consoles]
+                          secrets.token_urlsafe(24), trust) for c in consoles]
     seen = [u.user for u in users]
     if len(set(seen)) != len(seen):
         raise CredentialsError(f"a node and a console share a name: {sorted(seen)}")
-    _write_private(config_file, server_config(names, users, listen, store_dir).encode())
+    _write_private(config_file, server_config(names, users, listen, store_dir, tls).encode())
     folder = into or credentials_dir(deployment)
     written = []
     for user in users:
@@ -131,6 +150,17 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         _write_private(path, msgspec.json.encode(user))
         written.append(path)
     return written
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _write_private(path: Path, data: bytes) -> None:
