@@ -96,9 +96,9 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
                   wait: bool = True) -> Client:
     """A connection that reconnects for ever: a node goes on while the server is away (its
     alerts wait in the outbox) and resumes when the server is back; it also waits for a server
-    not up yet. ``wait=False`` (a console's one question): fails at once when no server
-    answers. ``credentials``: the user's (lfr.cluster.credentials), with replies to an inbox of
-    its own."""
+    not up yet. ``wait=False`` (a console's one question): tries each server (twice at most)
+    and fails when none answers. ``credentials``: the user's (lfr.cluster.credentials), with
+    replies to an inbox of its own."""
     import nats
 
     login: dict[str, Any] = {}
@@ -126,7 +126,7 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
     return await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()], name=name,
         max_reconnect_attempts=-1 if wait else 1, reconnect_time_wait=reconnect_wait_s,
-        connect_timeout=2, allow_reconnect=wait, disconnected_cb=disconnected,
+        connect_timeout=2, allow_reconnect=True, disconnected_cb=disconnected,
         reconnected_cb=reconnected, error_cb=error, **login)
 
 
