@@ -427,9 +427,11 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         wait_until(lambda: len(holders(nodes)) == 2, 60, "cameras running again", nodes)
         status = read_status(nodes)
         assert status["watchlist"]["version"] == 2 and status["watchlist"]["people"] == 2
-        for name in names:
+        def audited_v2(name: str) -> bool:
             loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
-            assert loaded and loaded[-1]["version"] == 2 and loaded[-1]["persons"] == 2
+            return bool(loaded) and (loaded[-1]["version"], loaded[-1]["persons"]) == (2, 2)
+
+        wait_until(lambda: all(audited_v2(n) for n in names), 30, "version 2 audited", nodes)
 
         assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",
                      "--operator", "sup", "--json"]) == 0

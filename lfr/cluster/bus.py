@@ -126,7 +126,7 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
     return await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()], name=name,
         max_reconnect_attempts=-1 if wait else 1, reconnect_time_wait=reconnect_wait_s,
-        connect_timeout=2, allow_reconnect=True, disconnected_cb=disconnected,
+        connect_timeout=5, allow_reconnect=True, disconnected_cb=disconnected,
         reconnected_cb=reconnected, error_cb=error, **login)
 
 
@@ -135,7 +135,7 @@ class Bus:
 
     def __init__(self, nc: Client, names: Names) -> None:
         self.nc, self.names = nc, names
-        self.js: JetStreamContext = nc.jetstream(timeout=3)
+        self.js: JetStreamContext = nc.jetstream(timeout=5)  # a loaded machine, an election
         self.cameras: KeyValue | None = None
         self.nodes: KeyValue | None = None
         self.watchlist: KeyValue | None = None
@@ -180,6 +180,6 @@ class Bus:
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
         """Publish and wait for the stream's acknowledgement; True when the stream already had
         a message with this id (a duplicate it dropped)."""
-        ack = await self.js.publish(subject, payload, timeout=3.0,
+        ack = await self.js.publish(subject, payload, timeout=5.0,
                                     headers={"Nats-Msg-Id": msg_id})
         return bool(ack.duplicate)

@@ -104,6 +104,7 @@ class CameraLeases:
         self._renewed: dict[str, float] = {}  # camera -> when the last good renewal was sent
         self._seen: dict[str, tuple[int, float]] = {}  # camera -> (revision, first seen)
         self._surplus: set[str] = set()  # held, to stop and release
+        self._suspects: set[str] = set()  # cameras of nodes late with their heartbeat
         self.alive_nodes = 1
 
     async def register(self) -> None:
@@ -171,7 +172,6 @@ class CameraLeases:
         of the others and take free or expired ones up to it. A node at its share reads no
         lease: the bus's load grows with nodes + cameras, not nodes x cameras (a revision seen
         earlier stays a safe observation: unchanged since then means unrenewed since then)."""
-        from nats.js.errors import KeyNotFoundError
 
         assert self._bus.cameras is not None
         self.alive_nodes = await self.count_alive()
@@ -184,20 +184,11 @@ class CameraLeases:
                      self.alive_nodes, share, sorted(running[share:]))
             return
         if len(running) == share:
+            # A node late with its heartbeat may be dead: its leases' clocks start now, so its
+            # cameras move a lease after its last renewal, not a lease after it is counted dead.
+            await self._observe(self._suspects - set(self._held))
             return
-        leases: dict[str, tuple[int, Lease | None] | None] = {}
-        for camera in self.cameras:
-            if camera in self._held:
-                continue
-            try:
-                entry = await self._bus.cameras.get(camera)
-            except KeyNotFoundError:
-                leases[camera] = None
-                continue
-            seen = int(entry.revision or 0)
-            leases[camera] = (seen, decode_lease(entry.value))
-            if self._seen.get(camera, (None, 0.0))[0] != seen:
-                self._seen[camera] = (seen, self._clock())  # after the read: never early
+        leases = await self._observe(set(self.cameras) - set(self._held))
         now = self._clock()
         wanted = share - len(running)
         for camera in sorted(self.cameras, key=lambda c: _rank(self.node, c)):
@@ -222,8 +213,28 @@ class CameraLeases:
                 self._held[camera], self._renewed[camera] = new, sent
                 wanted -= 1
 
+    async def _observe(self, cameras: set[str]) -> dict[str, tuple[int, Lease | None] | None]:
+        """Read these cameras' leases (None: no key), noting when each revision was first
+        seen."""
+        from nats.js.errors import KeyNotFoundError
+
+        assert self._bus.cameras is not None
+        leases: dict[str, tuple[int, Lease | None] | None] = {}
+        for camera in sorted(cameras):
+            try:
+                entry = await self._bus.cameras.get(camera)
+            except KeyNotFoundError:
+                leases[camera] = None
+                continue
+            seen = int(entry.revision or 0)
+            leases[camera] = (seen, decode_lease(entry.value))
+            if self._seen.get(camera, (None, 0.0))[0] != seen:
+                self._seen[camera] = (seen, self._clock())  # after the read: never early
+        return leases
+
     async def count_alive(self) -> int:
-        """Nodes whose heartbeat is recent, this one included."""
+        """Nodes whose heartbeat is recent, this one included; notes the cameras of nodes
+        whose heartbeat is late (``_suspects``)."""
         from nats.js.errors import NoKeysError
 
         assert self._bus.nodes is not None
@@ -232,12 +243,17 @@ class CameraLeases:
         except NoKeysError:
             names = []
         alive = {self.node}
+        suspects: set[str] = set()
         now = time.time()
         for name in names:
             entry = await self._bus.nodes.get(name)
             beat = decode_heartbeat(entry.value)
             if beat is not None and is_alive(beat, now):
                 alive.add(name)
+            if beat is not None and name != self.node and (
+                    not is_alive(beat, now) or now - beat.time > 1.5 * beat.heartbeat_s):
+                suspects.update(beat.cameras)
+        self._suspects = suspects
         return len(alive)
 
     async def release(self, cameras: set[str]) -> None:

@@ -104,6 +104,7 @@ class Node:
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
+        self._beat_now = anyio.Event()
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -168,6 +169,11 @@ class Node:
                                     if self._version else None)
             log.info("%s: running cameras %s", self.name, sorted(wanted))
             self._deployment = deployment
+            if self._version is not None:  # what the heartbeat says this node runs
+                self._watchlist = {"version": self._version.version,
+                                   "sha256": self._version.sha256,
+                                   "people": self._version.people}
+            self._beat_now.set()
             try:
                 summary = await deployment.run(handle_signals=False,
                                                services=[self._until_changed])
@@ -227,8 +233,6 @@ class Node:
         copies = self.data_dir / "watchlists"
         bundle = await watchlists.fetch(bus, version, copies / f"v{version.version}")
         self._bundle, self._version = bundle, version
-        self._watchlist = {"version": version.version, "sha256": version.sha256,
-                           "people": version.people}
         log.info("%s: watchlist version %d loaded", self.name, version.version)
 
     def _record_destroyed(self) -> None:
@@ -293,8 +297,12 @@ class Node:
                 log.debug("%s: lease round failed: %s", self.name, exc)
             if leases.running() != self._running:
                 self._changed.set()
-            await anyio.sleep(max(0.0, self.config.cluster.heartbeat_s
-                                  - (time.monotonic() - started)))
+            # The next round at the next heartbeat, or at once when the cameras have changed
+            # (the heartbeat says so without waiting).
+            with anyio.move_on_after(max(0.0, self.config.cluster.heartbeat_s
+                                         - (time.monotonic() - started))):
+                await self._beat_now.wait()
+            self._beat_now = anyio.Event()
 
     async def _beat(self, bus: Bus, leases: CameraLeases, outbox: Outbox,
                     stopping: bool = False) -> None:
