@@ -173,6 +173,28 @@ class MetricsConfig(Section, frozen=True):
         parse_listen(self.listen, "listen")
 
 
+class ClusterConfig(Section, frozen=True):
+    """A deployment spread over nodes on NATS JetStream (``lfr node``, lfr.cluster). Ignored by
+    ``lfr run``, which runs every camera on its one machine."""
+
+    # A node holds a camera by a lease it renews every heartbeat_s; another node takes the camera
+    # once it has seen the lease unrenewed for lease_s, and a node that could not renew for
+    # lease_s stops the camera itself, so a camera never runs on two nodes for longer than that.
+    lease_s: PositiveFloat = 10.0
+    # Heartbeats and lease renewals; a node is shown not alive after two missed heartbeats.
+    heartbeat_s: PositiveFloat = 2.0
+    capacity: Positive | None = None  # most cameras one node takes; None: no bound
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # stream and bucket replicas (NATS cluster)
+    # A message published again within this window (same alert id or node:seq) is dropped by the
+    # stream: how long after a crash a replay is still deduplicated.
+    duplicate_window_s: PositiveFloat = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s * 3 > self.lease_s:
+            raise ValueError(f"heartbeat_s: a lease must outlive three heartbeats (lease_s "
+                             f"{self.lease_s}), got {self.heartbeat_s}")
+
+
 class Config(Section, frozen=True):
     name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     location: str = ""
@@ -193,6 +215,7 @@ class Config(Section, frozen=True):
     notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
     web: WebConfig = msgspec.field(default_factory=WebConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     detector: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "yunet"})
     embedder: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "sface"})
     index: dict[str, Any] = msgspec.field(default_factory=lambda: {"kind": "exact"})

@@ -200,8 +200,11 @@ class Deployment:
 
     def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
                  once: bool = False, photos: Sequence[Path] = (),
-                 analyzer: FaceAnalyzer | None = None) -> None:
+                 analyzer: FaceAnalyzer | None = None,
+                 watchlist_version: int | None = None) -> None:
         self.config, self._registry = config, registry
+        # The version of a watchlist published to a deployment's store (lfr.cluster), audited.
+        self._watchlist_version = watchlist_version
         self._offline, self._once, self._photos = offline, once, list(photos)
         # Built from this config already (e.g. to enrol its watchlist): not loaded again.
         self._analyzer = analyzer
@@ -286,7 +289,9 @@ class Deployment:
         audit.append(Kind.WATCHLIST_LOADED, {"digest": parts.watchlist.digest(),
                                              "persons": len(parts.watchlist.persons),
                                              "images": len(parts.watchlist.labels),
-                                             "threshold": cfg.matching.threshold})
+                                             "threshold": cfg.matching.threshold,
+                                             **({"version": self._watchlist_version}
+                                                if self._watchlist_version is not None else {})})
         audit.append(Kind.PRIVACY_SETTING, {"blur_non_matches": cfg.privacy.blur_non_matches})
         self._audit_unrecorded_alerts(outbox, audit)
         self.pipeline = wire(parts, cfg, outbox=outbox, audit=audit, alerts=self.alerts,

@@ -13,7 +13,8 @@ from lfr.cli import build_parser, main
 EXPECTED = {
     "", "run", "demo", "watchlist", "watchlist build", "watchlist info", "watchlist destroy",
     "plugins", "audit", "audit verify", "report", "eval", "eval verify", "eval identify",
-    "eval video", "calibrate",
+    "eval video", "calibrate", "node", "status", "alerts", "decide",
+    "nats-config", "watchlist publish",
 }
 
 

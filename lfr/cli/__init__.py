@@ -18,7 +18,7 @@ from typing import NoReturn
 from rich.logging import RichHandler
 
 from lfr import __version__
-from lfr.cli import audit, plugins, report, review, run, users, watchlist, web
+from lfr.cli import audit, cluster, plugins, report, review, run, users, watchlist, web
 from lfr.cli import eval as evaluation
 from lfr.cli.output import (
     EXIT_FAILED,
@@ -34,7 +34,8 @@ log = logging.getLogger("lfr.cli")
 
 # In the order `lfr --help` lists them; each module's register(subparsers) adds its commands,
 # which set func(args) -> exit code.
-COMMAND_GROUPS = (run, review, watchlist, plugins, audit, report, evaluation, users, web)
+COMMAND_GROUPS = (run, review, watchlist, plugins, audit, report, evaluation, users, web,
+                  cluster)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -231,8 +231,13 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
     from lfr.audit import AuditError, AuditLog, Kind
     from lfr.watchlist import WatchlistError, destroy_bundle
 
-    bundle = Path(args.bundle)
     config = location_config(args)
+    if getattr(args, "nats", None):
+        return _destroy_published(args, config)
+    if args.bundle is None:
+        raise UserError("watchlist destroy: give the bundle folder (or --nats URL --deployment "
+                        "NAME for a deployment spread over nodes)")
+    bundle = Path(args.bundle)
     operator = destroyer(args, config)  # before anything is opened or deleted
     audit: AuditLog | None = None
     data_dir = Path(args.data_dir) if args.data_dir else None
@@ -266,6 +271,21 @@ def cmd_watchlist_destroy(args: argparse.Namespace) -> int:
                 "[yellow]not audited: pass --config or --data-dir to record it in a "
                 "deployment's audit log[/]"
             )
+    return EXIT_OK
+
+
+def _destroy_published(args: argparse.Namespace, config: Config | None) -> int:
+    from lfr.cli.cluster import destroy_published
+
+    if not args.deployment:
+        raise UserError("watchlist destroy --nats: name the deployment (--deployment NAME)")
+    operator = destroyer(args, config)  # before anything is deleted
+    record = destroy_published(args, operator)
+    if args.json:
+        print_json({"destroyed": record})
+    else:
+        stderr.print(f"destroyed the watchlist of {args.deployment} (version "
+                     f"{record['version']}): every node deletes its copy", highlight=False)
     return EXIT_OK
 
 
@@ -310,7 +330,7 @@ def register(sub: Any) -> None:
         "destroy",
         help="delete a bundle (expired ones too) and record that in the audit log",
     )
-    destroy.add_argument("bundle", help="bundle folder to delete")
+    destroy.add_argument("bundle", nargs="?", help="bundle folder to delete")
     add_location(destroy, required=False)
     destroy.add_argument("--user", metavar="NAME",
                          help="log in as this supervisor (required where the deployment has "
@@ -321,6 +341,9 @@ def register(sub: Any) -> None:
                          "default: OS user")
     destroy.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     destroy.set_defaults(func=cmd_watchlist_destroy)
+    from lfr.cli.cluster import add_watchlist_commands
+
+    add_watchlist_commands(wl_sub, destroy)
 
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:

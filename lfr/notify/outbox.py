@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS adjudications (
 );
 CREATE INDEX IF NOT EXISTS adjudications_alert ON adjudications (alert_id);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS published (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
 """
 
 
@@ -295,6 +301,46 @@ class Outbox:
             Adjudication(alert_id=a, decision=d, operator=o, time=t, note=n)
             for a, d, o, t, n in rows
         ]
+
+    # -- the deployment's stream (lfr.cluster): kept here until the stream acknowledges -------
+
+    def unpublished_alerts(self, limit: int = 100) -> list[Alert]:
+        """Alerts the stream has not acknowledged yet, oldest first, their images left sealed
+        (the stream gets none)."""
+        rows = self._read(
+            "SELECT payload FROM alerts WHERE id NOT IN"
+            " (SELECT id FROM published WHERE kind = 'alert') ORDER BY rowid LIMIT ?", (limit,))
+        return [_decoder.decode(payload) for (payload,) in rows]
+
+    def unpublished_adjudications(self, limit: int = 100) -> list[tuple[int, Adjudication]]:
+        """Decisions the stream has not acknowledged yet, oldest first, each with its place in
+        the outbox (what makes its message id)."""
+        rows = self._read(
+            "SELECT rowid, alert_id, decision, operator, time, note FROM adjudications"
+            " WHERE CAST(rowid AS TEXT) NOT IN (SELECT id FROM published WHERE kind = 'decision')"
+            " ORDER BY rowid LIMIT ?", (limit,))
+        return [(rowid, Adjudication(alert_id=a, decision=d, operator=o, time=t, note=n))
+                for rowid, a, d, o, t, n in rows]
+
+    def mark_published(self, kind: str, ids: list[str]) -> None:
+        """The stream acknowledged these (``kind`` "alert": alert ids; "decision": places)."""
+        now = time.time()
+        self._write(*(("INSERT OR IGNORE INTO published (kind, id, at) VALUES (?, ?, ?)",
+                       (kind, item, now)) for item in ids))
+
+    def is_published(self, alert_id: str) -> bool:
+        """The stream has acknowledged this alert."""
+        return bool(self._read("SELECT 1 FROM published WHERE kind = 'alert' AND id = ?",
+                               (alert_id,)))
+
+    def unpublished_count(self) -> int:
+        """Alerts and decisions waiting for the stream's acknowledgement."""
+        ((alerts,),) = self._read("SELECT COUNT(*) FROM alerts WHERE id NOT IN"
+                                  " (SELECT id FROM published WHERE kind = 'alert')")
+        ((decisions,),) = self._read(
+            "SELECT COUNT(*) FROM adjudications WHERE CAST(rowid AS TEXT) NOT IN"
+            " (SELECT id FROM published WHERE kind = 'decision')")
+        return int(alerts) + int(decisions)
 
     def counts(self) -> OutboxCounts:
         decisions = dict(

@@ -1,0 +1,215 @@
+"""The bus of a deployment spread over nodes, at scale: alerts per second through the stream,
+and the time to move a dead node's cameras, from 2 to 20 nodes and 10 to 200 cameras.
+
+    .venv/bin/python bench/nodes.py [--sizes 2x10,5x50,10x100,20x200] [--alerts 2000]
+                                    [--lease 5] [--heartbeat 1] [--json]
+
+What runs: a real nats-server (loopback, temporary store) and N simulated nodes in this one
+process, each with its own NATS connection, its own SQLite outbox, lfr's camera leases
+(lfr.cluster.leases) and publisher (lfr.cluster.publisher): everything of a node but the camera
+pipeline (no video is decoded, no model runs: the vision side is measured by bench/capacity.py).
+
+- spread: seconds from start until every camera is held and no node holds more than its share.
+- alerts/s: --alerts alerts are put into the nodes' outboxes at once (spread evenly), then every
+  node publishes; the rate is alerts acknowledged by the stream per second of wall time.
+- failover: one node stops (as if killed: no release, no more heartbeats); seconds until every
+  one of its cameras is held by another node. The floor is the lease (--lease): a node takes a
+  camera only after seeing its lease unrenewed for that long.
+
+Numbers depend on the machine (the development box has 2 shared cores: 20 nodes there share
+them with the server); compare sizes within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import msgspec  # noqa: E402
+
+from lfr.cluster.bus import Bus, Names, connect, find_nats_server  # noqa: E402
+from lfr.cluster.leases import CameraLeases, Heartbeat  # noqa: E402
+from lfr.cluster.publisher import Publisher  # noqa: E402
+from lfr.cluster.status import read_alerts  # noqa: E402
+from lfr.config import ClusterConfig  # noqa: E402
+from lfr.messages import Alert  # noqa: E402
+from lfr.notify.outbox import Outbox  # noqa: E402
+from lfr.sealed import DataKey  # noqa: E402
+
+
+class SimNode:
+    def __init__(self, bus: Bus, name: str, cameras: list[str], settings: ClusterConfig,
+                 folder: Path, key: DataKey) -> None:
+        self.bus, self.name, self.settings = bus, name, settings
+        self.leases = CameraLeases(bus, name, cameras, settings)
+        self.outbox = Outbox(folder / name, key)
+        self.publisher = Publisher(bus, name, self.outbox, folder / name, interval_s=0.05)
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False  # nats-py turns a cancelled request into a timeout: a flag stops it
+
+    async def beat(self) -> None:
+        assert self.bus.nodes is not None
+        await self.bus.nodes.put(self.name, msgspec.json.encode(Heartbeat(
+            node=self.name, time=time.time(), cameras=sorted(self.leases.running()),
+            capacity=None, heartbeat_s=self.settings.heartbeat_s)))
+
+    async def run(self) -> None:
+        await self.beat()
+        await asyncio.sleep(self.settings.heartbeat_s)
+        while not self.stopped:
+            started = time.monotonic()
+            try:
+                await self.leases.renew()
+                await self.beat()
+                await self.leases.balance()
+                # The simulated cameras stop at once: their surplus goes back straight away.
+                await self.leases.release(self.leases.surplus())
+            except Exception as exc:  # a slow server: the next round retries
+                print(f"{self.name}: {exc}", file=sys.stderr)
+            await asyncio.sleep(max(0.0, self.settings.heartbeat_s
+                                    - (time.monotonic() - started)))
+
+
+async def stop(node: SimNode) -> None:
+    """As if killed: no release, no more renewals or heartbeats."""
+    node.stopped = True
+    assert node.task is not None
+    node.task.cancel()
+    await asyncio.gather(node.task, return_exceptions=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alert(node: str, n: int) -> Alert:
+    return Alert(id=f"{node}-{n:06d}", camera="cam", time="2026-01-01T00:00:00.000+00:00",
+                 wall_time=float(n), person_id="p", name="P", score=0.9, threshold=0.5,
+                 box=(0, 0, 1, 1), frame_index=n, latency_s=0.0)
+
+
+async def one_size(url: str, folder: Path, n_nodes: int, n_cameras: int, alerts: int,
+                   settings: ClusterConfig) -> dict[str, Any]:
+    names = Names(f"bench{n_nodes}x{n_cameras}")
+    cameras = [f"cam{i:03d}" for i in range(n_cameras)]
+    key = DataKey.generate("bench")  # never the user's key
+    connections = [await connect(url, f"node{i}") for i in range(n_nodes)]
+    buses = [await Bus(nc, names).open(duplicate_window_s=600) for nc in connections]
+    nodes = [SimNode(bus, f"node{i:02d}", cameras, settings, folder / names.deployment, key)
+             for i, bus in enumerate(buses)]
+    await nodes[0].leases.register()
+    share = math.ceil(n_cameras / n_nodes)
+    started = time.monotonic()
+    for node in nodes:
+        node.task = asyncio.create_task(node.run())
+
+    def spread() -> bool:
+        held = [len(n.leases.running()) for n in nodes]
+        return sum(held) == n_cameras and max(held) <= share
+
+    while not spread():  # noqa: ASYNC110  (polls the nodes' state)
+        await asyncio.sleep(0.1)
+    spread_s = time.monotonic() - started
+
+    per_node = alerts // n_nodes
+
+    def store(node: SimNode) -> None:  # in a thread, as a node's matcher does
+        for n in range(per_node):
+            node.outbox.add_alert(alert(node.name, n), [])
+
+    await asyncio.gather(*(asyncio.to_thread(store, node) for node in nodes))
+    started = time.monotonic()
+    await asyncio.gather(*(node.publisher.flush() for node in nodes))
+    publish_s = time.monotonic() - started
+    found = await read_alerts(buses[0])
+    assert found["duplicates"] == 0 and len(found["alerts"]) == per_node * n_nodes, found
+
+    victim = nodes[-1]
+    lost = victim.leases.held()
+    await stop(victim)
+    killed = time.monotonic()
+    survivors = nodes[:-1]
+
+    def moved() -> bool:
+        held = set().union(*(n.leases.held() for n in survivors))
+        return lost <= held
+
+    while not moved():  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    failover_s = time.monotonic() - killed
+    for node in survivors:
+        await stop(node)
+    for node in nodes:
+        node.outbox.close()
+    for nc in connections:
+        await nc.close()
+    return {"nodes": n_nodes, "cameras": n_cameras, "spread_s": round(spread_s, 2),
+            "alerts": per_node * n_nodes, "alerts_per_s": round(per_node * n_nodes / publish_s),
+            "failover_cameras": len(lost), "failover_s": round(failover_s, 2),
+            "failover_over_lease": round(failover_s / settings.lease_s, 2)}
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    settings = ClusterConfig(lease_s=args.lease, heartbeat_s=args.heartbeat)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lfr-bench-nodes-") as tmp:
+        folder = Path(tmp)
+        port = free_port()
+        command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+                   str(folder / "store")]
+        # Started once, before any node: blocking here is fine.
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+                                  stderr=subprocess.DEVNULL)
+        try:
+            await asyncio.sleep(1.0)
+            for size in args.sizes.split(","):
+                n_nodes, n_cameras = (int(v) for v in size.split("x"))
+                result = await one_size(f"nats://127.0.0.1:{port}", folder, n_nodes, n_cameras,
+                                        args.alerts, settings)
+                print(json.dumps(result), file=sys.stderr)
+                results.append(result)
+        finally:
+            server.terminate()
+            server.wait(10)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2x10,5x50,10x100,20x200",
+                        help="NODESxCAMERAS, comma-separated")
+    parser.add_argument("--alerts", type=int, default=2000, help="alerts published per size")
+    parser.add_argument("--lease", type=float, default=5.0, help="lease_s (default 5)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat_s (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps({"lease_s": args.lease, "heartbeat_s": args.heartbeat,
+                          "sizes": results}))
+    else:
+        print(f"lease {args.lease:g} s, heartbeat {args.heartbeat:g} s")
+        print(f"{'nodes':>5} {'cameras':>7} {'spread s':>8} {'alerts/s':>8} "
+              f"{'failover s':>10} {'/lease':>6}")
+        for r in results:
+            print(f"{r['nodes']:>5} {r['cameras']:>7} {r['spread_s']:>8} "
+                  f"{r['alerts_per_s']:>8} {r['failover_s']:>10} "
+                  f"{r['failover_over_lease']:>6}")
+
+
+if __name__ == "__main__":
+    main()

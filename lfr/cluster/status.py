@@ -1,0 +1,145 @@
+"""What a console reads of a deployment spread over nodes: its nodes and cameras (the buckets)
+and its alerts with their decisions (the stream). Read only: creates nothing on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from lfr.cluster.bus import ALERT, AUDIT, DECISION, Bus, Names, connect
+from lfr.cluster.credentials import Credentials
+from lfr.cluster.leases import decode_heartbeat, decode_lease, is_alive
+from lfr.messages import utc_iso
+
+
+async def entries(kv: Any) -> dict[str, bytes]:
+    from nats.js.errors import KeyNotFoundError, NoKeysError
+
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    found = {}
+    for key in keys:
+        try:
+            found[key] = (await kv.get(key)).value or b""
+        except KeyNotFoundError:  # deleted meanwhile
+            continue
+    return found
+
+
+async def read_status(bus: Bus) -> dict[str, Any]:
+    """``{"deployment", "nodes": [{"name", "alive", "cameras", "last_seen", ...}], "cameras":
+    [{"name", "node", "state"}], "watchlist": {...}}``. A camera is ``running`` when a live
+    node holds its lease and reports it running, ``starting`` when leased but not yet running,
+    ``unassigned`` otherwise (no lease, released, or its node not alive)."""
+    now = time.time()
+    nodes = []
+    running: dict[str, str] = {}
+    alive_names = set()
+    watchlists = []
+    for name, value in sorted((await entries(bus.nodes)).items()):
+        beat = decode_heartbeat(value)
+        if beat is None:
+            continue
+        alive = is_alive(beat, now)
+        nodes.append({"name": name, "alive": alive, "cameras": beat.cameras if alive else [],
+                      "last_seen": utc_iso(beat.time), "capacity": beat.capacity,
+                      "unpublished": beat.unpublished})
+        if alive:
+            alive_names.add(name)
+            running.update({camera: name for camera in beat.cameras})
+            watchlists.append({"node": name, **beat.watchlist})
+    cameras = []
+    for camera, value in sorted((await entries(bus.cameras)).items()):
+        lease = decode_lease(value)
+        holder = lease.node if lease is not None and lease.node in alive_names else None
+        state = ("running" if holder and running.get(camera) == holder
+                 else "starting" if holder else "unassigned")
+        cameras.append({"name": camera, "node": holder, "state": state})
+    from lfr.cluster.watchlist import current
+
+    version, _ = await current(bus)
+    watchlist: dict[str, Any] = {"version": None, "sha256": None, "people": None}
+    if version is not None:
+        watchlist = {"version": version.version, "sha256": version.sha256 or None,
+                     "people": version.people, "published": version.published,
+                     "by": version.by, "destroyed": version.destroyed}
+    # Which version each live node runs: all of them the same once they have switched.
+    watchlist["nodes"] = {w["node"]: w.get("version") for w in watchlists}
+    return {"deployment": bus.names.deployment, "nodes": nodes, "cameras": cameras,
+            "watchlist": watchlist}
+
+
+async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
+    """Every message of ``what`` (alert, decision, audit) in the stream, in order, with its
+    subject."""
+    from nats.js.api import DeliverPolicy
+
+    info = await bus.js.stream_info(bus.names.stream, subjects_filter=bus.names.all_of(what))
+    total = sum((info.state.subjects or {}).values())
+    if not total:
+        return []
+    sub = await bus.js.subscribe(bus.names.all_of(what), ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.ALL)
+    found: list[tuple[str, bytes]] = []
+    try:
+        while len(found) < total:
+            msg = await sub.next_msg(timeout=5)
+            found.append((msg.subject, msg.data))
+    except TimeoutError:
+        pass  # fewer than counted: some were removed meanwhile
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def read_alerts(bus: Bus) -> dict[str, Any]:
+    """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
+    "decision"}], "stream_records": n, "duplicates": n}``: one entry per alert id, with its
+    newest decision; ``duplicates`` counts records beyond one per id."""
+    records = [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)]
+    decisions: dict[str, str] = {}
+    for _, data in await stream_messages(bus, DECISION):
+        decided = msgspec.json.decode(data)
+        decisions[decided["alert_id"]] = decided["decision"]
+    alerts: dict[str, dict[str, Any]] = {}
+    for record in records:
+        alerts.setdefault(record["id"], {
+            key: record.get(key) for key in
+            ("id", "person_id", "name", "score", "camera", "node", "time")})
+    for alert_id, alert in alerts.items():
+        alert["decision"] = decisions.get(alert_id)
+    return {"alerts": list(alerts.values()), "stream_records": len(records),
+            "duplicates": len(records) - len(alerts)}
+
+
+async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:
+    """Every node's audit records as the stream holds them, in order."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for subject, data in await stream_messages(bus, AUDIT):
+        found.setdefault(subject.rsplit(".", 1)[1], []).append(msgspec.json.decode(data))
+    return found
+
+
+async def _with_bus(url: str, deployment: str, read: Any,
+                    credentials: Credentials | None) -> dict[str, Any]:
+    nc = await connect(url, "lfr-console", credentials=credentials, wait=False)
+    try:
+        result: dict[str, Any] = await read(await Bus(nc, Names(deployment)).bind())
+        return result
+    finally:
+        await nc.close()
+
+
+def status(url: str, deployment: str, credentials: Credentials | None = None
+           ) -> dict[str, Any]:
+    return asyncio.run(_with_bus(url, deployment, read_status, credentials))
+
+
+def alerts(url: str, deployment: str, credentials: Credentials | None = None
+           ) -> dict[str, Any]:
+    return asyncio.run(_with_bus(url, deployment, read_alerts, credentials))

@@ -1,0 +1,159 @@
+"""The deployment's watchlist in JetStream: published once, versioned and hash-checked.
+
+A bundle folder (lfr.watchlist) is packed as one tar (names sorted, no times or owners, so the
+same bundle packs to the same bytes) into the object store ``lfr_<name>_bundles``, one object
+per version (``v<n>-<random>``); the key ``current`` of the key-value bucket
+``lfr_<name>_watchlist`` names the version in use, its sha256 and its people. Versions only
+grow: a new one is written by compare-and-set on the previous revision, so two publishers never
+both make version n. Destroying writes a destroyed version and deletes every stored bundle;
+nodes then stop their cameras and delete their copies.
+
+The bundle's embeddings stay sealed as on disk (lfr.sealed): nodes open them with the data key
+they share with whoever built it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import shutil
+import tarfile
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from lfr.messages import utc_iso
+
+if TYPE_CHECKING:
+    from lfr.cluster.bus import Bus
+
+CURRENT = "current"
+
+
+class WatchlistError(Exception):
+    """A published watchlist that cannot be used: its bytes do not match its sha256, a bundle
+    that is no bundle, a version lost to another publisher."""
+
+
+class Version(msgspec.Struct, frozen=True):
+    version: int
+    sha256: str  # of the packed bundle as stored
+    people: int
+    published: str  # ISO time
+    by: str
+    destroyed: bool = False
+    # The stored bundle: a name of its own per attempt, so a publisher that lost the
+    # compare-and-set deletes only its own upload.
+    object: str = ""
+
+
+_version_decoder = msgspec.json.Decoder(Version)
+
+
+def pack_bundle(path: Path) -> tuple[bytes, int]:
+    """(the bundle as a deterministic tar, its number of people)."""
+    from lfr.watchlist.bundle import MANIFEST
+
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise WatchlistError(f"{path}: not a watchlist bundle (no {MANIFEST})")
+    people = len(msgspec.json.decode(manifest.read_bytes()).get("persons", []))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(file.relative_to(path).as_posix())
+            data = file.read_bytes()
+            info.size, info.mode, info.mtime = len(data), 0o600, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), people
+
+
+def unpack_bundle(data: bytes, destination: Path) -> Path:
+    """Unpack into ``destination`` atomically (a temporary folder renamed into place)."""
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(partial, filter="data")  # no links, no paths outside
+    shutil.rmtree(destination, ignore_errors=True)
+    partial.rename(destination)
+    return destination
+
+
+async def current(bus: Bus) -> tuple[Version | None, int]:
+    """The version in use (None: never published) and its key's revision (0: none)."""
+    from nats.js.errors import KeyNotFoundError
+
+    assert bus.watchlist is not None
+    try:
+        entry = await bus.watchlist.get(CURRENT)
+    except KeyNotFoundError:
+        return None, 0
+    return _version_decoder.decode(entry.value or b""), int(entry.revision or 0)
+
+
+async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
+                  ) -> Version | None:
+    """Publish ``bundle`` as the next version. ``only_if_none``: only when nothing was ever
+    published (a node started with a bundle in its config); None when one was."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    assert bus.watchlist is not None and bus.bundles is not None
+    data, people = pack_bundle(bundle)
+    previous, revision = await current(bus)
+    if only_if_none and previous is not None:
+        return None
+    number = (previous.version if previous else 0) + 1
+    version = Version(version=number, sha256=hashlib.sha256(data).hexdigest(), people=people,
+                      published=utc_iso(time.time()), by=by,
+                      object=f"v{number}-{uuid.uuid4().hex[:12]}")
+    await bus.bundles.put(version.object, data)
+    try:
+        if revision:
+            await bus.watchlist.update(CURRENT, msgspec.json.encode(version), last=revision)
+        else:
+            await bus.watchlist.create(CURRENT, msgspec.json.encode(version))
+    except KeyWrongLastSequenceError:
+        with contextlib.suppress(Exception):
+            await bus.bundles.delete(version.object)
+        if only_if_none:
+            return None
+        raise WatchlistError("another watchlist was published at the same time: try again, "
+                             "after checking which one is in use (lfr status)") from None
+    return version
+
+
+async def fetch(bus: Bus, version: Version, destination: Path) -> Path:
+    """Download, check and unpack ``version`` into ``destination``."""
+    assert bus.bundles is not None
+    data = (await bus.bundles.get(version.object)).data or b""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != version.sha256:
+        raise WatchlistError(f"watchlist version {version.version}: stored bytes have sha256 "
+                             f"{digest}, published as {version.sha256}; not used")
+    return unpack_bundle(data, destination)
+
+
+async def destroy(bus: Bus, by: str) -> Version:
+    """Mark the watchlist destroyed (a new version) and delete every stored bundle."""
+    from nats.js.errors import NotFoundError
+
+    assert bus.watchlist is not None and bus.bundles is not None
+    previous, revision = await current(bus)
+    if previous is None or previous.destroyed:
+        raise WatchlistError(f"deployment {bus.names.deployment!r} has no published watchlist")
+    version = Version(version=previous.version + 1, sha256="", people=0,
+                      published=utc_iso(time.time()), by=by, destroyed=True)
+    await bus.watchlist.update(CURRENT, msgspec.json.encode(version), last=revision)
+    try:
+        stored = await bus.bundles.list(ignore_deletes=True)
+    except NotFoundError:  # none left
+        stored = []
+    for info in stored:
+        with contextlib.suppress(NotFoundError):
+            await bus.bundles.delete(info.name)
+    return version

@@ -1,0 +1,256 @@
+"""The bus pieces of a deployment spread over nodes, against a real nats-server: alerts kept in
+the outbox until the stream acknowledges them, no duplicate after a replay, camera leases shared
+fairly and taken over when a node stops renewing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import numpy as np
+import pytest
+from bundles import vector_bundle
+
+from lfr.cluster.bus import Bus, BusError, Names, connect
+from lfr.cluster.leases import CameraLeases, Heartbeat, fair_share
+from lfr.cluster.publisher import Publisher
+from lfr.cluster.status import read_alerts, read_status
+from lfr.config import ClusterConfig, parse_config
+from lfr.messages import Adjudication, Alert
+from lfr.notify.outbox import Outbox
+from lfr.watchlist import load_bundle
+from tests.natsserver import NatsServer, serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    yield from serve(tmp_path)
+
+
+def make_alert(n: int) -> Alert:
+    return Alert(id=f"alert{n:03d}", camera="cam1", time="2026-01-01T00:00:00.000+00:00",
+                 wall_time=1.0 + n, person_id="p1", name="P One", score=0.9, threshold=0.5,
+                 box=(1, 2, 3, 4), frame_index=n, latency_s=0.1, crop_jpeg=b"face-pixels")
+
+
+async def test_alerts_wait_in_the_outbox_until_the_stream_acknowledges(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep1")).open()
+    outbox = Outbox(tmp_path / "node1")
+    for n in range(3):
+        outbox.add_alert(make_alert(n), ["console"])
+    outbox.add_adjudication(Adjudication(alert_id="alert000", decision="confirmed",
+                                         operator="ann"))
+    publisher = Publisher(bus, "node1", outbox, tmp_path / "node1")
+
+    nats_server.stop()
+    assert not await publisher.flush()  # the server is away: nothing lost, all waiting
+    assert outbox.unpublished_count() == 4
+    nats_server.start()
+    with anyio.fail_after(30):
+        while not await publisher.flush():  # noqa: ASYNC110  (polls the server, no event)
+            await anyio.sleep(0.2)
+    assert outbox.unpublished_count() == 0
+    assert (publisher.stats.alerts, publisher.stats.decisions) == (3, 1)
+
+    # A crash between the stream's acknowledgement and the outbox's mark: published again,
+    # dropped by the stream as a duplicate of the same alert id.
+    # (A publish that timed out while the server was away may have been sent on reconnect and
+    # counted as a duplicate already.)
+    before = publisher.stats.duplicates
+    outbox._write(("DELETE FROM published WHERE kind = 'alert'", ()))
+    assert await publisher.flush()
+    assert publisher.stats.duplicates - before == 3
+    found = await read_alerts(bus)
+    assert found["stream_records"] == 3 and found["duplicates"] == 0
+    assert {a["id"] for a in found["alerts"]} == {"alert000", "alert001", "alert002"}
+    decided = {a["id"]: a["decision"] for a in found["alerts"]}
+    assert decided == {"alert000": "confirmed", "alert001": None, "alert002": None}
+    raw = [m async for m in _stream_payloads(bus)]
+    assert raw and not any(b"face-pixels" in m for m in raw)  # no image crosses
+    outbox.close()
+    await nc.close()
+
+
+async def _stream_payloads(bus: Bus):  # type: ignore[no-untyped-def]
+    from lfr.cluster.status import stream_messages
+
+    for what in ("alert", "decision"):
+        for _, data in await stream_messages(bus, what):
+            yield data
+
+
+async def test_audit_records_are_published_in_order_once(nats_server: NatsServer,
+                                                         tmp_path: Path) -> None:
+    from lfr.audit import AuditLog, Kind
+    from lfr.cluster.status import audit_records_by_node
+
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep1")).open()
+    data_dir = tmp_path / "node1"
+    with AuditLog(data_dir) as audit, Outbox(data_dir) as outbox:
+        audit.append(Kind.CHECKPOINT, {"frames": 1})
+        assert await Publisher(bus, "node1", outbox, data_dir).flush()
+        audit.append(Kind.CHECKPOINT, {"frames": 2})
+        # A restarted node starts from the last record the stream has of it.
+        assert await Publisher(bus, "node1", outbox, data_dir).flush()
+    with Outbox(data_dir) as outbox:  # the log closed: its closing seal follows
+        assert await Publisher(bus, "node1", outbox, data_dir).flush()
+    records = (await audit_records_by_node(bus))["node1"]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4]  # open seal, 2 checkpoints, close seal
+    assert [r["kind"] for r in records] == ["seal", "checkpoint", "checkpoint", "seal"]
+    await nc.close()
+
+
+def test_fair_share() -> None:
+    assert fair_share(6, 3, None) == 2
+    assert fair_share(7, 3, None) == 3
+    assert fair_share(6, 4, 1) == 1
+    assert fair_share(6, 0, None) == 6
+
+
+def test_cluster_settings_are_checked() -> None:
+    config = parse_config({"name": "d", "cluster": {"lease_s": 6, "heartbeat_s": 1,
+                                                      "capacity": 2}})
+    assert config.cluster.capacity == 2
+    from lfr.plugins import ConfigError
+
+    with pytest.raises(ConfigError, match="heartbeat_s"):
+        parse_config({"name": "d", "cluster": {"lease_s": 2, "heartbeat_s": 1}})
+    with pytest.raises(BusError, match="deployment name"):
+        Names("has.dot")
+
+
+class FakeNode:
+    """One node's leases driven by the test: heartbeats and ticks on demand."""
+
+    def __init__(self, bus: Bus, name: str, cameras: list[str], settings: ClusterConfig) -> None:
+        self.bus, self.name, self.settings = bus, name, settings
+        self.leases = CameraLeases(bus, name, cameras, settings)
+
+    async def beat(self) -> None:
+        assert self.bus.nodes is not None
+        await self.bus.nodes.put(self.name, msgspec.json.encode(Heartbeat(
+            node=self.name, time=time.time(), cameras=sorted(self.leases.running()),
+            capacity=self.settings.capacity, heartbeat_s=self.settings.heartbeat_s)))
+
+    async def tick(self) -> None:
+        await self.leases.renew()
+        await self.beat()
+        await self.leases.balance()
+        # The node stops its surplus, then gives it back.
+        await self.leases.release(self.leases.surplus())
+
+
+def assert_disjoint(nodes: list[FakeNode]) -> None:
+    held = [n.leases.held() for n in nodes]
+    for i, a in enumerate(held):
+        for b in held[i + 1:]:
+            assert not a & b, f"a camera held twice: {held}"
+
+
+async def test_leases_spread_cameras_and_move_those_of_a_silent_node(
+        nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=1.5, heartbeat_s=0.3)
+    cameras = [f"cam{i}" for i in range(6)]
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep2")).open()
+    nodes = [FakeNode(bus, f"node{i}", cameras, settings) for i in range(3)]
+    for node in nodes:
+        await node.beat()
+    for _ in range(6):
+        for node in nodes:
+            await node.tick()
+            assert_disjoint(nodes)
+    assert sorted(len(n.leases.running()) for n in nodes) == [2, 2, 2]
+
+    # node2 stops renewing (killed): its cameras move once its leases have run out.
+    silent = nodes.pop()
+    lost = silent.leases.held()
+    started = time.monotonic()
+    with anyio.fail_after(15):
+        while any(c not in nodes[0].leases.held() | nodes[1].leases.held() for c in lost):
+            for node in nodes:
+                await node.tick()
+                assert_disjoint(nodes)
+            await anyio.sleep(settings.heartbeat_s)
+    moved_after = time.monotonic() - started
+    assert moved_after >= settings.lease_s - settings.heartbeat_s  # never before it ran out
+    assert sorted(len(n.leases.running()) for n in nodes) == [3, 3]
+    status = await read_status(bus)
+    alive = {n["name"]: n["alive"] for n in status["nodes"]}
+    assert alive == {"node0": True, "node1": True, "node2": False}
+    assert {c["node"] for c in status["cameras"]} == {"node0", "node1"}
+    await nc.close()
+
+
+async def test_capacity_bounds_what_a_node_takes(nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=1.5, heartbeat_s=0.3, capacity=2)
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep3")).open()
+    node = FakeNode(bus, "small", [f"cam{i}" for i in range(6)], settings)
+    await node.leases.register()
+    for _ in range(3):
+        await node.tick()
+    assert len(node.leases.running()) == 2
+    status = await read_status(bus)
+    states = sorted(c["state"] for c in status["cameras"])
+    assert states == ["running"] * 2 + ["unassigned"] * 4
+    await nc.close()
+
+
+async def test_watchlist_versions_are_checked_and_destroyed(nats_server: NatsServer,
+                                                           tmp_path: Path) -> None:
+    from lfr.cluster import watchlist
+
+    bundle = tmp_path / "bundle"
+    vector_bundle(bundle, ["ann", "bob"], np.eye(2, 4, dtype=np.float32))
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep4")).open()
+    first = await watchlist.publish(bus, bundle, "sup", only_if_none=True)
+    assert first is not None and (first.version, first.people) == (1, 2)
+    # A node starting with a bundle in its config publishes only when the store has none.
+    assert await watchlist.publish(bus, bundle, "node1", only_if_none=True) is None
+    second = await watchlist.publish(bus, bundle, "sup")
+    assert second is not None and second.version == 2 and second.sha256 == first.sha256
+    copy = await watchlist.fetch(bus, second, tmp_path / "copy" / "v2")
+    assert sorted(p.name for p in copy.rglob("*") if p.is_file()) == sorted(
+        p.name for p in bundle.rglob("*") if p.is_file())
+    assert load_bundle(copy).persons == load_bundle(bundle).persons
+
+    forged = msgspec.structs.replace(second, sha256="0" * 64)
+    with pytest.raises(watchlist.WatchlistError, match="sha256"):
+        await watchlist.fetch(bus, forged, tmp_path / "copy" / "forged")
+
+    destroyed = await watchlist.destroy(bus, "sup")
+    assert destroyed.destroyed and destroyed.version == 3
+    assert (await watchlist.current(bus))[0] == destroyed
+    assert bus.bundles is not None
+    from nats.js.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):  # no bundle left in the store
+        await bus.bundles.list(ignore_deletes=True)
+    with pytest.raises(watchlist.WatchlistError, match="no published watchlist"):
+        await watchlist.destroy(bus, "sup")
+    await nc.close()
+
+
+def test_the_cluster_example_config_is_valid() -> None:
+    from paths import REPO
+
+    from lfr.cluster.node import camera_names, with_cameras
+    from lfr.config import load_config
+
+    config = load_config(REPO / "examples" / "cluster.toml")
+    assert config.cluster.capacity == 4
+    names = camera_names(config)
+    assert names == ["gate", "yard", "workshop", "office"]
+    subset = with_cameras(config, {"yard", "office"}, Path("/tmp/x/van1"))
+    assert [c.name for c in subset.cameras] == ["yard", "office"]
+    assert subset.resolved_data_dir() == Path("/tmp/x/van1")
