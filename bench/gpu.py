@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time sface-int8.onnx / yunet-int8.onnx from this folder")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    models = {"fp32": (resolve_model(None, BUNDLED_DETECTOR), resolve_model(None, BUNDLED_EMBEDDER))}
+    models = {"fp32": (resolve_model(None, BUNDLED_DETECTOR),
+                       resolve_model(None, BUNDLED_EMBEDDER))}
     if args.int8:
         models["int8"] = (args.int8 / "yunet-int8.onnx", args.int8 / "sface-int8.onnx")
     cpus = os.cpu_count() or 1
@@ -84,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             row = f"{backend}, {variant}"
             try:
                 det = runner(yunet, providers, threads)
-                detect[row] = {size: round(timed(lambda x=x: det(x), args.repeat), 3)
+                detect[row] = {size: round(timed(lambda x=x, det=det: det(x), args.repeat), 3)
                                for size, x in frames.items()}
                 emb = runner(sface, providers, threads)
-                embed[row] = {f"batch {b}": round(
-                    timed(lambda b=b: emb(faces[:b]), args.repeat) / b, 3) for b in EMBED_BATCHES}
+                embed[row] = {
+                    f"batch {b}": round(timed(lambda b=b, emb=emb: emb(faces[:b]), args.repeat) / b,
+                                        3)
+                    for b in EMBED_BATCHES}
             except ModelError as exc:  # a backend that cannot run a model is reported, not fatal
                 errors[row] = str(exc)
                 continue

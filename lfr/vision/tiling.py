@@ -78,21 +78,24 @@ def plan_detection(width: int, height: int, min_face_px: float | None, max_side:
     # Faces the coarse pass misses are below DETECTABLE_FACE_PX / coarse frame pixels wide: the
     # overlap holds the whole head of the largest of them.
     overlap = math.ceil(_HEAD_PER_FACE * DETECTABLE_FACE_PX / coarse)
-    side = math.ceil((tile_side or max_side) / scale)  # a tile in frame pixels
+    side = math.ceil((tile_side or max_side) / scale)  # a tile's largest side in frame pixels
     overlap = min(overlap, side // 2)
-    tiles = tuple(Tile(x, y, min(side, width - x), min(side, height - y))
-                  for y in _starts(height, side, overlap) for x in _starts(width, side, overlap))
+    xs, tile_w = _spans(width, side, overlap)
+    ys, tile_h = _spans(height, side, overlap)
+    tiles = tuple(Tile(x, y, tile_w, tile_h) for y in ys for x in xs)
     return DetectionPlan(scale=scale, tiles=tiles, coarse_scale=coarse)
 
 
-def _starts(length: int, side: int, overlap: int) -> list[int]:
-    """Offsets of windows of ``side`` covering ``length`` with at least ``overlap`` in common,
-    spread evenly (the last window ends at the edge)."""
+def _spans(length: int, side: int, overlap: int) -> tuple[list[int], int]:
+    """(offsets, window length): the fewest windows of at most ``side`` that cover ``length``
+    with ``overlap`` in common, each as short as that allows (a 1080 px high frame in windows of
+    1040 is two of ~584, not two of 1040) and spread evenly, the last one ending at the edge."""
     if side >= length:
-        return [0]
+        return [0], length
     count = math.ceil((length - overlap) / (side - overlap))
-    step = (length - side) / (count - 1)
-    return [round(i * step) for i in range(count)]
+    window = min(side, math.ceil((length + (count - 1) * overlap) / count))
+    step = (length - window) / (count - 1)
+    return [round(i * step) for i in range(count)], window
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
