@@ -18,6 +18,7 @@ from lfr.vision.tiling import (
     cut_by_tile,
     merge,
     plan_detection,
+    shrink,
 )
 
 
@@ -119,3 +120,14 @@ def test_a_call_can_ask_for_its_own_smallest_face(head):
     assert coarse.scale == pytest.approx(0.2)
     assert len(detector.detect(frame, min_face_px=120)) == 1
     assert len(default_analyzer().detect(frame, min_face_px=120)) == 1
+
+
+def test_shrink_gives_the_planned_size_and_keeps_the_picture():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (2160, 3840, 3), dtype=np.uint8)
+    frame[:1080] = 40  # a dark top half, a noisy bottom half
+    for scale in (0.5, 0.462, 0.923, 0.25):
+        small = shrink(frame, scale)
+        assert small.shape == (round(2160 * scale), round(3840 * scale), 3)
+        top, bottom = small[: small.shape[0] // 2 - 2], small[small.shape[0] // 2 + 2:]
+        assert abs(float(top.mean()) - 40) < 1 and abs(float(bottom.mean()) - 127.5) < 2

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from lfr.messages import Detection
 from lfr.vision.onnx import GraphOptimization, create_session
-from lfr.vision.tiling import DetectionPlan, cut_by_tile, merge, nms, plan_detection, shift
+from lfr.vision.tiling import DetectionPlan, cut_by_tile, merge, nms, plan_detection, shift, shrink
 
 _STRIDES = (8, 16, 32)
 __all__ = ["YuNetDetector", "nms"]
@@ -80,10 +79,8 @@ class YuNetDetector:
     def _detect_scaled(self, image: np.ndarray, scale: float, threshold: float
                        ) -> list[Detection]:
         """Detections in ``image`` shrunk by ``scale`` (<= 1), in ``image``'s coordinates."""
-        height, width = image.shape[:2]
         if scale < 1.0:
-            image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                               interpolation=cv2.INTER_AREA)
+            image = shrink(image, scale)
         h, w = image.shape[:2]
         pad_h, pad_w = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, pad_h, pad_w), np.float32)

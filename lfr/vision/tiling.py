@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from lfr.messages import Detection
@@ -115,6 +116,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int
         iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
         order = rest[iou <= iou_threshold]
     return keep
+
+
+def shrink(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` resized by ``scale`` < 1: area averaging by the whole part of the reduction (its
+    fast path in OpenCV), then bilinear for the rest. OpenCV's area resize at a fractional factor
+    is slow (80 ms for 1080p to 0.92, 136 ms for 4K to 0.46, against ~11 and ~22 ms this way)."""
+    height, width = image.shape[:2]
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    factor = int(1.0 / scale + 1e-9)
+    if factor >= 2:
+        image = cv2.resize(image, None, fx=1.0 / factor, fy=1.0 / factor,
+                           interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) != target:
+        image = cv2.resize(image, target, interpolation=cv2.INTER_LINEAR)
+    return image
 
 
 def shift(detection: Detection, dx: float, dy: float) -> Detection:
