@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="which to quantise: sface, yunet or both (default sface,yunet)")
     parser.add_argument("--method", choices=("minmax", "percentile", "entropy"),
                         default="minmax", help="calibration method (default minmax)")
+    parser.add_argument("--keep-float", default="", metavar="NODE,...",
+                        help="SFace nodes to leave fp32 (e.g. conv_1_conv2d,conv_14_conv2d)")
     parser.add_argument("--seed", type=int, default=1, help="draw seed (default 1)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -96,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             if faces:
                 aligned.append(choose_face(faces, image.shape).aligned)
         dst = args.out / "sface-int8.onnx"
+        keep = [n.strip() for n in args.keep_float.split(",") if n.strip()]
         quantize_model(converted_bundled_model(BUNDLED_EMBEDDER), dst, sface_inputs(aligned),
-                       args.method)
+                       args.method, keep_float=keep)
         written["sface"] = str(dst.resolve())
     if "yunet" in models:
         dst = args.out / "yunet-int8.onnx"

@@ -78,8 +78,9 @@ class _Reader:
 
 
 def quantize_model(src: Path, dst: Path, batches: Sequence[np.ndarray],
-                   method: CalibrationMethod = "minmax") -> None:
-    """Write the int8 QDQ copy of the fp32 model ``src`` to ``dst``, calibrated on ``batches``."""
+                   method: CalibrationMethod = "minmax", keep_float: Sequence[str] = ()) -> None:
+    """Write the int8 QDQ copy of the fp32 model ``src`` to ``dst``, calibrated on ``batches``;
+    the nodes named in ``keep_float`` stay fp32."""
     from onnxruntime.quantization import CalibrationMethod as Method
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -103,7 +104,7 @@ def quantize_model(src: Path, dst: Path, batches: Sequence[np.ndarray],
                 str(prepared), str(tmp), _Reader(input_name, batches),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
+                calibrate_method=methods[method], nodes_to_exclude=list(keep_float),
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
         finally:
