@@ -123,3 +123,25 @@ def test_quantize_tool_refuses_the_repository_and_shared_data(tmp_path):
         with pytest.raises(SystemExit, match="choose a folder of your own"):
             tool.refuse_inside(inside)
     tool.refuse_inside(tmp_path / "models")  # anywhere else is the user's choice
+
+
+def test_the_mirror_is_embedded_only_for_faces_near_the_threshold(aligned_faces):
+    from lfr.vision.flip import NearThresholdFlip
+
+    embedder = OnnxEmbedder(converted_bundled_model(BUNDLED_EMBEDDER), flip=True)
+    gallery = embedder.embed(aligned_faces[2:])  # the watchlist, enrolled with the flip
+    plain = embedder.embed(aligned_faces, flip=False)
+    flipped = embedder.embed(aligned_faces)
+    best = (plain @ gallery.T).max(axis=1)
+    # The threshold right at face 0's best score: face 0 is near it, the others are not unless
+    # they happen to score within the margin too.
+    margin = 1e-3
+    near = np.abs(best - best[0]) <= margin
+    search = NearThresholdFlip(embedder, gallery, threshold=float(best[0]), margin=margin)
+    vectors = search.embed(aligned_faces)
+    assert search.name == "sface+flip" and search.dim == embedder.dim
+    assert np.allclose(vectors[near], flipped[near], atol=1e-5)
+    assert np.allclose(vectors[~near], plain[~near], atol=1e-5)
+    assert (search.faces, search.flipped) == (len(aligned_faces), int(near.sum()))
+    with pytest.raises(ValueError, match="flip embedder"):
+        NearThresholdFlip(OnnxEmbedder(converted_bundled_model(BUNDLED_EMBEDDER)), gallery, 0.5)
