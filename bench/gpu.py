@@ -1,21 +1,23 @@
-"""Optional GPU benchmark: YuNet and SFace on CPU (onnxruntime) against a CUDA device.
+"""GPU benchmark: lfr's YuNet and SFace on onnxruntime's CUDA execution provider against the CPU.
 
-    python bench/gpu.py [--models DIR] [--repeat N] [--json]
+    PYTHONPATH=. .venv/bin/python bench/gpu.py [--repeat N] [--int8 DIR] [--json]
 
-Standalone (numpy, onnxruntime; torch + onnx2torch when onnxruntime has no CUDA provider), so it
-runs on a GPU machine without lfr installed. ``--models`` is a folder with lfr's converted fp32
-models (``~/.cache/lfr/models`` after any lfr run). CUDA goes through onnxruntime's
-CUDAExecutionProvider when present, else through PyTorch (the ONNX graph converted by onnx2torch).
-Reports milliseconds per call and the agreement of GPU and CPU outputs (cosine of embeddings).
+Runs the models through lfr's own session code (``lfr.vision.onnx.create_session``, the path a
+deployment with ``providers = ["CUDAExecutionProvider", ...]`` takes), never through PyTorch. The
+CUDA provider needs onnxruntime-gpu installed in place of onnxruntime (docs/gpu.md); where it is
+missing the CPU rows are still measured and the CUDA rows say why they are absent. Reports
+milliseconds per frame (YuNet, random frames of three sizes), per face (SFace, batches of 1 to
+128), and the agreement of CUDA and CPU embeddings (lowest cosine). ``--int8 DIR``: also time the
+int8 models tools/quantize_models.py wrote there.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +25,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-DETECT_SIZES = {"640x360": (384, 640), "1280x720": (736, 1280), "1920x1080": (1088, 1920)}
+from lfr.vision.models import BUNDLED_DETECTOR, BUNDLED_EMBEDDER, ModelError, resolve_model
+from lfr.vision.onnx import create_session
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+DETECT_SIZES = {"640x360": (384, 640), "1920x1080": (1088, 1920), "3840x2160": (2176, 3840)}
 EMBED_BATCHES = (1, 8, 32, 128)
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up (allocations, kernel selection)
+    """Milliseconds per call, after two warm-up calls (allocations, CUDA kernel selection)."""
+    fn()
     fn()
     start = time.perf_counter()
     for _ in range(repeat):
@@ -36,115 +43,80 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return (time.perf_counter() - start) / repeat * 1000
 
 
-def ort_runner(path: Path, provider: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+def runner(path: Path, providers: list[str], threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    session = create_session(path, threads, providers)
+    if providers[0] not in session.get_providers():
+        raise ModelError(f"{providers[0]} did not start (session runs on "
+                         f"{session.get_providers()})")
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
-def torch_runner(path: Path, half: bool) -> Callable[[np.ndarray], np.ndarray]:
-    import onnx
-    import torch
-    from onnx2torch import convert
-
-    graph = onnx.load(str(path))
-    try:
-        module = convert(graph)
-    except NotImplementedError:
-        # onnx2torch lags behind the newest opsets: retry on the graph converted to opset 17.
-        module = convert(onnx.version_converter.convert_version(graph, 17))
-    model = module.eval().cuda()
-    if half:
-        model = model.half()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            t = torch.from_numpy(x).cuda()
-            out = model(t.half() if half else t)
-            first = out[0] if isinstance(out, (list, tuple)) else out
-            result = first.float().cpu().numpy()  # the copy back synchronises
-        return result
-
-    return run
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path,
-                        default=Path(os.environ.get("LFR_CACHE_DIR", "~/.cache/lfr")).expanduser()
-                        / "models")
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    yunet = Path(glob.glob(str(args.models / "face_detection_yunet*fp32*.onnx"))[0])
-    sface = Path(glob.glob(str(args.models / "face_recognition_sface*fp32*.onnx"))[0])
-    rng = np.random.default_rng(0)
-    cpu_threads = os.cpu_count() or 1
-
-    backends: dict[str, Callable[[Path], Callable[[np.ndarray], np.ndarray]]] = {
-        "cpu-1-thread": lambda p: ort_runner(p, "CPUExecutionProvider", 1),
-        f"cpu-{cpu_threads}-threads": lambda p: ort_runner(p, "CPUExecutionProvider", cpu_threads),
-    }
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        backends["cuda-onnxruntime"] = lambda p: ort_runner(p, "CUDAExecutionProvider", 1)
+    parser.add_argument("--repeat", type=int, default=10, help="timed calls per figure")
+    parser.add_argument("--int8", type=Path, metavar="DIR",
+                        help="also time sface-int8.onnx / yunet-int8.onnx from this folder")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    models = {"fp32": (resolve_model(None, BUNDLED_DETECTOR),
+                       resolve_model(None, BUNDLED_EMBEDDER))}
+    if args.int8:
+        models["int8"] = (args.int8 / "yunet-int8.onnx", args.int8 / "sface-int8.onnx")
+    cpus = os.cpu_count() or 1
+    available = ort.get_available_providers()
+    backends = {"cpu, 1 thread": ([CPU], 1), f"cpu, {cpus} threads": ([CPU], cpus)}
+    errors: dict[str, str] = {}
+    if CUDA in available:
+        backends["cuda"] = ([CUDA], 1)
     else:
-        backends["cuda-torch-fp32"] = lambda p: torch_runner(p, half=False)
-        backends["cuda-torch-fp16"] = lambda p: torch_runner(p, half=True)
-
-    result: dict[str, object] = {"machine": platform.node(), "cpus": cpu_threads,
-                                 "providers": ort.get_available_providers()}
-    try:
-        import torch
-
-        result["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        result["gpu"] = None
+        errors["cuda"] = (f"{CUDA} not available in onnxruntime {ort.__version__} (providers "
+                          f"{available}): install onnxruntime-gpu in its place (docs/gpu.md)")
+    rng = np.random.default_rng(0)
+    frames = {size: rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32)
+              for size, (h, w) in DETECT_SIZES.items()}
+    faces = rng.uniform(0, 255, (max(EMBED_BATCHES), 3, 112, 112)).astype(np.float32)
     detect: dict[str, dict[str, float]] = {}
     embed: dict[str, dict[str, float]] = {}
     agreement: dict[str, float] = {}
-    faces = rng.uniform(0, 255, (max(EMBED_BATCHES), 3, 112, 112)).astype(np.float32)
-    reference = ort_runner(sface, "CPUExecutionProvider", 1)(faces[:8])
-    errors: dict[str, str] = {}
-    for name, make in backends.items():
-        try:
-            det = make(yunet)
-            frames = {size: rng.uniform(0, 255, (1, 3, h, w)).astype(np.float32)
-                      for size, (h, w) in DETECT_SIZES.items()}
-            detect[name] = {size: round(timed(lambda x=x, det=det: det(x), args.repeat), 3)
-                            for size, x in frames.items()}
-        except Exception as exc:  # a backend that cannot run a model is reported, not fatal
-            errors[f"{name} yunet"] = f"{type(exc).__name__}: {exc}"
-        try:
-            emb = make(sface)
-        except Exception as exc:
-            errors[f"{name} sface"] = f"{type(exc).__name__}: {exc}"
-            continue
-        embed[name] = {
-            f"batch {b}": round(timed(lambda b=b, emb=emb: emb(faces[:b]), args.repeat) / b, 3)
-            for b in EMBED_BATCHES}
-        out = emb(faces[:8])
-        cos = (out * reference).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(
-            reference, axis=1)
-        agreement[name] = round(float(cos.min()), 5)
-    result.update({"detect_ms_per_frame": detect, "embed_ms_per_face": embed,
-                   "min_cosine_vs_cpu": agreement, "errors": errors})
+    reference = runner(models["fp32"][1], [CPU], 1)(faces[:8])
+    for variant, (yunet, sface) in models.items():
+        for backend, (providers, threads) in backends.items():
+            row = f"{backend}, {variant}"
+            try:
+                det = runner(yunet, providers, threads)
+                detect[row] = {size: round(timed(lambda x=x, det=det: det(x), args.repeat), 3)
+                               for size, x in frames.items()}
+                emb = runner(sface, providers, threads)
+                embed[row] = {
+                    f"batch {b}": round(timed(lambda b=b, emb=emb: emb(faces[:b]), args.repeat) / b,
+                                        3)
+                    for b in EMBED_BATCHES}
+            except ModelError as exc:  # a backend that cannot run a model is reported, not fatal
+                errors[row] = str(exc)
+                continue
+            out = emb(faces[:8])
+            cos = (out * reference).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(
+                reference, axis=1)
+            agreement[row] = round(float(cos.min()), 5)
+    result = {"machine": platform.node(), "cpus": cpus, "onnxruntime": ort.__version__,
+              "providers": available, "detect_ms_per_frame": detect, "embed_ms_per_face": embed,
+              "min_cosine_vs_cpu_fp32": agreement, "errors": errors}
     if args.json:
         print(json.dumps(result, indent=2))
-        return
-    print(f"{result['gpu']} / {cpu_threads} CPUs; providers {result['providers']}")
+        return 0
+    print(f"{cpus} CPUs; onnxruntime {ort.__version__}, providers {available}")
     print("YuNet ms per frame:")
-    for name, row in detect.items():
-        print(f"  {name:18s} " + "  ".join(f"{k} {v:8.2f}" for k, v in row.items()))
+    for name, times in detect.items():
+        print(f"  {name:24s} " + "  ".join(f"{k} {v:8.2f}" for k, v in times.items()))
     print("SFace ms per face:")
-    for name, row in embed.items():
-        print(f"  {name:18s} " + "  ".join(f"{k} {v:7.3f}" for k, v in row.items())
-              + f"   min cosine vs CPU {agreement[name]}")
+    for name, times in embed.items():
+        print(f"  {name:24s} " + "  ".join(f"{k} {v:7.3f}" for k, v in times.items())
+              + f"   min cosine vs CPU fp32 {agreement[name]}")
     for what, error in errors.items():
-        print(f"not measured: {what}: {error[:200]}")
+        print(f"not measured: {what}: {error[:300]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

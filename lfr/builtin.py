@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from lfr.api import BackendSettings, BuildContext, Register, hookimpl
@@ -12,6 +13,15 @@ from lfr.sources.base import SourceSettings
 LFR_PLUGIN_API = 1  # the plugin API versions this plugin is written for (see lfr.hookspecs)
 
 Score = Annotated[float, Meta(ge=0.0, le=1.0)]
+# onnxruntime execution providers, in order of preference: "CUDAExecutionProvider" needs
+# onnxruntime-gpu in place of onnxruntime (docs/gpu.md). A missing one is named in a warning when
+# another listed one remains, else an error.
+Providers = Annotated[list[str], Meta(min_length=1)]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+def _cpu() -> list[str]:
+    return ["CPUExecutionProvider"]
 
 
 class YuNetSettings(BackendSettings, frozen=True, tag="yunet"):
@@ -19,6 +29,14 @@ class YuNetSettings(BackendSettings, frozen=True, tag="yunet"):
     score_threshold: Score = 0.7
     nms_threshold: Score = 0.3
     max_side: Annotated[int, Meta(ge=32)] = 1920  # larger frames are shrunk; smaller run natively
+    # The smallest face (box width, frame pixels) that must be found. Set, it replaces max_side's
+    # rule: frames are shrunk until such a face is 24 px (YuNet's reliable size), and cut into
+    # tiles of tile_side (default max_side) with a coarse whole-frame pass when that is still
+    # larger than max_side (lfr.vision.tiling; docs/models.md "Large frames").
+    min_face_px: Annotated[float, Meta(gt=0)] | None = None
+    tile_side: Annotated[int, Meta(ge=64)] | None = None
+    providers: Providers = msgspec.field(default_factory=_cpu)
+    graph_optimization: GraphOptimization = "all"  # onnxruntime's level; "all" measured best
 
 
 class SFaceSettings(BackendSettings, frozen=True, tag="sface"):
@@ -29,6 +47,8 @@ class SFaceSettings(BackendSettings, frozen=True, tag="sface"):
     # Embed the mirrored face too and use the sum: on lfw-dev, TPIR at FPIR 1e-3 with 400
     # listed people 0.893 -> 0.923 (`lfr eval identify`), for twice the embedding work.
     flip: bool = True
+    providers: Providers = msgspec.field(default_factory=_cpu)
+    graph_optimization: GraphOptimization = "all"
 
 
 class ExactSettings(BackendSettings, frozen=True, tag="exact"):
@@ -58,7 +78,9 @@ def lfr_register_detectors(register: Register) -> None:
         model = resolve_model(settings.model, BUNDLED_DETECTOR, context.config_dir)
         return YuNetDetector(model, score_threshold=settings.score_threshold,
                              nms_threshold=settings.nms_threshold, max_side=settings.max_side,
-                             threads=context.threads)
+                             threads=context.threads, min_face_px=settings.min_face_px,
+                             tile_side=settings.tile_side, providers=settings.providers,
+                             optimization=settings.graph_optimization)
 
     register("yunet", yunet, settings=YuNetSettings)
 
@@ -67,11 +89,14 @@ def lfr_register_detectors(register: Register) -> None:
 def lfr_register_embedders(register: Register) -> None:
     def sface(settings: SFaceSettings, context: BuildContext) -> object:
         from lfr.vision.embed import OnnxEmbedder
-        from lfr.vision.models import BUNDLED_EMBEDDER, resolve_model
+        from lfr.vision.models import BUNDLED_EMBEDDER, model_name, resolve_model
 
         model = resolve_model(settings.model, BUNDLED_EMBEDDER, context.config_dir)
         return OnnxEmbedder(model, rgb=settings.rgb, mean=settings.mean, std=settings.std,
-                            threads=context.threads, flip=settings.flip)
+                            threads=context.threads, flip=settings.flip,
+                            name=model_name("sface", settings.model, model),
+                            providers=settings.providers,
+                            optimization=settings.graph_optimization)
 
     register("sface", sface, settings=SFaceSettings)
 

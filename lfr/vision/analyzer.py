@@ -8,6 +8,7 @@ import numpy as np
 from lfr.api import Detector, Embedder  # the protocols, re-exported here
 from lfr.messages import Detection
 from lfr.vision.align import align_face
+from lfr.vision.detect import YuNetDetector
 from lfr.vision.quality import QualityGate, QualityReport
 
 
@@ -27,11 +28,16 @@ class FaceAnalyzer:
         self.embedder = embedder
         self.gate = gate or QualityGate()
 
-    def detect(self, image: np.ndarray, score_threshold: float | None = None
-               ) -> list[AnalyzedFace]:
-        """Detect, align and assess every face (no embedding yet)."""
+    def detect(self, image: np.ndarray, score_threshold: float | None = None,
+               min_face_px: float | None = None) -> list[AnalyzedFace]:
+        """Detect, align and assess every face (no embedding yet). ``min_face_px``: a camera's
+        smallest face that must be found, for detectors that take one (YuNet: lfr.vision.tiling)."""
+        if min_face_px is not None and isinstance(self.detector, YuNetDetector):
+            found = self.detector.detect(image, score_threshold, min_face_px)
+        else:
+            found = self.detector.detect(image, score_threshold)
         faces = []
-        for det in self.detector.detect(image, score_threshold):
+        for det in found:
             aligned = align_face(image, det.landmarks)
             faces.append(AnalyzedFace(detection=det, aligned=aligned,
                                       quality=self.gate.assess(det, aligned)))

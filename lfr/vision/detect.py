@@ -2,66 +2,85 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from lfr.messages import Detection
-from lfr.vision.onnx import create_session
+from lfr.vision.onnx import GraphOptimization, create_session
+from lfr.vision.tiling import DetectionPlan, cut_by_tile, merge, nms, plan_detection, shift, shrink
 
 _STRIDES = (8, 16, 32)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Greedy non-maximum suppression over x, y, w, h boxes; indices of kept boxes, best first."""
-    x1, y1 = boxes[:, 0], boxes[:, 1]
-    x2, y2 = x1 + boxes[:, 2], y1 + boxes[:, 3]
-    areas = np.maximum(boxes[:, 2], 0) * np.maximum(boxes[:, 3], 0)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
-    return keep
+__all__ = ["YuNetDetector", "nms"]
 
 
 class YuNetDetector:
     """YuNet (2023mar) with a symbolic input size, so frames run at (up to) their native size.
 
-    YuNet takes BGR float 0..255 without normalisation. Frames whose longer side exceeds
-    ``max_side`` are shrunk first (keeping the aspect ratio); the rest run natively, because
-    shrinking 1080p to 640 makes faces three times smaller.
+    YuNet takes BGR float 0..255 without normalisation. Without ``min_face_px``, frames whose
+    longer side exceeds ``max_side`` are shrunk first (keeping the aspect ratio); the rest run
+    natively, because shrinking 1080p to 640 makes faces three times smaller. With
+    ``min_face_px`` (the smallest face that must be found, in frame pixels) the frame is shrunk as
+    far as keeps such a face detectable, and cut into tiles of ``tile_side`` (default
+    ``max_side``) when that is still larger than ``max_side`` (lfr.vision.tiling).
     """
 
     name = "yunet"
 
     def __init__(self, model_path: Path, score_threshold: float = 0.7,
                  nms_threshold: float = 0.3, max_side: int = 1920, top_k: int = 500,
-                 threads: int = 1) -> None:
-        self.session = create_session(model_path, threads)
+                 threads: int = 1, *, min_face_px: float | None = None,
+                 tile_side: int | None = None, providers: Sequence[str] | None = None,
+                 optimization: GraphOptimization = "all") -> None:
+        self.session = create_session(model_path, threads, providers, optimization)
+        self.min_face_px, self.tile_side = min_face_px, tile_side
+        self._plans: dict[tuple[int, int, float | None], DetectionPlan] = {}
         self.input_name = self.session.get_inputs()[0].name
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_side = max_side
         self.top_k = top_k
-        self._lock = threading.Lock()
 
-    def detect(self, image: np.ndarray, score_threshold: float | None = None) -> list[Detection]:
-        """Faces in a BGR uint8 image, best first, in the image's own pixel coordinates."""
+    def plan(self, width: int, height: int, min_face_px: float | None = None) -> DetectionPlan:
+        """How a frame of this size is detected (``min_face_px``: this camera's, else the
+        detector's); plans are kept per frame size, as a camera's size rarely changes."""
+        face = self.min_face_px if min_face_px is None else min_face_px
+        key = (width, height, face)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = plan_detection(width, height, face, self.max_side, self.tile_side)
+            if len(self._plans) > 64:  # frames of ever new sizes: stills of an enrolment
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def detect(self, image: np.ndarray, score_threshold: float | None = None,
+               min_face_px: float | None = None) -> list[Detection]:
+        """Faces in a BGR uint8 image, best first, in the image's own pixel coordinates.
+
+        ``min_face_px``: the smallest face (box width, frame pixels) that must be found, for this
+        call (a camera's own setting); None: the detector's ``min_face_px``.
+        """
         threshold = self.score_threshold if score_threshold is None else score_threshold
         height, width = image.shape[:2]
-        scale = min(1.0, self.max_side / max(height, width))
+        plan = self.plan(width, height, min_face_px)
+        if not plan.tiled:
+            return self._detect_scaled(image, plan.scale, threshold)[: self.top_k]
+        found = self._detect_scaled(image, plan.coarse_scale, threshold)
+        for tile in plan.tiles:
+            window = image[tile.y:tile.y + tile.height, tile.x:tile.x + tile.width]
+            for det in self._detect_scaled(window, plan.scale, threshold):
+                moved = shift(det, tile.x, tile.y)
+                if not cut_by_tile(moved.box, tile, width, height):
+                    found.append(moved)
+        return merge(found, self.nms_threshold)[: self.top_k]
+
+    def _detect_scaled(self, image: np.ndarray, scale: float, threshold: float
+                       ) -> list[Detection]:
+        """Detections in ``image`` shrunk by ``scale`` (<= 1), in ``image``'s coordinates."""
         if scale < 1.0:
-            image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                               interpolation=cv2.INTER_AREA)
+            image = shrink(image, scale)
         h, w = image.shape[:2]
         pad_h, pad_w = -(-h // 32) * 32, -(-w // 32) * 32
         blob = np.zeros((1, 3, pad_h, pad_w), np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfr.vision.onnx import create_session
+from lfr.vision.onnx import GraphOptimization, create_session
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -28,28 +28,34 @@ class OnnxEmbedder:
     name = "sface"
 
     def __init__(self, model_path: Path, rgb: bool = True, mean: float = 0.0, std: float = 1.0,
-                 threads: int = 1, flip: bool = False) -> None:
-        self.session = create_session(model_path, threads)
+                 threads: int = 1, flip: bool = False, *, name: str = "sface",
+                 providers: Sequence[str] | None = None,
+                 optimization: GraphOptimization = "all") -> None:
+        self.session = create_session(model_path, threads, providers, optimization)
         self.input_name = self.session.get_inputs()[0].name
         self.rgb, self.mean, self.std, self.flip = rgb, mean, std, flip
-        if flip:
-            self.name = "sface+flip"  # another embedding function: never mixed up in caches
+        # The name identifies the embedding function (bundles and caches check it): another
+        # model file (an int8 one) or the flip makes another function.
+        self.name = f"{name}+flip" if flip else name
         probe = self.session.run(None, {self.input_name: np.zeros((1, 3, 112, 112), np.float32)})
         self.dim = int(probe[0].shape[-1])
 
-    def embed(self, aligned_bgr: Sequence[np.ndarray]) -> np.ndarray:
-        """L2-normalised embeddings (N x dim, float32) of aligned BGR uint8 faces."""
+    def embed(self, aligned_bgr: Sequence[np.ndarray], flip: bool | None = None) -> np.ndarray:
+        """L2-normalised embeddings (N x dim, float32) of aligned BGR uint8 faces. ``flip``
+        overrides the embedder's own setting for this call (lfr.vision.flip embeds most faces
+        without their mirror)."""
+        flip = self.flip if flip is None else flip
         if not len(aligned_bgr):
             return np.zeros((0, self.dim), np.float32)
         batch = np.stack(aligned_bgr).astype(np.float32)
         if self.rgb:
             batch = batch[..., ::-1]
-        if self.flip:
+        if flip:
             batch = np.concatenate([batch, batch[:, :, ::-1]])
         batch = ((batch - self.mean) / self.std).transpose(0, 3, 1, 2)
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
         out = l2_normalize(out.reshape(len(batch), -1))
-        if self.flip:
+        if flip:
             n = len(aligned_bgr)
             out = l2_normalize(out[:n] + out[n:])
         return out

@@ -161,3 +161,13 @@ def resolve_model(path_or_bundled: str | None, bundled: str, base: Path | None =
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     return path
+
+
+def model_name(family: str, path_or_bundled: str | None, resolved: Path) -> str:
+    """The name of the embedding function a model file computes: ``family`` for the bundled
+    model, ``family@<first 12 hex of the file's SHA-256>`` for a user's file (an int8 copy made
+    by tools/quantize_models.py, another network), so a watchlist bundle or an evaluation cache
+    made with one model is never used with another."""
+    if path_or_bundled in (None, "", "bundled"):
+        return family
+    return f"{family}@{sha256_file(resolved)[:12]}"
