@@ -1,19 +1,25 @@
 """Measure enrolment from augmented views against one view (docs/watchlist-quality.md).
 
-    python tools/measure_views.py DATASET WORKDIR          # embeds the views of the photos that the
-                                                           # draws (400 listed, 1 photo, seeds 1-5) enrol
+    python tools/measure_views.py DATASET WORKDIR
+
+embeds the views of the photos that the draws enrol (400 listed, 1 photo, seeds 1-5).
 Then prints TPIR at FPIR 1e-2 / 1e-3 for one view and subsets of views, crowd weight 0 and 0.5,
 on the same draws. Slow: 8 embeddings per enrolled photo (about 25 minutes on a loaded 2-core
 machine). Uses the evaluation cache for the searches.
 """
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from lfr.eval.dataset import RETRY_THRESHOLDS, _read_image, choose_face, default_cache_dir, embed_images
+from lfr.eval.dataset import (
+    RETRY_THRESHOLDS,
+    _read_image,
+    choose_face,
+    default_cache_dir,
+    embed_images,
+)
 from lfr.eval.identify import list_people, mean_report, pick, run_seed
 from lfr.vision.defaults import default_analyzer
 from lfr.watchlist.views import enrolment_views, template
