@@ -136,12 +136,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return EXIT_OK
     table = Table(title=f"{len(result['alerts'])} alerts ({result['stream_records']} records, "
                   f"{result['duplicates']} duplicates)", title_justify="left")
-    for column in ("time", "node", "camera", "person", "score", "decision"):
+    for column in ("time", "node", "camera", "person", "score", "decision", "sightings"):
         table.add_column(column)
     for a in result["alerts"]:
+        seen_on = sorted({f"{s['node']}/{s['camera']}" for s in a["sightings"]})
         table.add_row(a["time"], safe_text(a["node"]), safe_text(a["camera"]),
                       safe_text(f"{a['name']} ({a['person_id']})"), f"{a['score']:.3f}",
-                      a["decision"] or "-")
+                      a["decision"] or "-",
+                      safe_text(f"{len(a['sightings'])} ({', '.join(seen_on)})")
+                      if a["sightings"] else "-")
     stderr.print(table)
     return EXIT_OK
 
