@@ -146,7 +146,8 @@ async def test_a_lost_claim_is_published_as_a_sighting_audited_and_not_delivered
     assert [a["id"] for a in found["alerts"]] == ["a1"]
     assert found["duplicates"] == 0 and found["sighting_records"] == 1
     assert found["alerts"][0]["sightings"] == [
-        {"camera": "cam2", "node": "node2", "time": alert("a2", 103.0).time, "score": 0.9}]
+        {"id": "a2", "camera": "cam2", "node": "node2", "time": alert("a2", 103.0).time,
+         "score": 0.9}]
     raw = [data for _, data in await stream_messages(bus, "sighting")]
     assert raw and not any(b"face-pixels" in m for m in raw)  # the crop stays sealed on node2
     assert outboxes["node2"].merged_into("a2") == "a1"

@@ -264,8 +264,9 @@ def cmd_cluster_report(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         stderr.print(f"deployment {report['deployment']}: {report['alerts']} alerts "
-                     f"({report['duplicates']} duplicates in the stream), {report['decisions']} "
-                     f"decided, {report['false_alerts']} false; {report['faces']} faces",
+                     f"({report['duplicates']} duplicates in the stream, "
+                     f"{report['sightings']} further sightings), {report['decisions']} decided, "
+                     f"{report['false_alerts']} false; {report['faces']} faces",
                      highlight=False)
         for name, node in report["nodes"].items():
             verdict = "; ".join(node["problems"]) or "chain verified" + (

@@ -106,6 +106,7 @@ class Node:
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
+        self._cameras_done = False  # stopping: no deployment runs again in this process
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -145,6 +146,7 @@ class Node:
                     decisions = await nc.subscribe(self.names.decide(self.name),
                                                    cb=self._decide)
                     await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
+                    self._cameras_done = True
                     await decisions.unsubscribe()
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
@@ -288,12 +290,16 @@ class Node:
 
     def _audit_sighting(self, record: dict[str, Any]) -> bool:
         """A ``sighting`` audit record in the running deployment's log; False when none runs
-        (the publisher writes it once one does)."""
-        from lfr.audit import Kind
+        (the publisher writes it once one does). Stopping, the node writes it itself."""
+        from lfr.audit import AuditLog, Kind
 
         deployment = self._deployment
         if deployment is None:
-            return False
+            if not self._cameras_done:
+                return False
+            with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit:
+                audit.append(Kind.SIGHTING, record)
+            return True
         try:
             deployment.view.record_setting(Kind.SIGHTING, record)
         except RuntimeError:  # stopping or not started yet

@@ -15,6 +15,7 @@ Audit records are published in order from the last one the stream has of this no
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,7 @@ class Publisher:
         open (the record is written at a later round)."""
         self._bus, self.node, self._outbox = bus, node, outbox
         self._open_alerts, self._audit_sighting = open_alerts, audit_sighting
+        self._auditing = threading.Lock()  # a node's last flush may overlap its running one
         self._audit_file = audit_dir / "audit.jsonl"
         self._interval_s = interval_s
         self._audit_seq: int | None = None  # the last of ours the stream holds; None: not asked
@@ -127,13 +129,14 @@ class Publisher:
         """A ``sighting`` audit record for each alert that joined another's (once)."""
         if self._audit_sighting is None:
             return
-        for alert, into in self._outbox.unaudited_sightings():
-            record = {"id": alert.id, "alert_id": into, "person_id": alert.person_id,
-                      "camera": alert.camera, "node": self.node, "time": alert.time,
-                      "score": round(alert.score, 4)}
-            if not self._audit_sighting(record):
-                return
-            self._outbox.mark_sighting_audited(alert.id)
+        with self._auditing:
+            for alert, into in self._outbox.unaudited_sightings():
+                record = {"id": alert.id, "alert_id": into, "person_id": alert.person_id,
+                          "camera": alert.camera, "node": self.node, "time": alert.time,
+                          "score": round(alert.score, 4)}
+                if not self._audit_sighting(record):
+                    return
+                self._outbox.mark_sighting_audited(alert.id)
 
     async def _decisions(self) -> None:
         while decided := await anyio.to_thread.run_sync(self._outbox.unpublished_adjudications):

@@ -99,7 +99,7 @@ async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
 
 async def read_alerts(bus: Bus) -> dict[str, Any]:
     """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
-    "decision", "sightings": [{"camera", "node", "time", "score"}]}], "stream_records": n,
+    "decision", "sightings": [{"id", "camera", "node", "time", "score"}]}], "stream_records": n,
     "duplicates": n, "sighting_records": n}``: one entry per alert id, with its newest decision
     and the further sightings that joined it (lfr.cluster.sightings), oldest first;
     ``duplicates`` counts alert records beyond one per id (a sighting is not one)."""
@@ -126,7 +126,7 @@ async def read_alerts(bus: Bus) -> dict[str, Any]:
             continue
         seen.add(sighting.get("id"))
         joined["sightings"].append({key: sighting.get(key)
-                                    for key in ("camera", "node", "time", "score")})
+                                    for key in ("id", "camera", "node", "time", "score")})
     for alert in alerts.values():
         alert["sightings"].sort(key=lambda s: s["time"] or "")
     return {"alerts": list(alerts.values()), "stream_records": len(records),
