@@ -59,6 +59,8 @@ class Kind(StrEnum):
     ALERT = "alert"
     ADJUDICATION = "adjudication"
     WATCHLIST_DESTROYED = "watchlist_destroyed"
+    # A node's alert that joined another's open alert for the same person (lfr.cluster).
+    SIGHTING = "sighting"
     WORKER_STUCK = "worker_stuck"  # the watchdog restarted an actor whose call hung
     # The web viewer as it listens (command-line overrides applied): address, TLS, plain HTTP
     # beyond loopback, named users or the demo token.

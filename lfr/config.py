@@ -16,7 +16,7 @@ import getpass
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -188,6 +188,12 @@ class ClusterConfig(Section, frozen=True):
     # A message published again within this window (same alert id or node:seq) is dropped by the
     # stream: how long after a crash a replay is still deduplicated.
     duplicate_window_s: PositiveFloat = 86400.0
+    # One alert per person across the deployment (lfr.cluster.sightings): "person" joins a match
+    # of someone whose alert is still open (raised less than merge_window_s before, not yet
+    # decided) to that alert as a further sighting, on any camera of any node, instead of
+    # raising a new alert; "off" raises one per match as a single machine does.
+    merge: Literal["person", "off"] = "person"
+    merge_window_s: PositiveFloat = 300.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_s * 3 > self.lease_s:

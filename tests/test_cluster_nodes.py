@@ -6,10 +6,16 @@ clip, looping in real time) through a real nats-server on loopback.
   camera ever ran on two nodes at once (from every node's audit log).
 - The NATS server restarted mid-run: the nodes keep processing, their alerts wait in the
   outboxes and are published when it is back; none lost, none duplicated.
+- Two nodes whose cameras see the same listed person give one alert per person while it is open,
+  with the other node's sightings joined to it, each audited; after the window a new alert.
+
+The tests of leases, outages and replication run with ``[cluster] merge = "off"``: they count
+every stored alert as an alert in the stream.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sqlite3
@@ -50,7 +56,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def write_config(tmp_path: Path, bundle: Path, cameras: int) -> Path:
+def write_config(tmp_path: Path, bundle: Path, cameras: int,
+                 cluster: str = 'merge = "off"') -> Path:
+    """``cluster``: the body of its [cluster] section."""
     config = tmp_path / "site.toml"
     entries = "".join(f"""
 [[cameras]]
@@ -77,6 +85,9 @@ checkpoint_s = 1.0
 [[notifiers]]
 kind = "jsonl"
 path = "alerts.jsonl"
+
+[cluster]
+{cluster}
 {entries}""")
     return config
 
@@ -463,7 +474,9 @@ def test_a_node_runs_on_a_locked_bus_with_its_own_credentials(
                  "--credentials-dir", str(creds)]) == 0
     server = NatsServer(tmp_path / "store", port=port, config=conf)
     server.start()
-    nodes = Nodes(write_config(tmp_path, bundle, cameras=1), server.url)
+    # One alert per person on: the node's credentials let it claim open alerts.
+    nodes = Nodes(write_config(tmp_path, bundle, cameras=1, cluster='merge = "person"'),
+                  server.url)
     console = load_credentials(creds / "ops.json")
     try:
         nodes.start("node0", "--credentials", str(creds / "node0.json"))
@@ -520,8 +533,7 @@ def test_a_node_on_a_three_server_cluster_survives_the_loss_of_its_server(
             "--routes", routes, "-m", str(monitor))))
     for server in servers:
         server.start()
-    config = write_config(tmp_path, bundle, cameras=1)
-    config.write_text(config.read_text() + "\n[cluster]\nreplicas = 3\n")
+    config = write_config(tmp_path, bundle, cameras=1, cluster='merge = "off"\nreplicas = 3')
     url = ",".join(s.url for s in servers)
     nodes = Nodes(config, url)
 
@@ -571,3 +583,74 @@ def test_a_node_on_a_three_server_cluster_survives_the_loss_of_its_server(
         for server in servers:
             server.stop(signal.SIGKILL)
     assert codes == {"node0": 0}
+
+
+MERGE_WINDOW_S = 6.0
+
+
+@pytest.mark.timeout(300)
+def test_two_nodes_seeing_one_person_give_one_alert_with_sightings(
+        tmp_path: Path, bundle: Path, nats_server: NatsServer) -> None:
+    """The demo clip on two cameras, one per node: the person's alert is raised once while it is
+    open; the other node's matches join it as sightings (audited there, never notified); after
+    the window a new match raises a new alert."""
+    config = write_config(tmp_path, bundle, cameras=2, cluster=(
+        f'merge = "person"\nmerge_window_s = {MERGE_WINDOW_S}'))
+    nodes = Nodes(config, nats_server.url)
+    names = ["node0", "node1"]
+
+    def merged_enough() -> bool:
+        try:
+            found = cluster_status.alerts(nodes.url, "site")
+        except Exception:
+            return False
+        across = any(s["node"] != a["node"] for a in found["alerts"] for s in a["sightings"])
+        per_person: dict[str, int] = {}
+        for a in found["alerts"]:
+            per_person[a["person_id"]] = per_person.get(a["person_id"], 0) + 1
+        return across and max(per_person.values(), default=0) >= 2
+
+    try:
+        for name in names:
+            nodes.start(name)
+        wait_until(lambda: set(holders(nodes).values()) == set(names), 120,
+                   "one camera running on each node", nodes)
+        wait_until(merged_enough, 120, "a sighting from the other node and an alert raised "
+                   "again after the window", nodes)
+    finally:
+        codes = nodes.stop_all()
+    assert codes == {name: 0 for name in names}, codes
+
+    final = cluster_status.alerts(nats_server.url, "site")
+    alerts, sightings = final["alerts"], [s for a in final["alerts"] for s in a["sightings"]]
+    assert final["duplicates"] == 0 and final["sighting_records"] == len(sightings)
+    stored = {n: stored_alerts(nodes.data_dir(n)) for n in names}
+    # Every match stored on a node is in the stream exactly once: as an alert or a sighting.
+    alert_ids, sighting_ids = {a["id"] for a in alerts}, {s["id"] for s in sightings}
+    assert not alert_ids & sighting_ids
+    assert alert_ids | sighting_ids == stored["node0"] | stored["node1"]
+    assert any(s["node"] != a["node"] for a in alerts for s in a["sightings"])
+
+    # The rule: a person's alerts are more than the window apart; each sighting within it.
+    by_person: dict[str, list[float]] = {}
+    for a in alerts:
+        by_person.setdefault(a["person_id"], []).append(_when(a["time"]))
+        for s in a["sightings"]:
+            assert abs(_when(s["time"]) - _when(a["time"])) <= MERGE_WINDOW_S + 0.01, (a, s)
+    assert max(len(times) for times in by_person.values()) >= 2
+    for times in by_person.values():
+        times.sort()
+        assert all(b - a > MERGE_WINDOW_S - 0.01 for a, b in itertools.pairwise(times)), times
+
+    for name in names:
+        data_dir = nodes.data_dir(name)
+        mine = {s["id"]: a["id"] for a in alerts for s in a["sightings"] if s["node"] == name}
+        # Every sighting audited on the node that saw it, with the alert it joined.
+        assert {r["id"]: r["alert_id"] for r in audit_data(data_dir, "sighting")} == mine
+        # The officer is notified of alerts only: a sighting reaches no notifier.
+        assert not notified(data_dir) & sighting_ids
+        assert notified(data_dir) <= alert_ids
+    report = run_json(["report", "--nats", nats_server.url, "--deployment", "site", "--config",
+                       str(config), "--json"])
+    assert report["ok"] and report["alerts"] == len(alerts)
+    assert report["sightings"] == len(sightings)

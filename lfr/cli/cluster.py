@@ -136,12 +136,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return EXIT_OK
     table = Table(title=f"{len(result['alerts'])} alerts ({result['stream_records']} records, "
                   f"{result['duplicates']} duplicates)", title_justify="left")
-    for column in ("time", "node", "camera", "person", "score", "decision"):
+    for column in ("time", "node", "camera", "person", "score", "decision", "sightings"):
         table.add_column(column)
     for a in result["alerts"]:
+        seen_on = sorted({f"{s['node']}/{s['camera']}" for s in a["sightings"]})
         table.add_row(a["time"], safe_text(a["node"]), safe_text(a["camera"]),
                       safe_text(f"{a['name']} ({a['person_id']})"), f"{a['score']:.3f}",
-                      a["decision"] or "-")
+                      a["decision"] or "-",
+                      safe_text(f"{len(a['sightings'])} ({', '.join(seen_on)})")
+                      if a["sightings"] else "-")
     stderr.print(table)
     return EXIT_OK
 
@@ -261,8 +264,9 @@ def cmd_cluster_report(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         stderr.print(f"deployment {report['deployment']}: {report['alerts']} alerts "
-                     f"({report['duplicates']} duplicates in the stream), {report['decisions']} "
-                     f"decided, {report['false_alerts']} false; {report['faces']} faces",
+                     f"({report['duplicates']} duplicates in the stream, "
+                     f"{report['sightings']} further sightings), {report['decisions']} decided, "
+                     f"{report['false_alerts']} false; {report['faces']} faces",
                      highlight=False)
         for name, node in report["nodes"].items():
             verdict = "; ".join(node["problems"]) or "chain verified" + (

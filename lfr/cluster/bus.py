@@ -7,6 +7,9 @@ One deployment, one stream and two key-value buckets, all named from the deploym
   place in the node's outbox), ``audit`` (every audit record, message id ``<node>:<seq>``).
   Publishing with a message id makes a replay after a crash a duplicate the server drops
   (within ``cluster.duplicate_window_s``).
+- ``sighting`` (message id = the alert id): a node's alert that joined an open alert of the same
+  person (lfr.cluster.sightings) instead of being raised to the officer.
+- bucket ``lfr_<name>_open``: one key per person with an open alert (lfr.cluster.sightings).
 - bucket ``lfr_<name>_cameras``: one key per camera, the lease of the node that runs it.
 - bucket ``lfr_<name>_nodes``: one key per node, its heartbeat (cameras, capacity, time).
 - bucket ``lfr_<name>_watchlist`` (the version in use) and object store ``lfr_<name>_bundles``
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 # Stream, bucket and subject tokens: letters, digits, '-' and '_' (a '.' separates subject tokens).
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
-ALERT, DECISION, AUDIT = "alert", "decision", "audit"
+ALERT, DECISION, AUDIT, SIGHTING = "alert", "decision", "audit", "sighting"
 
 
 class BusError(Exception):
@@ -60,6 +63,7 @@ class Names:
         self.nodes_bucket = f"lfr_{deployment}_nodes"
         self.watchlist_bucket = f"lfr_{deployment}_watchlist"
         self.bundles_store = f"lfr_{deployment}_bundles"
+        self.open_alerts_bucket = f"lfr_{deployment}_open"
 
     def subject(self, what: str, node: str) -> str:
         return f"lfr.{self.deployment}.{what}.{node}"
@@ -140,6 +144,7 @@ class Bus:
         self.nodes: KeyValue | None = None
         self.watchlist: KeyValue | None = None
         self.bundles: ObjectStore | None = None
+        self.open_alerts: KeyValue | None = None
 
     async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0) -> Bus:
         from nats.js.api import StorageType, StreamConfig
@@ -159,6 +164,8 @@ class Bus:
             bucket=self.names.watchlist_bucket, history=5, replicas=replicas)
         self.bundles = await self.js.create_object_store(
             bucket=self.names.bundles_store, replicas=replicas)
+        self.open_alerts = await self.js.create_key_value(
+            bucket=self.names.open_alerts_bucket, history=1, replicas=replicas)
         return self
 
     async def bind(self) -> Bus:

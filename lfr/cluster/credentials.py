@@ -1,9 +1,10 @@
 """The bus locked: one NATS user per node and per console, each allowed only the subjects its role
 needs, and the nats-server config that says so.
 
-- A node publishes its own records only (``lfr.<name>.{alert,decision,audit}.<node>``) and its
-  own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera: it may
-  have to take one over) and the watchlist (the first node publishes the config's).
+- A node publishes its own records only (``lfr.<name>.{alert,decision,audit,sighting}.<node>``)
+  and its own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera:
+  it may have to take one over), open alerts (any person: lfr.cluster.sightings) and the
+  watchlist (the first node publishes the config's).
 - A console (``lfr status``, ``lfr alerts``, ``lfr decide``, ``lfr watchlist publish|destroy
   --nats``) reads, writes the watchlist and asks a node to record a decision; it cannot publish
   an alert, a decision or an audit record itself.
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from lfr.cluster.bus import ALERT, AUDIT, DECISION, Names, check_token
+from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Names, check_token
 
 Role = Literal["node", "console"]
 
@@ -89,9 +90,9 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
               "$JS.API.>", "$JS.FC.>", "$JS.ACK.>"]
     subscribe = [f"_INBOX_{user}.>"]
     if role == "node":
-        own = [names.subject(what, user) for what in (ALERT, DECISION, AUDIT)]
+        own = [names.subject(what, user) for what in (ALERT, DECISION, AUDIT, SIGHTING)]
         publish = [*own, f"$KV.{names.cameras_bucket}.>", f"$KV.{names.nodes_bucket}.{user}",
-                   *shared]
+                   f"$KV.{names.open_alerts_bucket}.>", *shared]
         deny = _DENIED_API
         subscribe.append(names.decide(user))  # decisions on its own alerts, from consoles
     else:

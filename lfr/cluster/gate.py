@@ -1,10 +1,13 @@
 """On a node, the deployment's stream comes before its notifiers: each notifier is wrapped so
 that it delivers an alert only once the stream has acknowledged it (the outbox marks that,
 lfr.cluster.publisher). While the server is away an attempt fails with "not in the stream yet"
-and the notifier's own retries (with backoff, from the outbox) deliver it once it is."""
+and the notifier's own retries (with backoff, from the outbox) deliver it once it is. An alert
+the stream holds as a further sighting of another's open alert (lfr.cluster.sightings) is not
+delivered: the officer already has that person's alert."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,6 +16,8 @@ import anyio
 from lfr.messages import Alert
 from lfr.notify.outbox import Outbox
 from lfr.plugins import BackendKind, BackendSettings, BuildContext, Registry
+
+log = logging.getLogger("lfr.cluster.gate")
 
 # How long one attempt waits for the stream before it fails (and is retried later).
 WAIT_S = 2.0
@@ -34,6 +39,11 @@ class StreamGate:
                 raise NotInStream(f"alert {alert.id} is not in the deployment's stream yet: "
                                   "delivered once it is")
             await anyio.sleep(0.1)
+        into = await anyio.to_thread.run_sync(self._outbox.merged_into, alert.id)
+        if into is not None and into != alert.id:
+            log.info("%s: alert %s joined open alert %s as a sighting: not delivered",
+                     self.name, alert.id, into)
+            return
         await self.inner.deliver(alert)
 
     async def aclose(self) -> None:

@@ -3,10 +3,10 @@
 A node joins the deployment's bus (lfr.cluster.bus), holds its share of the cameras by leases
 (lfr.cluster.leases), runs them as an ordinary ``Deployment`` over just those cameras, with its
 records under ``data_dir/<node>/``, and publishes its alerts, decisions and audit records
-(lfr.cluster.publisher). When the cameras it holds change (a node died, one joined, a lease ran
-out) the running deployment is stopped, drained and started again over the new set, with the
-models loaded once for the node's life. Cameras it gives up are released only after they have
-stopped.
+(lfr.cluster.publisher), one alert per person across the deployment (lfr.cluster.sightings).
+When the cameras it holds change (a node died, one joined, a lease ran out) the running
+deployment is stopped, drained and started again over the new set, with the models loaded once
+for the node's life. Cameras it gives up are released only after they have stopped.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from lfr.cluster.credentials import Credentials
 from lfr.cluster.gate import GatedRegistry
 from lfr.cluster.leases import CameraLeases, Heartbeat
 from lfr.cluster.publisher import Publisher
+from lfr.cluster.sightings import OpenAlerts
 from lfr.cluster.watchlist import Version
 from lfr.config import Config, WatchlistConfig
 from lfr.deployment import Deployment, DeploymentView, RunSummary
@@ -105,6 +106,7 @@ class Node:
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
+        self._cameras_done = False  # stopping: no deployment runs again in this process
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -129,7 +131,13 @@ class Node:
             await leases.register()
             await self._first_watchlist(bus)
             with Outbox(self.data_dir, load_data_key(self.config.data_key_file())) as outbox:
-                publisher = Publisher(bus, self.name, outbox, self.data_dir)
+                open_alerts = None
+                if settings.merge == "person":
+                    assert bus.open_alerts is not None
+                    open_alerts = OpenAlerts(bus.open_alerts, self.name, settings.merge_window_s)
+                publisher = Publisher(bus, self.name, outbox, self.data_dir,
+                                      open_alerts=open_alerts,
+                                      audit_sighting=self._audit_sighting)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_signals)
                     tg.start_soon(self._keep_leases, bus, leases, outbox)
@@ -138,6 +146,7 @@ class Node:
                     decisions = await nc.subscribe(self.names.decide(self.name),
                                                    cb=self._decide)
                     await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
+                    self._cameras_done = True
                     await decisions.unsubscribe()
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
@@ -278,6 +287,24 @@ class Node:
         except (RuntimeError, ValueError, NotAllowed, AlreadyDecided) as exc:
             reply = {"ok": False, "error": str(exc)}
         await msg.respond(msgspec.json.encode(reply))
+
+    def _audit_sighting(self, record: dict[str, Any]) -> bool:
+        """A ``sighting`` audit record in the running deployment's log; False when none runs
+        (the publisher writes it once one does). Stopping, the node writes it itself."""
+        from lfr.audit import AuditLog, Kind
+
+        deployment = self._deployment
+        if deployment is None:
+            if not self._cameras_done:
+                return False
+            with AuditLog(self.data_dir, **self.config.audit_log_options()) as audit:
+                audit.append(Kind.SIGHTING, record)
+            return True
+        try:
+            deployment.view.record_setting(Kind.SIGHTING, record)
+        except RuntimeError:  # stopping or not started yet
+            return False
+        return True
 
     async def _until_changed(self, view: DeploymentView) -> None:
         await self._changed.wait()

@@ -4,6 +4,10 @@ audit record from its audit log.
 Alerts and decisions stay marked unpublished in the SQLite outbox until the stream has
 acknowledged them, so a node that crashed, or whose server was away, publishes them when it can;
 the message id (alert id, ``<node>:decision:<n>``) makes the stream drop a second copy.
+With open alerts (lfr.cluster.sightings) each alert is first claimed for its person: one that
+joins another's open alert is published as a sighting of it (subject ``sighting``) instead, is
+never delivered to a notifier (lfr.cluster.gate) and gets a ``sighting`` audit record; the
+officer's decision on a raised alert closes it.
 Audit records are published in order from the last one the stream has of this node (message id
 ``<node>:<seq>``), so the stream holds every node's chain. Alerts cross without their images.
 """
@@ -11,13 +15,16 @@ Audit records are published in order from the last one the stream has of this no
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
-from lfr.cluster.bus import ALERT, AUDIT, DECISION, Bus
+from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Bus
+from lfr.cluster.sightings import OpenAlerts, sighting_message
 
 if TYPE_CHECKING:
     from lfr.messages import Adjudication, Alert
@@ -29,6 +36,7 @@ log = logging.getLogger("lfr.cluster.publisher")
 class PublisherStats(msgspec.Struct):
     alerts: int = 0  # acknowledged by the stream
     decisions: int = 0
+    sightings: int = 0  # alerts published as a further sighting of an open alert
     audit_records: int = 0
     duplicates: int = 0  # acknowledged as already there (a replay after a crash)
     failures: int = 0  # attempts that failed (server away); retried
@@ -51,8 +59,14 @@ class Publisher:
     """Run ``run()`` beside the node's deployments; ``flush()`` publishes what is waiting now."""
 
     def __init__(self, bus: Bus, node: str, outbox: Outbox, audit_dir: Path,
-                 interval_s: float = 0.5) -> None:
+                 interval_s: float = 0.5, open_alerts: OpenAlerts | None = None,
+                 audit_sighting: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """``open_alerts``: merge alerts per person (None: every alert is raised);
+        ``audit_sighting``: writes a ``sighting`` audit record, False while no audit log is
+        open (the record is written at a later round)."""
         self._bus, self.node, self._outbox = bus, node, outbox
+        self._open_alerts, self._audit_sighting = open_alerts, audit_sighting
+        self._auditing = threading.Lock()  # a node's last flush may overlap its running one
         self._audit_file = audit_dir / "audit.jsonl"
         self._interval_s = interval_s
         self._audit_seq: int | None = None  # the last of ours the stream holds; None: not asked
@@ -69,6 +83,7 @@ class Publisher:
         try:
             await self._alerts()
             await self._decisions()
+            await anyio.to_thread.run_sync(self._audit_sightings)
             await self._audit()
         except Exception as exc:  # the server away or slow: everything waits in its file
             self.stats.failures += 1
@@ -88,18 +103,60 @@ class Publisher:
     async def _alerts(self) -> None:
         while alerts := await anyio.to_thread.run_sync(self._outbox.unpublished_alerts):
             for alert in alerts:
-                await self._publish(ALERT, alert_message(alert, self.node), alert.id)
+                into = await self._belongs_to(alert)
+                if into == alert.id:
+                    await self._publish(ALERT, alert_message(alert, self.node), alert.id)
+                    self.stats.alerts += 1
+                else:
+                    await self._publish(SIGHTING, sighting_message(alert, into, self.node),
+                                        alert.id)
+                    self.stats.sightings += 1
                 await anyio.to_thread.run_sync(self._outbox.mark_published, "alert", [alert.id])
-                self.stats.alerts += 1
+
+    async def _belongs_to(self, alert: Alert) -> str:
+        """The alert ``alert`` is published as part of: its own id, or the open alert's it
+        joins. Decided once and kept in the outbox before anything is published."""
+        if self._open_alerts is None:
+            return alert.id
+        decided = await anyio.to_thread.run_sync(self._outbox.merged_into, alert.id)
+        if decided is None:
+            claimed = await self._open_alerts.claim(alert)
+            decided = await anyio.to_thread.run_sync(self._outbox.set_merged_into, alert.id,
+                                                     claimed)
+        return decided
+
+    def _audit_sightings(self) -> None:
+        """A ``sighting`` audit record for each alert that joined another's (once)."""
+        if self._audit_sighting is None:
+            return
+        with self._auditing:
+            for alert, into in self._outbox.unaudited_sightings():
+                record = {"id": alert.id, "alert_id": into, "person_id": alert.person_id,
+                          "camera": alert.camera, "node": self.node, "time": alert.time,
+                          "score": round(alert.score, 4)}
+                if not self._audit_sighting(record):
+                    return
+                self._outbox.mark_sighting_audited(alert.id)
 
     async def _decisions(self) -> None:
         while decided := await anyio.to_thread.run_sync(self._outbox.unpublished_adjudications):
             for place, adjudication in decided:
                 await self._publish(DECISION, decision_message(adjudication, self.node),
                                     f"{self.node}:decision:{place}")
+                await self._close(adjudication.alert_id)
                 await anyio.to_thread.run_sync(self._outbox.mark_published, "decision",
                                                [str(place)])
                 self.stats.decisions += 1
+
+    async def _close(self, alert_id: str) -> None:
+        """A decided alert is no longer open: later matches of its person raise a new one."""
+        if self._open_alerts is None:
+            return
+        if await anyio.to_thread.run_sync(self._outbox.merged_into, alert_id) != alert_id:
+            return  # a sighting, or raised before merging was on: nothing of it is open
+        alert = await anyio.to_thread.run_sync(self._outbox.get_alert, alert_id)
+        if alert is not None:
+            await self._open_alerts.close(alert_id, alert.person_id)
 
     async def _last_audit_seq(self) -> int:
         """The seq of this node's last audit record in the stream, 0 when it has none."""

@@ -56,8 +56,9 @@ def _against_local(lines: list[bytes], local: Path) -> str:
 
 async def deployment_report(bus: Bus, data_dir: Path | None) -> dict[str, Any]:
     """``{"deployment", "ok", "nodes": {name: {"records", "problems"}}, "alerts",
-    "stream_records", "duplicates", "decisions", "faces", "frames"}``; ``data_dir``: where the
-    nodes' folders are (a config's data_dir), to check each node's own log too."""
+    "stream_records", "duplicates", "sightings", "decisions", "faces", "frames"}``;
+    ``data_dir``: where the nodes' folders are (a config's data_dir), to check each node's own
+    log too."""
     keys = {name: beat.audit_public_key for name, value in (await entries(bus.nodes)).items()
             if (beat := decode_heartbeat(value)) is not None}
     by_node: dict[str, list[bytes]] = {}
@@ -89,7 +90,7 @@ async def deployment_report(bus: Bus, data_dir: Path | None) -> dict[str, Any]:
             "ok": not any(n["problems"] for n in nodes.values()),
             "nodes": nodes, "alerts": len(alerts["alerts"]),
             "stream_records": alerts["stream_records"], "duplicates": alerts["duplicates"],
-            "decisions": len(decided),
+            "sightings": alerts["sighting_records"], "decisions": len(decided),
             "false_alerts": sum(1 for a in decided if a["decision"] == "false_alert"),
             "faces": faces, "frames": frames}
 

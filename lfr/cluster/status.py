@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from lfr.cluster.bus import ALERT, AUDIT, DECISION, Bus, Names, connect
+from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Bus, Names, connect
 from lfr.cluster.credentials import Credentials
 from lfr.cluster.leases import decode_heartbeat, decode_lease, is_alive
 from lfr.messages import utc_iso
@@ -99,8 +99,10 @@ async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
 
 async def read_alerts(bus: Bus) -> dict[str, Any]:
     """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
-    "decision"}], "stream_records": n, "duplicates": n}``: one entry per alert id, with its
-    newest decision; ``duplicates`` counts records beyond one per id."""
+    "decision", "sightings": [{"id", "camera", "node", "time", "score"}]}], "stream_records": n,
+    "duplicates": n, "sighting_records": n}``: one entry per alert id, with its newest decision
+    and the further sightings that joined it (lfr.cluster.sightings), oldest first;
+    ``duplicates`` counts alert records beyond one per id (a sighting is not one)."""
     records = [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)]
     decisions: dict[str, str] = {}
     for _, data in await stream_messages(bus, DECISION):
@@ -113,8 +115,22 @@ async def read_alerts(bus: Bus) -> dict[str, Any]:
             ("id", "person_id", "name", "score", "camera", "node", "time")})
     for alert_id, alert in alerts.items():
         alert["decision"] = decisions.get(alert_id)
+        alert["sightings"] = []
+    seen: set[str] = set()
+    sightings = 0
+    for _, data in await stream_messages(bus, SIGHTING):
+        sighting = msgspec.json.decode(data)
+        sightings += 1
+        joined = alerts.get(sighting.get("alert_id", ""))
+        if joined is None or sighting.get("id") in seen:
+            continue
+        seen.add(sighting.get("id"))
+        joined["sightings"].append({key: sighting.get(key)
+                                    for key in ("id", "camera", "node", "time", "score")})
+    for alert in alerts.values():
+        alert["sightings"].sort(key=lambda s: s["time"] or "")
     return {"alerts": list(alerts.values()), "stream_records": len(records),
-            "duplicates": len(records) - len(alerts)}
+            "duplicates": len(records) - len(alerts), "sighting_records": sightings}
 
 
 async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:

@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS published (
     at REAL NOT NULL,
     PRIMARY KEY (kind, id)
 );
+CREATE TABLE IF NOT EXISTS merged (
+    alert_id TEXT PRIMARY KEY,
+    into_id TEXT NOT NULL,
+    audited INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -332,6 +337,32 @@ class Outbox:
         """The stream has acknowledged this alert."""
         return bool(self._read("SELECT 1 FROM published WHERE kind = 'alert' AND id = ?",
                                (alert_id,)))
+
+    def merged_into(self, alert_id: str) -> str | None:
+        """The alert this one belongs to as the deployment decided it (lfr.cluster.sightings):
+        its own id (raised), another's (a further sighting of that one), None (not decided)."""
+        rows = self._read("SELECT into_id FROM merged WHERE alert_id = ?", (alert_id,))
+        return str(rows[0][0]) if rows else None
+
+    def set_merged_into(self, alert_id: str, into_id: str) -> str:
+        """Record what the deployment decided, once: a replay keeps the first choice, which
+        is returned."""
+        self._write(("INSERT OR IGNORE INTO merged (alert_id, into_id, audited)"
+                     " VALUES (?, ?, ?)", (alert_id, into_id, int(into_id == alert_id))))
+        found = self.merged_into(alert_id)
+        assert found is not None
+        return found
+
+    def unaudited_sightings(self) -> list[tuple[Alert, str]]:
+        """Alerts that joined another's and whose ``sighting`` audit record is not written
+        yet, with the id they joined; images left sealed."""
+        rows = self._read(
+            "SELECT a.payload, m.into_id FROM merged m JOIN alerts a ON a.id = m.alert_id"
+            " WHERE m.audited = 0 ORDER BY a.rowid")
+        return [(_decoder.decode(payload), str(into)) for payload, into in rows]
+
+    def mark_sighting_audited(self, alert_id: str) -> None:
+        self._write(("UPDATE merged SET audited = 1 WHERE alert_id = ?", (alert_id,)))
 
     def unpublished_count(self) -> int:
         """Alerts and decisions waiting for the stream's acknowledgement."""
