@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import msgspec
+import numpy as np
 import pytest
 
 from lfr.config import parse_config
@@ -13,6 +14,8 @@ from lfr.pipeline.embedding_plan import (
     EmbeddingSettings,
     PlannedFace,
     TrackNews,
+    frame_difference,
+    thumbnail,
 )
 from lfr.pipeline.feedback import TrackNewsBoard
 from lfr.plugins import ConfigError
@@ -83,6 +86,31 @@ def test_a_decided_track_stops_costing_embeddings_until_it_grows() -> None:
     assert embedded_frames(planner, range(5, 25)) == []
     # The person comes closer: a face 1.5 times larger reopens the track.
     assert planner.plan(25, [walker(25, size=90.0)]) == [True]
+
+
+def test_a_cut_or_a_face_of_another_size_starts_a_new_track() -> None:
+    settings = EmbeddingSettings(interval=50, cut_difference=20.0)
+    planner = EmbeddingPlanner(settings, THRESHOLD)
+    assert embedded_frames(planner, range(3)) == [0]
+    planner.news([TrackNews(2, walker(2).box, True, True, 2, 0.9)])  # decided
+    assert planner.plan(3, [walker(3)], difference=5.0) == [False]  # the same shot
+    # After a cut someone else stands where the decided person stood: embedded at once.
+    assert planner.plan(4, [walker(4)], difference=26.0) == [True]
+    assert planner.plan(5, [walker(5)]) == [False]
+    # A face half the size on the same spot is another person (one behind, further away).
+    assert planner.plan(6, [walker(6, size=30.0)]) == [True]
+
+
+def test_frame_difference_tells_a_cut_from_motion() -> None:
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 255, (360, 640), dtype=np.uint8)
+    moved = np.roll(scene, 4, axis=1)  # a small pan
+    other = rng.integers(0, 255, (360, 640), dtype=np.uint8)
+    other[:180] = 0  # another view: half of it dark
+    assert thumbnail(scene).shape == (18, 32)
+    assert frame_difference(None, thumbnail(scene)) == 0.0
+    assert frame_difference(thumbnail(scene), thumbnail(moved)) < 5
+    assert frame_difference(thumbnail(scene), thumbnail(other)) > 20
 
 
 def test_news_of_an_unknown_box_settles_nothing() -> None:

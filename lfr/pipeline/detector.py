@@ -8,10 +8,16 @@ import time
 
 import anyio
 import anyio.abc
+import cv2
 import numpy as np
 
 from lfr.messages import Face, Frame, FrameFaces
-from lfr.pipeline.embedding_plan import EmbeddingPlanner, PlannedFace
+from lfr.pipeline.embedding_plan import (
+    EmbeddingPlanner,
+    PlannedFace,
+    frame_difference,
+    thumbnail,
+)
 from lfr.pipeline.feedback import TrackNewsBoard
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.channels import Receiver, Sender
@@ -73,6 +79,7 @@ class DetectorActor(Actor):
         self.detect_limiter, self.embed_limiter = detect_limiter, embed_limiter
         self.planner, self.news, self.overlap = planner, news, overlap
         self.frame_count = self.face_count = self.embedded = self.rejected = 0
+        self._thumbnail: np.ndarray | None = None  # the last frame's, to notice a cut
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
@@ -106,8 +113,13 @@ class DetectorActor(Actor):
             return [f.quality.passed for f in found]
         if self.news is not None:
             self.planner.news(self.news.take(frame.camera))
+        grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        small = thumbnail(cv2.resize(grey, (64, 36), interpolation=cv2.INTER_AREA))
+        difference = frame_difference(self._thumbnail, small)
+        self._thumbnail = small
         return self.planner.plan(frame.index, [
-            PlannedFace(f.detection.box, f.quality.score, f.quality.passed) for f in found])
+            PlannedFace(f.detection.box, f.quality.score, f.quality.passed) for f in found],
+            difference)
 
     async def _embed_stage(self, receive: anyio.abc.ObjectReceiveStream[_Detected]) -> None:
         async with receive:

@@ -55,7 +55,7 @@ def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None 
     ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
     backends = backends or resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads,
+                           threads=config.pipeline.threads,
                            config_dir=config.config_dir())
     if gate is None:
         gate = QualityGate(min_face_px=config.quality.min_face_px,
@@ -147,7 +147,7 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     notifiers of one name)."""
     backends = resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads,
+                           threads=config.pipeline.threads,
                            config_dir=config.config_dir())
     analyzer = analyzer or build_analyzer(config, registry, backends=backends)
     watchlist = configured_watchlist(config)
