@@ -136,7 +136,8 @@ def plain_loop(footage: Path, embedding: str | None) -> dict[str, Any]:
     watchlist = load_bundle(footage / "wl")
     matcher = Matcher.for_watchlist(watchlist, cfg.matching.threshold)
     policy = AlertPolicy.configured(cfg.matching, matcher.rank)
-    planner = EmbeddingPlanner(cfg.pipeline.embedding, cfg.matching.threshold)
+    planner = EmbeddingPlanner(cfg.pipeline.embedding, cfg.matching.threshold,
+                               cfg.matching.tracking.decision_px)
     stages = dict.fromkeys(("decode", "detect", "plan", "embed", "decide"), 0.0)
     frames = embedded = 0
     start = time.perf_counter()

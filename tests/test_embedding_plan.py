@@ -53,6 +53,14 @@ def test_a_clearly_better_face_is_embedded_at_once() -> None:
     assert planner.plan(3, [walker(3, quality=0.46)]) == [False]
 
 
+def test_faces_too_small_to_be_judged_wait_until_the_person_comes_closer() -> None:
+    planner = EmbeddingPlanner(EmbeddingSettings(interval=50), THRESHOLD, decision_px=40.0)
+    # Far away (30 px, growing 2 px a frame): nothing the tracker could decide on yet.
+    sizes = [30.0 + 2 * n for n in range(10)]
+    plans = [planner.plan(n, [walker(n, size=size, speed=0.0)]) for n, size in enumerate(sizes)]
+    assert [n for n, p in enumerate(plans) if p == [True]] == [5]  # the first face of 40 px
+
+
 def test_faces_below_the_quality_gate_are_never_embedded() -> None:
     planner = EmbeddingPlanner(EmbeddingSettings(), THRESHOLD)
     assert embedded_frames(planner, range(10), passed=False) == []

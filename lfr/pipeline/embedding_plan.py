@@ -5,7 +5,8 @@ view for three seconds at 10 fps gives thirty faces that mostly say the same thi
 links one camera's detections across frames by their boxes (overlap with the box predicted from
 the track's motion) and embeds a track's face only when that can change a decision:
 
-- the track is new (its first face that passed the quality gate);
+- the track is new (its first face large enough for the person tracker to judge: a face under
+  its ``decision_px`` decides nothing, so it is not embedded unless linking needs it);
 - its face is the best so far by ``margin`` in quality (closer, sharper, turned to the camera);
 - ``interval`` frames have passed since its last embedding;
 - the face's linking is ambiguous (it overlaps two tracks, or its track overlaps two faces): the
@@ -138,9 +139,11 @@ class EmbeddingPlanner:
     earlier frames, whenever it arrives. Not thread-safe: one planner per camera, used by that
     camera's detector only (the news comes through ``lfr.pipeline.feedback``)."""
 
-    def __init__(self, settings: EmbeddingSettings, threshold: float) -> None:
+    def __init__(self, settings: EmbeddingSettings, threshold: float,
+                 decision_px: float = 0.0) -> None:
         self.settings = settings
         self.threshold = threshold
+        self.decision_px = decision_px  # the person tracker judges no track with smaller faces
         self.tracks: list[_Track] = []
         self._ids = itertools.count(1)
         self.planned = self.chosen = 0  # faces that passed the gate / that were chosen
@@ -202,7 +205,11 @@ class EmbeddingPlanner:
                 return False
             track.settled, track.embedded = False, 0  # reopened: a fresh budget
             return True
-        if track.embedded == 0 or ambiguous:
+        if ambiguous:
+            return True  # the person tracker tells them apart by their embeddings
+        if _size(face.box) < self.decision_px:
+            return False  # too small to be judged: its embedding could decide nothing
+        if track.embedded == 0:
             return True
         if track.embedded >= s.budget:
             return False

@@ -234,7 +234,9 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         pipeline.channels.append(frames_send)
         pipeline.sources.append(make_source(frames_send))
         is_camera = i < len(parts.cameras)
-        planner = EmbeddingPlanner(pipe.embedding, threshold) if is_camera else None
+        planner = (EmbeddingPlanner(pipe.embedding, threshold,
+                                    config.matching.tracking.decision_px)
+                   if is_camera else None)
         pipeline.detectors.append(DetectorActor(
             f"detect:{name}", frames_recv, faces_send.clone(), parts.analyzer, detect_limiter,
             embed_limiter, planner=planner, news=news if is_camera else None,
