@@ -92,8 +92,20 @@ def test_a_decided_track_stops_costing_embeddings_until_it_grows() -> None:
     planner.news([TrackNews(3, walker(3).box, decided=True, judged=True, evidence=2,
                             best_score=0.6)])
     assert embedded_frames(planner, range(5, 25)) == []
-    # The person comes closer: a face 1.5 times larger reopens the track.
-    assert planner.plan(25, [walker(25, size=90.0)]) == [True]
+    # The person comes closer: a face 1.5 times larger would reopen a track not yet listed;
+    # a decided one reopens only at 1.5 squared (to check it is still the same person).
+    sizes = [60.0 + 6 * n for n in range(16)]  # 60 to 150 px over frames 25 to 40
+    plans = [planner.plan(25 + n, [walker(25 + n, size=size)]) for n, size in enumerate(sizes)]
+    assert next(sizes[n] for n, p in enumerate(plans) if p == [True]) >= 60.0 * 1.5 ** 2
+
+
+def test_a_track_settled_as_not_listed_reopens_for_a_larger_or_better_face() -> None:
+    planner = EmbeddingPlanner(EmbeddingSettings(interval=2, margin=0.05, settle_faces=2),
+                               THRESHOLD)
+    embedded_frames(planner, range(3))
+    planner.news([TrackNews(2, walker(2).box, False, True, 2, 0.2)])  # not listed
+    assert planner.plan(3, [walker(3, quality=0.55)]) == [False]  # better, by one margin only
+    assert planner.plan(4, [walker(4, quality=0.61)]) == [True]  # turned to the camera
 
 
 def test_a_cut_or_a_face_of_another_size_starts_a_new_track() -> None:

@@ -15,9 +15,11 @@ the track's motion) and embeds a track's face only when that can change a decisi
 each within ``budget`` embeddings per track. A track the policy has settled (``TrackNews``: it
 alerted, or it is confidently not on the watchlist after ``settle_faces`` embedded faces) costs no
 embedding until it changes: a face ``regrow`` times larger than when it settled, or better by
-``margin`` in quality, reopens it (with a fresh budget); a person lost and found again is a new
-track. The matcher's news arrives some frames late, so the planner keeps each track's recent boxes
-to find the track the news is about.
+twice ``margin`` in quality (turned to the camera), reopens a track settled as not listed (with a
+fresh budget); a decided track, which decides nothing more, reopens only for a face ``regrow``
+squared larger (to check it is still the same person); a person lost and found again, or seen
+after a cut, is a new track. The matcher's news arrives some frames late, so the planner keeps
+each track's recent boxes to find the track the news is about.
 
 The planner knows nothing of who anyone is: a face it skips still goes to the person tracker
 (without an embedding, linked by its box), and is never written anywhere.
@@ -95,7 +97,8 @@ class _Track:
         self.embedded = 0  # embeddings since it opened (or reopened)
         self.last_embedded = -1_000_000
         self.best_quality = -1.0
-        self.settled = False
+        self.settled = False  # the policy needs no more of it (decided, or not listed)
+        self.decided = False
         self.settled_size = 0.0
         self.settled_quality = 0.0
 
@@ -189,7 +192,7 @@ class EmbeddingPlanner:
                 continue
             track = self._track_at(item.frame_index, item.box)
             if track is not None and not track.settled:
-                track.settled = True
+                track.settled, track.decided = True, item.decided
                 track.settled_size = _size(track.box)
                 track.settled_quality = track.best_quality
 
@@ -199,8 +202,13 @@ class EmbeddingPlanner:
                          ambiguous: bool) -> bool:
         s = self.settings
         if track.settled:
-            changed = (_size(face.box) >= s.regrow * track.settled_size
-                       or face.quality >= track.settled_quality + s.margin)
+            # A decided track decides nothing more: only a face regrow squared larger (worth
+            # checking that it is still the same person) reopens it. One settled as not listed
+            # reopens for a face regrow times larger, or better by twice the margin (turned to
+            # the camera): new evidence that can change its decision.
+            grown = _size(face.box) / max(track.settled_size, 1.0)
+            changed = grown >= s.regrow ** 2 or (not track.decided and (
+                grown >= s.regrow or face.quality >= track.settled_quality + 2 * s.margin))
             if not changed:
                 return False
             track.settled, track.embedded = False, 0  # reopened: a fresh budget
