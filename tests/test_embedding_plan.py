@@ -140,6 +140,15 @@ def test_news_of_an_unknown_box_settles_nothing() -> None:
     assert embedded_frames(planner, range(3, 7)) == [4, 6]
 
 
+def test_a_promising_track_is_embedded_on_every_frame_until_it_decides() -> None:
+    planner = EmbeddingPlanner(EmbeddingSettings(interval=4, settle_gap=0.1), THRESHOLD)
+    assert embedded_frames(planner, range(3)) == [0]
+    planner.news([TrackNews(2, walker(2).box, False, True, 1, 0.45)])  # near the threshold
+    assert embedded_frames(planner, range(3, 6)) == [3, 4, 5]
+    planner.news([TrackNews(5, walker(5).box, True, True, 4, 0.55)])  # decided
+    assert embedded_frames(planner, range(6, 12)) == []
+
+
 @pytest.mark.parametrize(("judged", "evidence", "best_score", "settles"), [
     (True, 4, 0.30, True),  # judged on enough faces, far under the threshold: not listed
     (True, 4, 0.45, False),  # too close to the threshold to stop looking

@@ -11,6 +11,9 @@ the track's motion) and embeds a track's face only when that can change a decisi
 - ``interval`` frames have passed since its last embedding;
 - the face's linking is ambiguous (it overlaps two tracks, or its track overlaps two faces): the
   person tracker links such faces by their embeddings;
+- the track is promising: judged, with a face scoring within ``settle_gap`` of the threshold or
+  over it. Its decision waits for a confirmation over consecutive embedded faces, so each of its
+  faces is embedded (within twice the budget) until it decides;
 
 each within ``budget`` embeddings per track. A track the policy has settled (``TrackNews``: it
 alerted, or it is confidently not on the watchlist after ``settle_faces`` embedded faces) costs no
@@ -99,6 +102,7 @@ class _Track:
         self.best_quality = -1.0
         self.settled = False  # the policy needs no more of it (decided, or not listed)
         self.decided = False
+        self.promising = False  # judged, its best score near or over the threshold
         self.settled_size = 0.0
         self.settled_quality = 0.0
 
@@ -188,11 +192,15 @@ class EmbeddingPlanner:
             settled = item.decided or (
                 item.judged and item.evidence >= s.settle_faces
                 and item.best_score < self.threshold - s.settle_gap)
-            if not settled:
+            promising = item.judged and item.best_score >= self.threshold - s.settle_gap
+            if not settled and not promising:
                 continue
             track = self._track_at(item.frame_index, item.box)
-            if track is not None and not track.settled:
+            if track is not None and not settled:
+                track.promising = True
+            elif track is not None and not track.settled:
                 track.settled, track.decided = True, item.decided
+                track.promising = False
                 track.settled_size = _size(track.box)
                 track.settled_quality = track.best_quality
 
@@ -219,6 +227,8 @@ class EmbeddingPlanner:
             return False  # too small to be judged: its embedding could decide nothing
         if track.embedded == 0:
             return True
+        if track.promising and track.embedded < 2 * s.budget:
+            return True  # near the threshold: each face counts towards the confirmation
         if track.embedded >= s.budget:
             return False
         return (face.quality >= track.best_quality + s.margin
