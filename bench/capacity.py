@@ -1,6 +1,7 @@
 """Cameras per node without dropped frames, at light, medium and heavy footfall.
 
     .venv/bin/python bench/capacity.py [--dataset ../shared/data/lfw-dev] [--seconds 20] [--json]
+        [--footfall light|medium|heavy]... [--embedding per_person|every_face]... [--live-only]
 
 Footage: walk-past videos made from the dataset's faces by tools/make_walkpast.py, 960x540 at
 10 fps, with about 1, 3 and 8 people in view at once (light, medium, heavy). For each footfall:
@@ -10,8 +11,13 @@ Footage: walk-past videos made from the dataset's faces by tools/make_walkpast.p
   the largest N that dropped none (0 when even one camera drops).
 - **ratio to the plain loop**: frames per second through the whole pipeline, offline (every
   frame, nothing dropped), against a plain single-threaded loop over the same models doing the
-  same work on the same frames (decode, detect, align, quality gate, embed every face, search)
-  with the same inference threads. Above 1.0 the pipeline overlaps work the loop does in turn.
+  same work on the same frames (decode, detect, align, quality gate, the same embedding plan,
+  embed, decide with the alert policy) with the same inference threads. Above 1.0 the pipeline
+  overlaps work the loop does in turn. The loop also gives the time of each stage per frame.
+- **live latency**: per live run, dropped frames and capture-to-decision latency p50/p95/max.
+
+``--embedding`` chooses which faces are embedded (``[pipeline.embedding] policy``; default: the
+config's default), once per footfall each, so the two can be compared side by side.
 
 The machine's CPUs and the inference threads are printed with the table. Numbers depend on the
 machine and its load: compare ratios, not absolutes.
@@ -32,7 +38,6 @@ from typing import Any
 import anyio
 import av
 import msgspec
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -42,8 +47,12 @@ sys.path.insert(0, str(REPO))
 from lfr.config import parse_config  # noqa: E402
 from lfr.deployment import Deployment  # noqa: E402
 from lfr.matching import Matcher  # noqa: E402
+from lfr.messages import Face  # noqa: E402
+from lfr.pipeline.detector import NO_CROP  # noqa: E402
+from lfr.pipeline.embedding_plan import EmbeddingPlanner, PlannedFace, TrackNews  # noqa: E402
 from lfr.pipeline.wiring import build_analyzer  # noqa: E402
 from lfr.plugins import load_plugins  # noqa: E402
+from lfr.policy import AlertPolicy  # noqa: E402
 from lfr.watchlist import build_watchlist, load_bundle  # noqa: E402
 
 FOOTFALLS = {"light": 1.0, "medium": 3.0, "heavy": 8.0}  # people in view at once, on average
@@ -64,17 +73,21 @@ def make_footage(dataset: Path, out: Path, concurrency: float, seconds: float, s
     return out
 
 
-def config(tmp: Path, footage: Path, cameras: int, realtime: bool, name: str) -> Any:
+def config(tmp: Path, footage: Path, cameras: int, realtime: bool, name: str,
+           embedding: str | None = None) -> Any:
+    pipeline = {"embedding": {"policy": embedding}} if embedding else {}
     return parse_config({
         "name": name, "data_dir": str(tmp / name), "watchlist": {"bundle": str(footage / "wl")},
         "cameras": [{"name": f"cam{i:02d}", "url": str(footage / "walkpast.mp4"),
                      "realtime": realtime, "loop": realtime} for i in range(cameras)],
-        "notifiers": [{"kind": "jsonl"}]}, name)
+        "notifiers": [{"kind": "jsonl"}], "pipeline": pipeline}, name)
 
 
-def live_run(tmp: Path, footage: Path, cameras: int, seconds: float) -> dict[str, Any]:
+def live_run(tmp: Path, footage: Path, cameras: int, seconds: float, embedding: str | None
+             ) -> dict[str, Any]:
     """``cameras`` real-time cameras for ``seconds``: frames offered, processed, dropped."""
-    deployment = Deployment(config(tmp, footage, cameras, True, f"live{cameras}"),
+    name = f"live{cameras}-{embedding}-{time.monotonic_ns()}"
+    deployment = Deployment(config(tmp, footage, cameras, True, name, embedding),
                             load_plugins())
 
     async def stop_after(view: Any) -> None:
@@ -89,11 +102,12 @@ def live_run(tmp: Path, footage: Path, cameras: int, seconds: float) -> dict[str
             "latency_ms": msgspec.to_builtins(summary.latency_ms)}
 
 
-def cameras_per_node(tmp: Path, footage: Path, seconds: float, most: int) -> tuple[int, list]:
+def cameras_per_node(tmp: Path, footage: Path, seconds: float, most: int,
+                     embedding: str | None) -> tuple[int, list]:
     runs = []
     best = 0
     for n in range(1, most + 1):
-        run = live_run(tmp, footage, n, seconds)
+        run = live_run(tmp, footage, n, seconds, embedding)
         runs.append(run)
         if run["dropped"] == 0:
             best = n
@@ -102,9 +116,10 @@ def cameras_per_node(tmp: Path, footage: Path, seconds: float, most: int) -> tup
     return best, runs
 
 
-def offline_fps(tmp: Path, footage: Path) -> tuple[float, int, int]:
+def offline_fps(tmp: Path, footage: Path, embedding: str | None) -> tuple[float, int, int]:
     """Frames and faces per second through the whole pipeline, every frame of the video."""
-    deployment = Deployment(config(tmp, footage, 1, False, "offline"), load_plugins(),
+    name = f"offline-{embedding}-{time.monotonic_ns()}"
+    deployment = Deployment(config(tmp, footage, 1, False, name, embedding), load_plugins(),
                             offline=True, once=True)
     start = time.perf_counter()
     summary = anyio.run(deployment.run, False)
@@ -112,25 +127,54 @@ def offline_fps(tmp: Path, footage: Path) -> tuple[float, int, int]:
     return summary.frames / seconds, summary.frames, summary.faces
 
 
-def plain_loop_fps(footage: Path, threshold: float) -> float:
-    """The same work, one frame after another on one thread: decode, detect, align, gate,
-    embed every face that passes, search the watchlist."""
-    analyzer = build_analyzer(config(Path(tempfile.gettempdir()), footage, 1, False, "loop"),
-                              load_plugins())
+def plain_loop(footage: Path, embedding: str | None) -> dict[str, Any]:
+    """The same work, one frame after another on one thread: decode, detect, align, gate, plan,
+    embed the chosen faces, decide (the alert policy, telling the planner what it decided).
+    Returns frames per second and the milliseconds per frame of each stage."""
+    cfg = config(Path(tempfile.gettempdir()), footage, 1, False, "loop", embedding)
+    analyzer = build_analyzer(cfg, load_plugins())
     watchlist = load_bundle(footage / "wl")
-    matcher = Matcher.for_watchlist(watchlist, threshold)
-    frames = 0
+    matcher = Matcher.for_watchlist(watchlist, cfg.matching.threshold)
+    policy = AlertPolicy.configured(cfg.matching, matcher.rank)
+    planner = EmbeddingPlanner(cfg.pipeline.embedding, cfg.matching.threshold,
+                               cfg.matching.tracking.decision_px)
+    stages = dict.fromkeys(("decode", "detect", "plan", "embed", "decide"), 0.0)
+    frames = embedded = 0
     start = time.perf_counter()
     with av.open(str(footage / "walkpast.mp4")) as container:
+        mark = time.perf_counter()
         for frame in container.decode(video=0):
             image = frame.to_ndarray(format="bgr24")
+            mark = _lap(stages, "decode", mark)
             found = analyzer.detect(image)
-            if found:
-                embedded = [f.embedding for f in analyzer.embed(found) if f.embedding is not None]
-                if embedded:
-                    matcher.rank(np.stack(embedded))
+            mark = _lap(stages, "detect", mark)
+            chosen = planner.plan(frames, [PlannedFace(f.detection.box, f.quality.score,
+                                                       f.quality.passed) for f in found])
+            mark = _lap(stages, "plan", mark)
+            picked = [f for f, c in zip(found, chosen, strict=True) if c]
+            vectors = iter(analyzer.embed(picked) if picked else [])
+            found = [next(vectors) if c else f for f, c in zip(found, chosen, strict=True)]
+            embedded += len(picked)
+            mark = _lap(stages, "embed", mark)
+            faces = [Face(camera="cam00", frame_index=frames, wall_time=0.0,
+                          mono_time=frames / FPS, detection=f.detection, quality=f.quality.score,
+                          embedding=f.embedding, crop=NO_CROP)
+                     for f in found if f.quality.passed]
+            step = policy.observe("cam00", faces, frames / FPS)
+            planner.news([TrackNews(frames, f.detection.box, s.decided, s.judged, s.evidence,
+                                    s.best_score) for f, s in zip(faces, step.states, strict=True)])
+            mark = _lap(stages, "decide", mark)
             frames += 1
-    return frames / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {"fps": frames / seconds, "embedded_per_frame": round(embedded / max(frames, 1), 2),
+            "stage_ms_per_frame": {k: round(1000 * v / max(frames, 1), 1)
+                                   for k, v in stages.items()}}
+
+
+def _lap(stages: dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    stages[stage] += now - since
+    return now
 
 
 def main() -> None:
@@ -140,6 +184,10 @@ def main() -> None:
     parser.add_argument("--most", type=int, default=6, help="cameras to try at most (default 6)")
     parser.add_argument("--footfall", choices=sorted(FOOTFALLS), action="append",
                         help="only these (default: all three)")
+    parser.add_argument("--embedding", choices=("per_person", "every_face"), action="append",
+                        help="which faces are embedded (default: the config's default)")
+    parser.add_argument("--live-only", action="store_true",
+                        help="only the live runs (no offline throughput, no plain loop)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
     console = Console(stderr=True)
@@ -150,18 +198,25 @@ def main() -> None:
             footage = make_footage(args.dataset, tmp / name, FOOTFALLS[name], args.seconds, i + 1)
             analyzer = build_analyzer(config(tmp, footage, 1, False, "enrol"), load_plugins())
             build_watchlist(footage / "watchlist", footage / "wl", analyzer)
-            console.print(f"{name}: {FOOTFALLS[name]:g} people in view; live runs of "
-                          f"{args.seconds:g} s")
-            best, runs = cameras_per_node(tmp, footage, args.seconds, args.most)
-            pipeline_fps, frames, faces = offline_fps(tmp, footage)
-            loop_fps = plain_loop_fps(footage, 0.5)
-            rows.append({"footfall": name, "people_in_view": FOOTFALLS[name],
-                         "faces_per_frame": round(faces / max(frames, 1), 2),
-                         "cameras_without_drops": best, "runs": runs,
-                         "pipeline_fps": round(pipeline_fps, 2),
-                         "plain_loop_fps": round(loop_fps, 2),
-                         "ratio_to_plain_loop": round(pipeline_fps / loop_fps, 2)})
-    config_threads = parse_config({"name": "x"}, "x").pipeline.inference_threads
+            for embedding in args.embedding or [None]:
+                label = embedding or parse_config({"name": "x"}, "x").pipeline.embedding.policy
+                console.print(f"{name}: {FOOTFALLS[name]:g} people in view, {label}; live runs "
+                              f"of {args.seconds:g} s")
+                best, runs = cameras_per_node(tmp, footage, args.seconds, args.most, embedding)
+                row: dict[str, Any] = {"footfall": name, "embedding": label,
+                                       "people_in_view": FOOTFALLS[name],
+                                       "cameras_without_drops": best, "runs": runs}
+                if not args.live_only:
+                    pipeline_fps, frames, faces = offline_fps(tmp, footage, embedding)
+                    loop = plain_loop(footage, embedding)
+                    row.update({"faces_per_frame": round(faces / max(frames, 1), 2),
+                                "pipeline_fps": round(pipeline_fps, 2),
+                                "plain_loop_fps": round(loop["fps"], 2),
+                                "ratio_to_plain_loop": round(pipeline_fps / loop["fps"], 2),
+                                "embedded_per_frame": loop["embedded_per_frame"],
+                                "stage_ms_per_frame": loop["stage_ms_per_frame"]})
+                rows.append(row)
+    config_threads = parse_config({"name": "x"}, "x").pipeline.threads
     result = {"machine": {"cpus": os.cpu_count(), "inference_threads": config_threads,
                           "video": f"{SIZE} at {FPS:g} fps"}, "footfalls": rows}
     if args.json:
@@ -169,13 +224,21 @@ def main() -> None:
         return
     table = Table(title=f"cameras per node ({os.cpu_count()} CPUs, {config_threads} inference "
                   f"thread(s) per model, {SIZE} at {FPS:g} fps)", title_justify="left")
-    for column in ("footfall", "faces/frame", "cameras, no drops", "pipeline fps",
-                   "plain loop fps", "ratio"):
+    for column in ("footfall", "embedding", "faces/frame", "embedded/frame",
+                   "cameras, no drops", "1 camera: dropped, latency p50/p95/max ms",
+                   "pipeline fps", "plain loop fps", "ratio", "loop ms/frame: detect, embed"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["footfall"], str(r["faces_per_frame"]), str(r["cameras_without_drops"]),
-                      str(r["pipeline_fps"]), str(r["plain_loop_fps"]),
-                      f"{r['ratio_to_plain_loop']:.2f}x")
+        one = r["runs"][0]
+        lat = one["latency_ms"]
+        stages = r.get("stage_ms_per_frame", {})
+        table.add_row(
+            r["footfall"], r["embedding"], str(r.get("faces_per_frame", "-")),
+            str(r.get("embedded_per_frame", "-")), str(r["cameras_without_drops"]),
+            f"{one['dropped']}, {lat['p50']}/{lat['p95']}/{lat['max']}",
+            str(r.get("pipeline_fps", "-")), str(r.get("plain_loop_fps", "-")),
+            f"{r['ratio_to_plain_loop']:.2f}x" if "ratio_to_plain_loop" in r else "-",
+            f"{stages['detect']}, {stages['embed']}" if stages else "-")
     Console().print(table)
 
 

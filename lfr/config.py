@@ -13,6 +13,7 @@ that backend's own settings; they are validated against the settings types that 
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -22,6 +23,7 @@ import msgspec
 from msgspec import Meta
 
 from lfr.api import validation_message
+from lfr.pipeline.embedding_plan import EmbeddingSettings
 from lfr.plugins import BackendSettings, ConfigError, Registry
 from lfr.sources.base import SourceSettings, redact_url
 from lfr.tracking import TrackerSettings
@@ -71,7 +73,15 @@ class PipelineConfig(Section, frozen=True):
     frame_queue: Positive = 2  # per camera, keep-newest: frames are perishable
     face_queue: Positive = 64  # blocking
     alert_queue: Positive = 256  # blocking, per notifier, behind the durable outbox
-    inference_threads: Positive = 1  # onnxruntime intra-op threads per model session
+    # onnxruntime intra-op threads per model session; default: the machine's cores shared by the
+    # two sessions, which run side by side (one frame detected while the one before is embedded):
+    # on 2 cores, one thread each beat two each.
+    inference_threads: Positive | None = None
+    # Frames detected and waiting for their embedding, per camera: 1 overlaps the two stages
+    # without letting detection run ahead (frames wait in the camera's keep-newest queue).
+    embed_queue: Positive = 1
+    # Which faces are embedded: per person (a planner per camera), or every face.
+    embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
     max_restarts: Annotated[int, Meta(ge=0)] = 5
     restart_window_s: PositiveFloat = 60.0
     # The watchdog: an inference call (detect, embed) or a notifier's deliver() that has not
@@ -84,6 +94,13 @@ class PipelineConfig(Section, frozen=True):
     # Counts (frames, faces, alerts, cameras) go to the audit log this often, so a run that is
     # killed still reports its faces up to the last checkpoint.
     checkpoint_s: PositiveFloat = 60.0
+
+    @property
+    def threads(self) -> int:
+        """Threads per model session: the setting, or half the machine's cores (at least 1)."""
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return max(1, (os.cpu_count() or 2) // 2)
 
 
 class AuditConfig(Section, frozen=True):

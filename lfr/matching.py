@@ -143,7 +143,7 @@ def configured_matcher(config: Config, registry: Registry, watchlist: Watchlist,
     it is built (the deployment names the plugin of a backend whose calls raise)."""
     backends = backends or resolve_backends(config, registry)
     context = context or BuildContext(data_dir=config.resolved_data_dir(),
-                                      threads=config.pipeline.inference_threads)
+                                      threads=config.pipeline.threads)
     index = registry.create("index", backends.index, context)
     if wrap is not None:
         index = wrap(index)

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from lfr.messages import Candidate, Face
-from lfr.tracking import PersonTracker, Search, TrackerSettings, Verdict
+from lfr.tracking import PersonTracker, Search, TrackerSettings, TrackState, Verdict
 
 if TYPE_CHECKING:
     from lfr.config import MatchingConfig
@@ -67,6 +67,8 @@ class PolicyStep(msgspec.Struct, frozen=True):
     persons: list[tuple[str, float] | None]  # per face: whom its track decided on, and the score
     verdicts: list[Verdict]  # to raise as alerts now (past the cooldown), in order
     matches: int  # faces over the threshold on their own (before tracks decide)
+    # Per face, where its track stands after this frame (for the node's embedding planner).
+    states: list[TrackState] = msgspec.field(default_factory=list)
 
 
 class AlertPolicy:
@@ -97,7 +99,7 @@ class AlertPolicy:
         outcome = self.tracker.update(camera, faces, ranked, capture_time)
         verdicts = self._admit(outcome.verdicts + self.tracker.expire(capture_time), capture_time)
         return PolicyStep(track_ids=outcome.track_ids, persons=outcome.persons,
-                          verdicts=verdicts, matches=matches)
+                          verdicts=verdicts, matches=matches, states=outcome.states)
 
     def flush(self, capture_time: float) -> list[Verdict]:
         """The input has ended: every open track ends, and those that never decided decide

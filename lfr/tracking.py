@@ -153,6 +153,8 @@ class Track:
         self.score = 0.0
         self.streak: tuple[str, int] = ("", 0)  # person over the threshold, consecutive updates
         self.largest = 0.0  # the largest face so far (px, the box's shorter side)
+        self.embedded = 0  # faces with an embedding so far
+        self.top_score = -1.0  # the best single face's top score so far
 
     def predicted(self, step: int) -> Box:
         gap = step - self.last_step
@@ -178,6 +180,9 @@ class Track:
         embedding = face.embedding
         if embedding is None:
             return  # linked by its box: no evidence of who it is
+        self.embedded += 1
+        if candidates:
+            self.top_score = max(self.top_score, candidates[0].score)
         if self.template is None:
             self.template = np.zeros_like(embedding)
         # Recent faces weigh most: a person turning changes the embedding gradually.
@@ -191,12 +196,22 @@ class Track:
         return self.best[0].face
 
 
+class TrackState(msgspec.Struct, frozen=True):
+    """Where a track stands, for the node's embedding planner (lfr.pipeline.embedding_plan)."""
+
+    decided: bool
+    judged: bool  # its largest face reached decision_px
+    evidence: int  # faces with an embedding it has had
+    best_score: float  # its best single face's top score (-1.0: none searched yet)
+
+
 class FrameOutcome(msgspec.Struct, frozen=True):
     """Per face of a frame: its track's id and the person the track decided on (or None)."""
 
     track_ids: list[int]
     persons: list[tuple[str, float] | None]
     verdicts: list[Verdict]  # tracks of this camera that decided now (continuing or ending)
+    states: list[TrackState] = msgspec.field(default_factory=list)  # per face, after the frame
 
 
 class PersonTracker:
@@ -245,9 +260,12 @@ class PersonTracker:
                 verdict = self._judge(track)
                 if verdict is not None:
                     verdicts.append(verdict)
+        states: list[TrackState] = []
         for track in touched:
             ids.append(track.id)
             persons.append((track.person_id, track.score) if track.person_id else None)
+            states.append(TrackState(track.decided, track.largest >= self.settings.decision_px,
+                                     track.embedded, track.top_score))
         verdicts += self._end(
             camera,
             lambda t: (
@@ -256,7 +274,7 @@ class PersonTracker:
             ),
         )
         self._forget_idle(camera)
-        return FrameOutcome(track_ids=ids, persons=persons, verdicts=verdicts)
+        return FrameOutcome(track_ids=ids, persons=persons, verdicts=verdicts, states=states)
 
     def expire(self, mono_time: float) -> list[Verdict]:
         """End the tracks of every camera unseen for ``max_age_s`` (a camera that went quiet)."""

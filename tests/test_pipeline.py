@@ -107,6 +107,37 @@ def test_crashing_actor_is_restarted_while_other_cameras_keep_going(tmp_path, bu
     assert min(emitted.values()) > 20
 
 
+def test_per_person_embedding_embeds_some_faces_and_keeps_no_pixels_of_the_others(
+        tmp_path, bundle):
+    from lfr.pipeline.detector import DetectorActor
+
+    cameras = [{"name": "clip", "url": str(CLIP), "fps_cap": 10}]
+    config = make_config(tmp_path, bundle, cameras,
+                         pipeline={"embedding": {"policy": "per_person", "interval": 4}})
+    deployment = Deployment(config, load_plugins(), offline=True, once=True)
+    with deployment.frames.record() as reports, deployment.alerts.record() as raised:
+        summary = run(deployment)
+        faces = [f for r in reports.items for f in r.faces.faces]
+        alerts = raised.items
+    (detector,) = [a for a in deployment.pipeline.detectors if isinstance(a, DetectorActor)]
+    stats = detector.statistics()
+    assert stats.frames == summary.frames == summary.cameras["clip"]["frames_emitted"]
+    assert stats.faces == len(faces) == summary.faces
+    assert 0 < stats.embedded < stats.faces / 2  # a few embeddings per person
+    skipped = [f for f in faces if f.embedding is None]
+    assert len(skipped) == stats.faces - stats.embedded
+    assert all(f.crop.size == 3 for f in skipped)  # a face not embedded keeps no pixels
+    # Miranda on stage; Obama in the audience after a cut (a new track, embedded at once).
+    assert {a.person_id for a in alerts} == {"lin_manuel_miranda", "obama"}
+    # Each alert's frame_index is a frame of the file (fps_cap skips the others): the frame whose
+    # embedded face is its evidence, decided on that frame or a later one.
+    embedded = {(f.frame_index, f.detection.box) for f in faces if f.embedding is not None}
+    decided_on = {a.id: r.faces.frame.index for r in reports.items for a in r.alerts}
+    for alert in alerts:
+        assert (alert.frame_index, alert.box) in embedded
+        assert decided_on.get(alert.id, alert.frame_index) >= alert.frame_index
+
+
 def test_unreadable_video_fails_alone(tmp_path, bundle):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).bytes(20_000))

@@ -16,6 +16,8 @@ from lfr.audit import AuditLog
 from lfr.matching import MatchResult
 from lfr.messages import Alert, FrameFaces, utc_iso
 from lfr.notify.outbox import Outbox
+from lfr.pipeline.embedding_plan import TrackNews
+from lfr.pipeline.feedback import TrackNewsBoard
 from lfr.policy import AlertPolicy, PolicyStep
 from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.broadcast import Broadcast
@@ -103,7 +105,7 @@ class MatcherActor(Actor):
                  policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], alerts: Broadcast[Alert] | None = None,
                  frames: Broadcast[FrameReport] | None = None,
-                 hold_recent_alerts: bool = True) -> None:
+                 hold_recent_alerts: bool = True, news: TrackNewsBoard | None = None) -> None:
         super().__init__("matcher", "matcher")
         self.faces, self.outs = faces, list(notifier_outs)
         self.reads, self.writes = faces.channel.name, tuple(o.channel.name for o in self.outs)
@@ -113,6 +115,7 @@ class MatcherActor(Actor):
         self.alerts = alerts if alerts is not None else Broadcast("alerts")
         self.frames = frames if frames is not None else Broadcast("frames")
         self.hold_recent_alerts = hold_recent_alerts
+        self.news = news  # where the cameras' embedding planners learn what tracks decided
         self._last_mono: float | None = None  # capture time of the latest frame
         self.frame_count = self.face_count = self.match_count = 0
         self.alerts_by_person: dict[str, int] = {}
@@ -153,7 +156,14 @@ class MatcherActor(Actor):
         # returns, so a restarted matcher waits (and is reported again) rather than sharing the
         # tracks with it.
         with self._deciding:
-            return self.policy.observe(item.frame.camera, item.faces, now)
+            step = self.policy.observe(item.frame.camera, item.faces, now)
+        camera = item.frame.camera
+        if self.news is not None and self.news.wants(camera):
+            self.news.post(camera, [
+                TrackNews(item.frame.index, face.detection.box, s.decided, s.judged, s.evidence,
+                          s.best_score)
+                for face, s in zip(item.faces, step.states, strict=True)])
+        return step
 
     def _flush(self, now: float) -> list[Verdict]:
         with self._deciding:

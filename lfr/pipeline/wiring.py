@@ -32,6 +32,8 @@ from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
 from lfr.pipeline.detector import DetectorActor
+from lfr.pipeline.embedding_plan import EmbeddingPlanner
+from lfr.pipeline.feedback import TrackNewsBoard
 from lfr.pipeline.matcher import FrameReport, MatcherActor
 from lfr.plugins import BackendKind, BackendSettings, BuildContext, ConfigError, Registry
 from lfr.policy import AlertPolicy
@@ -53,7 +55,7 @@ def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None 
     ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
     backends = backends or resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads,
+                           threads=config.pipeline.threads,
                            config_dir=config.config_dir())
     if gate is None:
         gate = QualityGate(min_face_px=config.quality.min_face_px,
@@ -145,7 +147,7 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     notifiers of one name)."""
     backends = resolve_backends(config, registry)
     context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.inference_threads,
+                           threads=config.pipeline.threads,
                            config_dir=config.config_dir())
     analyzer = analyzer or build_analyzer(config, registry, backends=backends)
     watchlist = configured_watchlist(config)
@@ -221,14 +223,24 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         (source.name, is_live(source), partial(SourceActor, source)) for source in parts.cameras]
     if photos:
         makers.append(("photos", False, partial(StillsSource, list(photos), name="photos")))
-    for name, live, make_source in makers:
+    # Each camera's planner chooses the faces worth embedding; the matcher tells it which tracks
+    # have settled. The stills are photos of their own: every face is embedded.
+    news = TrackNewsBoard([source.name for source in parts.cameras])
+    threshold = config.matching.threshold
+    for i, (name, live, make_source) in enumerate(makers):
         frames_send: Sender[Frame]
         frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
                                                 frame_overflow(live, offline))
         pipeline.channels.append(frames_send)
         pipeline.sources.append(make_source(frames_send))
-        pipeline.detectors.append(DetectorActor(f"detect:{name}", frames_recv, faces_send.clone(),
-                                                parts.analyzer, detect_limiter, embed_limiter))
+        is_camera = i < len(parts.cameras)
+        planner = (EmbeddingPlanner(pipe.embedding, threshold,
+                                    config.matching.tracking.decision_px)
+                   if is_camera else None)
+        pipeline.detectors.append(DetectorActor(
+            f"detect:{name}", frames_recv, faces_send.clone(), parts.analyzer, detect_limiter,
+            embed_limiter, planner=planner, news=news if is_camera else None,
+            overlap=pipe.embed_queue))
     faces_send.close()  # each detector holds its own clone
     outs: list[Sender[Alert]] = []
     for notifier in parts.notifiers:
@@ -240,5 +252,6 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         pipeline.notifiers.append(NotifierActor(notifier, recv, outbox))
     pipeline.matcher = MatcherActor(faces_recv, outs, parts.policy, parts.watchlist, outbox, audit,
                                     [n.name for n in parts.notifiers], alerts, frames,
-                                    hold_recent_alerts=not offline)  # live cameras only
+                                    hold_recent_alerts=not offline,  # live cameras only
+                                    news=news)
     return pipeline
