@@ -1,5 +1,5 @@
-"""The bus locked: one NATS user per node and per console, each allowed only the subjects its role
-needs, and the nats-server config that says so.
+"""The bus locked: one NATS user per node and per console, each known by its own nkey (an Ed25519
+key pair) and allowed only the subjects its role needs, and the nats-server config that says so.
 
 - A node publishes its own records only (``lfr.<name>.{alert,decision,audit,sighting}.<node>``)
   and its own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera:
@@ -12,18 +12,18 @@ needs, and the nats-server config that says so.
 - Replies come to an inbox of the user's own (``_INBOX_<user>.``): nobody reads another's.
 
 Beyond loopback the server speaks TLS only (a certificate and key given to ``lfr nats-config``)
-and clients check it against the certificate named in their credentials. The server config is
-written 0600 and holds the passwords as they are (nats-server takes bcrypt hashes too; no bcrypt
-library is a dependency yet); each user's credentials go to lfr's key
-directory (``nats/<deployment>/<user>.json``, 0600), where ``lfr node`` and the console
-commands find them. A client without credentials is refused at connect.
+and clients check it against the certificate named in their credentials. The server config holds
+public keys only: a client proves it holds the seed by signing the nonce the server sends at
+connect, so neither the config nor the wire carries anything that would let a reader log in.
+Each user's credentials (its seed) go to lfr's key directory (``nats/<deployment>/<user>.json``,
+0600), where ``lfr node`` and the console commands find them. A client without credentials, or
+whose seed is not the one of the key it names, is refused at connect.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,9 @@ class Credentials(msgspec.Struct, frozen=True):
     deployment: str
     user: str
     role: Role
-    password: str
+    # The user's nkey seed ("SU..."): signs the server's nonce at connect; it never crosses the
+    # network and the server config holds only its public key.
+    seed: str
     # The certificate (PEM) the server's TLS certificate is checked against; empty: plain
     # connection (a server on loopback only).
     ca_file: str = ""
@@ -50,6 +52,35 @@ class Credentials(msgspec.Struct, frozen=True):
     @property
     def inbox_prefix(self) -> str:
         return f"_INBOX_{self.user}"
+
+    @property
+    def public_key(self) -> str:
+        """The nkey the server config names this user by ("U...")."""
+        return public_key(self.seed)
+
+
+def new_seed() -> str:
+    """A new NATS user nkey seed."""
+    import nkeys
+
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)).decode("ascii")
+
+
+def public_key(seed: str) -> str:
+    """The public nkey of a user seed; ValueError for anything else."""
+    import nkeys
+
+    try:
+        pair = nkeys.from_seed(bytearray(seed.encode("ascii")))
+    except (nkeys.NkeysError, UnicodeEncodeError, ValueError) as exc:
+        raise ValueError(f"not an nkey seed ({type(exc).__name__})") from None
+    try:
+        public = bytes(pair.public_key).decode("ascii")
+    finally:
+        pair.wipe()
+    if not public.startswith("U"):
+        raise ValueError("an nkey seed, but not a user's (its public key must start with U)")
+    return public
 
 
 def credentials_dir(deployment: str) -> Path:
@@ -63,12 +94,22 @@ def default_credentials(deployment: str, user: str) -> Path:
 
 
 def load_credentials(path: Path) -> Credentials:
+    """A user's credentials, refused when other users may read them or the seed is no user
+    nkey seed."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Credentials)
+        if path.stat().st_mode & 0o077:
+            raise CredentialsError(f"{path}: NATS credentials readable by other users (chmod 600 "
+                                   "it)")
+        credentials = msgspec.json.decode(path.read_bytes(), type=Credentials)
     except OSError as exc:
         raise CredentialsError(f"{path}: cannot read NATS credentials: {exc.strerror}") from None
     except msgspec.DecodeError as exc:
         raise CredentialsError(f"{path}: not lfr NATS credentials: {exc}") from None
+    try:
+        public_key(credentials.seed)
+    except ValueError as exc:
+        raise CredentialsError(f"{path}: $.seed: {exc}") from None
+    return credentials
 
 
 class CredentialsError(Exception):
@@ -114,8 +155,8 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
         **({"tls": {"cert_file": str(tls[0].resolve()), "key_file": str(tls[1].resolve()),
                     "timeout": 2}} if tls else {}),
         "authorization": {"users": [
-            {"user": u.user, "password": u.password,
-             "permissions": permissions(names, u.role, u.user)} for u in users]},
+            {"nkey": u.public_key, "permissions": permissions(names, u.role, u.user)}
+            for u in users]},
         **(extra or {}),
     }
     return json.dumps(config, indent=2)
@@ -124,7 +165,7 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
 def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str,
              store_dir: Path, config_file: Path, into: Path | None = None,
              tls: tuple[Path, Path] | None = None, ca_file: Path | None = None) -> list[Path]:
-    """Write the server config and every user's credentials (new passwords); returns the
+    """Write the server config and every user's credentials (new nkeys); returns the
     credential files. Beyond loopback ``tls`` (certificate, key) is required; clients check the
     server against ``ca_file`` (default: the certificate itself, a self-signed one)."""
     names = Names(deployment)
@@ -137,9 +178,9 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
             raise CredentialsError(f"{path}: no such file")
     trust = str((ca_file or tls[0]).resolve()) if tls else ""
     users = [Credentials(deployment, check_token(n, "node name"), "node",
-                         secrets.token_urlsafe(24), trust) for n in nodes]
+                         new_seed(), trust) for n in nodes]
     users += [Credentials(deployment, check_token(c, "console name"), "console",
-                          secrets.token_urlsafe(24), trust) for c in consoles]
+                          new_seed(), trust) for c in consoles]
     seen = [u.user for u in users]
     if len(set(seen)) != len(seen):
         raise CredentialsError(f"a node and a console share a name: {sorted(seen)}")
