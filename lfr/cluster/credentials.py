@@ -18,6 +18,13 @@ connect, so neither the config nor the wire carries anything that would let a re
 Each user's credentials (its seed) go to lfr's key directory (``nats/<deployment>/<user>.json``,
 0600), where ``lfr node`` and the console commands find them. A client without credentials, or
 whose seed is not the one of the key it names, is refused at connect.
+
+The deployment's data key (lfr.sealed: it seals each published bundle's own key, and the
+nodes' outboxes) is written beside the credentials as ``data.key`` (0600, lfr.keys format): the
+key of whoever runs ``lfr nats-config`` (or ``--data-key FILE``), the one their bundles are
+sealed with. It reaches a node once, at provisioning, with that node's credentials, never over
+the bus; the object store holds bundles sealed as on disk. A node on a locked bus uses it unless
+its config names a ``[keys] data_key`` of its own (with_deployment_key).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ from typing import Any, Literal
 import msgspec
 
 from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Names, check_token
+from lfr.config import Config
+from lfr.sealed import DataKey
 
 Role = Literal["node", "console"]
+DEPLOYMENT_KEY_NAME = "data.key"  # beside the credentials: the deployment's data key
 
 # JetStream API calls nobody needs: they would let a client erase the deployment's records.
 _DENIED_API = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>",
@@ -116,13 +126,37 @@ class CredentialsError(Exception):
     """Credentials that cannot be read."""
 
 
+def credentials_file(deployment: str, user: str, explicit: Path | None) -> Path | None:
+    """``explicit``, else the key directory's file for this user when there is one."""
+    if explicit is not None:
+        return explicit
+    default = default_credentials(deployment, user)
+    return default if default.is_file() else None
+
+
 def find_credentials(deployment: str, user: str, explicit: Path | None) -> Credentials | None:
     """``explicit``, else the key directory's for this user when there are any (None: connect
     without credentials, to a server that asks for none)."""
-    if explicit is not None:
-        return load_credentials(explicit)
-    default = default_credentials(deployment, user)
-    return load_credentials(default) if default.is_file() else None
+    path = credentials_file(deployment, user, explicit)
+    return load_credentials(path) if path is not None else None
+
+
+def with_deployment_key(config: Config, node_credentials: Path | None) -> Config:
+    """``config`` sealing and opening with the deployment's data key: its own ``[keys]
+    data_key`` when it names one; else, on a locked bus, the ``data.key`` lfr nats-config wrote
+    beside the node's credentials (CredentialsError naming it when it is missing: the published
+    watchlist would not open); else as it is (an unlocked trial: the user's own key)."""
+    if config.keys.data_key is not None or node_credentials is None:
+        return config
+    key_file = node_credentials.parent / DEPLOYMENT_KEY_NAME
+    if not key_file.is_file():
+        raise CredentialsError(
+            f"{key_file}: no data key for deployment {config.name!r}: lfr nats-config writes "
+            "the deployment's data key there beside each node's credentials; copy it to this "
+            "node with them, or name one in the config ([keys] data_key). Without it the "
+            "published watchlist does not open")
+    keys = msgspec.structs.replace(config.keys, data_key=str(key_file.resolve()))
+    return msgspec.structs.replace(config, keys=keys)
 
 
 def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
@@ -164,10 +198,14 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
 
 def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str,
              store_dir: Path, config_file: Path, into: Path | None = None,
-             tls: tuple[Path, Path] | None = None, ca_file: Path | None = None) -> list[Path]:
-    """Write the server config and every user's credentials (new nkeys); returns the
-    credential files. Beyond loopback ``tls`` (certificate, key) is required; clients check the
-    server against ``ca_file`` (default: the certificate itself, a self-signed one)."""
+             tls: tuple[Path, Path] | None = None, ca_file: Path | None = None,
+             data_key: DataKey | None = None) -> tuple[list[Path], Path]:
+    """Write the server config, every user's credentials (new nkeys) and, beside them, the
+    deployment's ``data_key`` (default: the user's); returns (the credential files, the data
+    key file). Beyond loopback ``tls`` (certificate, key) is required; clients check the server
+    against ``ca_file`` (default: the certificate itself, a self-signed one)."""
+    from lfr.keys import load_data_key, write_data_key
+
     names = Names(deployment)
     host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     if tls is None and not _is_loopback(host):
@@ -191,7 +229,9 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         path = folder / f"{user.user}.json"
         _write_private(path, msgspec.json.encode(user))
         written.append(path)
-    return written
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_data_key(folder / DEPLOYMENT_KEY_NAME, data_key or load_data_key())
+    return written, folder / DEPLOYMENT_KEY_NAME
 
 
 def _is_loopback(host: str) -> bool:

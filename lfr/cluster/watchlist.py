@@ -8,8 +8,10 @@ grow: a new one is written by compare-and-set on the previous revision, so two p
 both make version n. Destroying writes a destroyed version and deletes every stored bundle;
 nodes then stop their cameras and delete their copies.
 
-The bundle's embeddings stay sealed as on disk (lfr.sealed): nodes open them with the data key
-they share with whoever built it.
+The bundle's embeddings stay sealed as on disk (lfr.sealed): nodes open them with the
+deployment's data key, which they got once at provisioning (lfr nats-config writes it beside
+each node's credentials), never over the bus. A node checks that a version opens before it
+switches to it, so a node without the key says so at once, naming both keys.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lfr.messages import utc_iso
 
 if TYPE_CHECKING:
     from lfr.cluster.bus import Bus
+    from lfr.sealed import DataKey
 
 CURRENT = "current"
 
@@ -127,15 +130,37 @@ async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
     return version
 
 
-async def fetch(bus: Bus, version: Version, destination: Path) -> Path:
-    """Download, check and unpack ``version`` into ``destination``."""
+async def fetch(bus: Bus, version: Version, destination: Path, key: DataKey | None = None
+                ) -> Path:
+    """Download, check and unpack ``version`` into ``destination``; with ``key``, also check
+    that it opens with it (a copy that does not is removed)."""
+    import anyio
+
     assert bus.bundles is not None
     data = (await bus.bundles.get(version.object)).data or b""
     digest = hashlib.sha256(data).hexdigest()
     if digest != version.sha256:
         raise WatchlistError(f"watchlist version {version.version}: stored bytes have sha256 "
                              f"{digest}, published as {version.sha256}; not used")
-    return unpack_bundle(data, destination)
+    bundle = unpack_bundle(data, destination)
+    if key is not None:
+        await anyio.to_thread.run_sync(_check_opens, bundle, version, key, bus.names.deployment)
+    return bundle
+
+
+def _check_opens(bundle: Path, version: Version, key: DataKey, deployment: str) -> None:
+    from lfr.watchlist.bundle import WatchlistError as BundleError
+    from lfr.watchlist.bundle import load_bundle
+
+    try:
+        load_bundle(bundle, key=key)
+    except BundleError as exc:
+        shutil.rmtree(bundle, ignore_errors=True)
+        raise WatchlistError(
+            f"watchlist version {version.version} of deployment {deployment!r} cannot be used "
+            f"on this node: {exc}. Nodes open the deployment's bundles with its data key: the "
+            "data.key lfr nats-config wrote beside each node's credentials (or the config's "
+            "[keys] data_key), the key the bundle was built with") from None
 
 
 async def destroy(bus: Bus, by: str) -> Version:
