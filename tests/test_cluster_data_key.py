@@ -75,6 +75,9 @@ async def test_only_a_node_provisioned_with_the_data_key_opens_the_watchlist(
         (provisioned / "data.key").unlink()
         with pytest.raises(CredentialsError, match=r"data\.key: no data key for deployment"):
             with_deployment_key(config, credentials_file("dk", "node1", None))
+        (tmp_path / "dk.toml").write_text('name = "dk"\n')
+        node = ["node", str(tmp_path / "dk.toml"), "--nats", server.url, "--node", "node1"]
+        assert await anyio.to_thread.run_sync(main, node) == 2  # lfr node says so, exit 2
         # A config naming its own key wins; with another key the published version does not
         # open: the error names both keys and the copy is not kept.
         other = tmp_path / "elsewhere.key"

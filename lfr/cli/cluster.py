@@ -86,10 +86,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     # deployment's published one, or publish the config's [watchlist] bundle when none is.
     config = load_config(Path(args.config))
     name = args.node or socket.gethostname().split(".")[0]
-    registry = load_registry()
-    analyzer = build_analyzer(config, registry)
+    # Credentials and the deployment's data key first: a node not provisioned stops before
+    # loading its models.
     credentials = _credentials(args, config.name, name)
     config = _deployment_key(args, config, name)
+    registry = load_registry()
+    analyzer = build_analyzer(config, registry)
     try:
         summaries = run_node(config, args.nats, name, registry, analyzer, credentials)
     except BusError as exc:
