@@ -16,8 +16,8 @@ import pytest
 from natsserver import NatsServer, free_port
 
 from lfr.cli import main
-from lfr.cluster.bus import ALERT, Bus, Names, connect
-from lfr.cluster.credentials import load_credentials, new_seed, public_key
+from lfr.cluster.bus import ALERT, AUDIT, Bus, Names, connect
+from lfr.cluster.credentials import CredentialsError, load_credentials, new_seed, public_key
 from lfr.cluster.leases import Heartbeat
 from lfr.cluster.status import read_alerts
 
@@ -118,14 +118,17 @@ async def test_each_user_may_do_its_job_and_no_other(locked: tuple[NatsServer, P
                           msgspec.json.encode({"id": "forged", "node": "node1"}), "forged")
     with pytest.raises(Exception):  # noqa: B017
         await bus.nodes.put("node1", msgspec.json.encode(beat))
+    with pytest.raises(Exception):  # noqa: B017
+        await bus.publish(names.subject(AUDIT, "node1"), b'{"seq": 1}', "node1:1")
     # Nor may it erase the stream.
     with pytest.raises(Exception):  # noqa: B017
         await bus.js.delete_stream(names.stream)
     await anyio.sleep(0.2)
     refused = [e for e in errors if "permissions violation" in e.lower()]
-    assert len(refused) == 3 and all(
+    assert len(refused) == 4 and all(
         what in " ".join(refused) for what in ("lfr.sec.alert.node1", "lfr_sec_nodes.node1",
-                                               "stream.delete.lfr_sec")), errors
+                                               "lfr.sec.audit.node1", "stream.delete.lfr_sec")
+    ), errors
     await nc.close()
 
     console = load_credentials(creds / "ops.json")
@@ -155,6 +158,21 @@ def test_the_server_config_names_each_users_subjects(tmp_path: Path) -> None:
     assert "lfr.sec.>" in users["ops"]["permissions"]["publish"]["deny"]
     assert main(["nats-config", "sec", "--node", "a.b", "--store", str(tmp_path / "s"),
                  "-o", str(conf)]) == 2
+
+
+def test_credentials_open_to_others_or_without_a_seed_are_refused(tmp_path: Path) -> None:
+    assert main(["nats-config", "sec", "--node", "n1", "--store", str(tmp_path / "s"),
+                 "-o", str(tmp_path / "server.conf"), "--credentials-dir",
+                 str(tmp_path / "c")]) == 0
+    path = tmp_path / "c" / "n1.json"
+    path.chmod(0o644)
+    with pytest.raises(CredentialsError, match="readable by other users"):
+        load_credentials(path)
+    path.chmod(0o600)
+    forged = msgspec.structs.replace(load_credentials(path), seed="SUNOTASEED")
+    path.write_bytes(msgspec.json.encode(forged))
+    with pytest.raises(CredentialsError, match=r"n1\.json: \$\.seed: not an nkey seed"):
+        load_credentials(path)
 
 
 async def test_beyond_loopback_the_bus_speaks_tls(tmp_path: Path) -> None:
