@@ -59,6 +59,15 @@ async def test_only_a_node_provisioned_with_the_data_key_opens_the_watchlist(
         monkeypatch.setenv("LFR_KEY_DIR", str(tmp_path / "node-keys"))
         own_key = load_data_key()
         assert own_key.fingerprint != operator_key.fingerprint
+        # A bundle built here is sealed with this user's key: no node could open it, so the
+        # console refuses to publish it, and version 1 stays in use.
+        vector_bundle(tmp_path / "elsewhere-bundle", ["eve"], vectors[:1])
+        elsewhere = [*publish[:2], str(tmp_path / "elsewhere-bundle"), *publish[3:]]
+        assert await anyio.to_thread.run_sync(main, elsewhere) == 2
+        with pytest.raises(watchlists.WatchlistError, match=f"sealed with data key "
+                           f"{own_key.fingerprint}, not with deployment 'dk'"):
+            watchlists.check_sealed_with(tmp_path / "elsewhere-bundle",
+                                         operator_key.fingerprint, "dk")
         provisioned = tmp_path / "node-keys" / "nats" / "dk"
         provisioned.mkdir(parents=True, mode=0o700)
         for name in ("node0.json", "node1.json", "data.key"):

@@ -173,8 +173,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     from lfr.cluster.watchlist import WatchlistError
 
+    credentials = _credentials(args, args.deployment, "console")
+    key_id = credentials.data_key_id if credentials is not None else ""
     try:
-        version = _on_bus(args, _publish(Path(args.bundle), args.operator))
+        version = _on_bus(args, _publish(Path(args.bundle), args.operator, key_id))
     except WatchlistError as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -197,13 +199,14 @@ def destroy_published(args: argparse.Namespace, operator: str) -> dict[str, Any]
         raise UserError(str(exc)) from None
 
 
-def _publish(bundle: Path, operator: str | None) -> Any:
+def _publish(bundle: Path, operator: str | None, key_id: str) -> Any:
     import getpass
 
     from lfr.cluster import watchlist
 
     async def run(bus: Any) -> dict[str, Any]:
-        version = await watchlist.publish(bus, bundle, operator or getpass.getuser())
+        version = await watchlist.publish(bus, bundle, operator or getpass.getuser(),
+                                          key_id=key_id)
         assert version is not None
         return msgspec.to_builtins(version)
 

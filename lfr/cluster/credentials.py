@@ -58,6 +58,9 @@ class Credentials(msgspec.Struct, frozen=True):
     # The certificate (PEM) the server's TLS certificate is checked against; empty: plain
     # connection (a server on loopback only).
     ca_file: str = ""
+    # The id of the deployment's data key (lfr.sealed: names it, reveals nothing of it): a
+    # console publishes only bundles sealed with it, the ones every node can open.
+    data_key_id: str = ""
 
     @property
     def inbox_prefix(self) -> str:
@@ -215,10 +218,11 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         if not path.is_file():
             raise CredentialsError(f"{path}: no such file")
     trust = str((ca_file or tls[0]).resolve()) if tls else ""
+    data_key = data_key or load_data_key()
     users = [Credentials(deployment, check_token(n, "node name"), "node",
-                         new_seed(), trust) for n in nodes]
+                         new_seed(), trust, data_key.fingerprint) for n in nodes]
     users += [Credentials(deployment, check_token(c, "console name"), "console",
-                          new_seed(), trust) for c in consoles]
+                          new_seed(), trust, data_key.fingerprint) for c in consoles]
     seen = [u.user for u in users]
     if len(set(seen)) != len(seen):
         raise CredentialsError(f"a node and a console share a name: {sorted(seen)}")
@@ -230,7 +234,7 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         _write_private(path, msgspec.json.encode(user))
         written.append(path)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_data_key(folder / DEPLOYMENT_KEY_NAME, data_key or load_data_key())
+    write_data_key(folder / DEPLOYMENT_KEY_NAME, data_key)
     return written, folder / DEPLOYMENT_KEY_NAME
 
 

@@ -214,7 +214,13 @@ class Node:
         if version is None and configured is not None:
             bundle = self.config.resolve_path(configured.bundle)
             if (bundle / "manifest.json").is_file():
-                published = await watchlists.publish(bus, bundle, self.name, only_if_none=True)
+                assert self._data_key is not None
+                try:
+                    published = await watchlists.publish(
+                        bus, bundle, self.name, only_if_none=True,
+                        key_id=self._data_key.fingerprint)
+                except watchlists.WatchlistError as exc:  # sealed with another key
+                    raise BusError(str(exc)) from None
                 if published is not None:
                     log.info("%s: published %s as watchlist version %d", self.name, bundle,
                              published.version)

@@ -99,14 +99,18 @@ async def current(bus: Bus) -> tuple[Version | None, int]:
     return _version_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
 
-async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
-                  ) -> Version | None:
+async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False,
+                  key_id: str = "") -> Version | None:
     """Publish ``bundle`` as the next version. ``only_if_none``: only when nothing was ever
-    published (a node started with a bundle in its config); None when one was."""
+    published (a node started with a bundle in its config); None when one was. ``key_id``: the
+    deployment's data key's id; a bundle sealed with another key, which no node could open, is
+    refused."""
     from nats.js.errors import KeyWrongLastSequenceError
 
     assert bus.watchlist is not None and bus.bundles is not None
     data, people = pack_bundle(bundle)
+    if key_id:
+        check_sealed_with(bundle, key_id, bus.names.deployment)
     previous, revision = await current(bus)
     if only_if_none and previous is not None:
         return None
@@ -128,6 +132,23 @@ async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
         raise WatchlistError("another watchlist was published at the same time: try again, "
                              "after checking which one is in use (lfr status)") from None
     return version
+
+
+def check_sealed_with(bundle: Path, key_id: str, deployment: str) -> None:
+    """WatchlistError unless ``bundle``'s own key is sealed with the key of id ``key_id``."""
+    from lfr.sealed import sealed_with
+    from lfr.watchlist.bundle import BUNDLE_KEY
+
+    try:
+        found = sealed_with((bundle / BUNDLE_KEY).read_bytes())
+    except OSError as exc:
+        raise WatchlistError(f"{bundle / BUNDLE_KEY}: cannot read: {exc.strerror}") from None
+    if found != key_id:
+        raise WatchlistError(
+            f"{bundle}: sealed with data key {found or '(none: not sealed by lfr)'}, not with "
+            f"deployment {deployment!r}'s data key {key_id}: no node could open it. Build it "
+            "with the deployment's key ([keys] data_key = the data.key lfr nats-config wrote, "
+            "or on the machine whose data.key that is)")
 
 
 async def fetch(bus: Bus, version: Version, destination: Path, key: DataKey | None = None
