@@ -37,6 +37,12 @@ def _sealed_with(blob: bytes) -> str | None:
     return blob[len(MAGIC):len(MAGIC) + _ID_BYTES].hex()
 
 
+def sealed_with(blob: bytes) -> str | None:
+    """The id (fingerprint) of the key that sealed ``blob``, read without any key; None for a
+    blob lfr did not seal."""
+    return _sealed_with(blob)
+
+
 class DataKey:
     """An AES-256-GCM key and where it came from (for error messages)."""
 

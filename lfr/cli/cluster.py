@@ -27,30 +27,48 @@ def _credentials(args: argparse.Namespace, deployment: str, user: str) -> Any:
         raise UserError(str(exc)) from None
 
 
+def _deployment_key(args: argparse.Namespace, config: Any, node: str) -> Any:
+    """``config`` with the deployment's data key (lfr.cluster.credentials.with_deployment_key)."""
+    from lfr.cluster.credentials import CredentialsError, credentials_file, with_deployment_key
+
+    explicit = getattr(args, "credentials", None)
+    try:
+        return with_deployment_key(config, credentials_file(
+            config.name, node, Path(explicit) if explicit else None))
+    except CredentialsError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_nats_config(args: argparse.Namespace) -> int:
     from lfr.cluster.bus import BusError
     from lfr.cluster.credentials import CredentialsError, generate
     from lfr.config import parse_listen
+    from lfr.keys import KeyFileError, load_data_key
 
     try:
         parse_listen(args.listen, "--listen")
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ValueError("--tls-cert and --tls-key: give both or neither")
         tls = (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-        written = generate(args.deployment, args.node, args.console, args.listen,
-                           Path(args.store).resolve(), Path(args.output),
-                           Path(args.credentials_dir) if args.credentials_dir else None,
-                           tls=tls, ca_file=Path(args.tls_ca) if args.tls_ca else None)
-    except (ValueError, BusError, CredentialsError) as exc:
+        # The key the deployment's bundles are sealed with: it goes to every node.
+        data_key = load_data_key(Path(args.data_key) if args.data_key else None)
+        written, key_file = generate(
+            args.deployment, args.node, args.console, args.listen, Path(args.store).resolve(),
+            Path(args.output), Path(args.credentials_dir) if args.credentials_dir else None,
+            tls=tls, ca_file=Path(args.tls_ca) if args.tls_ca else None, data_key=data_key)
+    except (ValueError, BusError, CredentialsError, KeyFileError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
         print_json({"server_config": str(Path(args.output).resolve()),
-                    "credentials": [str(p) for p in written]})
+                    "credentials": [str(p) for p in written], "data_key": str(key_file),
+                    "data_key_id": data_key.fingerprint})
     else:
         stderr.print(f"wrote {args.output} (start: nats-server -c {args.output}) and "
                      f"credentials for {len(written)} users:", highlight=False)
         for path in written:
             stderr.print(f"  {path}", highlight=False)
+        stderr.print(f"and the deployment's data key {key_file} (key {data_key.fingerprint}): "
+                     "copy it to each node with the node's credentials", highlight=False)
     return EXIT_OK
 
 
@@ -68,9 +86,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     # deployment's published one, or publish the config's [watchlist] bundle when none is.
     config = load_config(Path(args.config))
     name = args.node or socket.gethostname().split(".")[0]
+    # Credentials and the deployment's data key first: a node not provisioned stops before
+    # loading its models.
+    credentials = _credentials(args, config.name, name)
+    config = _deployment_key(args, config, name)
     registry = load_registry()
     analyzer = build_analyzer(config, registry)
-    credentials = _credentials(args, config.name, name)
     try:
         summaries = run_node(config, args.nats, name, registry, analyzer, credentials)
     except BusError as exc:
@@ -152,8 +173,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_watchlist_publish(args: argparse.Namespace) -> int:
     from lfr.cluster.watchlist import WatchlistError
 
+    credentials = _credentials(args, args.deployment, "console")
+    key_id = credentials.data_key_id if credentials is not None else ""
     try:
-        version = _on_bus(args, _publish(Path(args.bundle), args.operator))
+        version = _on_bus(args, _publish(Path(args.bundle), args.operator, key_id))
     except WatchlistError as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -176,13 +199,14 @@ def destroy_published(args: argparse.Namespace, operator: str) -> dict[str, Any]
         raise UserError(str(exc)) from None
 
 
-def _publish(bundle: Path, operator: str | None) -> Any:
+def _publish(bundle: Path, operator: str | None, key_id: str) -> Any:
     import getpass
 
     from lfr.cluster import watchlist
 
     async def run(bus: Any) -> dict[str, Any]:
-        version = await watchlist.publish(bus, bundle, operator or getpass.getuser())
+        version = await watchlist.publish(bus, bundle, operator or getpass.getuser(),
+                                          key_id=key_id)
         assert version is not None
         return msgspec.to_builtins(version)
 
@@ -387,6 +411,10 @@ def register(sub: Any) -> None:
     nats.add_argument("--tls-key", metavar="PEM", help="its private key")
     nats.add_argument("--tls-ca", metavar="PEM", help="what clients check the server against "
                       "(default: --tls-cert itself, a self-signed certificate)")
+    nats.add_argument("--data-key", metavar="FILE",
+                      help="the deployment's data key, written beside the credentials as "
+                      "data.key for every node (default: yours, lfr's key directory's data.key, "
+                      "the one your bundles are sealed with)")
     nats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     nats.set_defaults(func=cmd_nats_config)
 

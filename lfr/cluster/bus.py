@@ -107,8 +107,8 @@ async def connect(url: str, name: str, *, reconnect_wait_s: float = 0.5,
 
     login: dict[str, Any] = {}
     if credentials is not None:
-        login = {"user": credentials.user, "password": credentials.password,
-                 "inbox_prefix": credentials.inbox_prefix}
+        # The seed signs the server's nonce; only the public key is sent.
+        login = {"nkeys_seed_str": credentials.seed, "inbox_prefix": credentials.inbox_prefix}
         if credentials.ca_file:
             import ssl
 

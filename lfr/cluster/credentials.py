@@ -1,5 +1,5 @@
-"""The bus locked: one NATS user per node and per console, each allowed only the subjects its role
-needs, and the nats-server config that says so.
+"""The bus locked: one NATS user per node and per console, each known by its own nkey (an Ed25519
+key pair) and allowed only the subjects its role needs, and the nats-server config that says so.
 
 - A node publishes its own records only (``lfr.<name>.{alert,decision,audit,sighting}.<node>``)
   and its own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera:
@@ -12,26 +12,36 @@ needs, and the nats-server config that says so.
 - Replies come to an inbox of the user's own (``_INBOX_<user>.``): nobody reads another's.
 
 Beyond loopback the server speaks TLS only (a certificate and key given to ``lfr nats-config``)
-and clients check it against the certificate named in their credentials. The server config is
-written 0600 and holds the passwords as they are (nats-server takes bcrypt hashes too; no bcrypt
-library is a dependency yet); each user's credentials go to lfr's key
-directory (``nats/<deployment>/<user>.json``, 0600), where ``lfr node`` and the console
-commands find them. A client without credentials is refused at connect.
+and clients check it against the certificate named in their credentials. The server config holds
+public keys only: a client proves it holds the seed by signing the nonce the server sends at
+connect, so neither the config nor the wire carries anything that would let a reader log in.
+Each user's credentials (its seed) go to lfr's key directory (``nats/<deployment>/<user>.json``,
+0600), where ``lfr node`` and the console commands find them. A client without credentials, or
+whose seed is not the one of the key it names, is refused at connect.
+
+The deployment's data key (lfr.sealed: it seals each published bundle's own key, and the
+nodes' outboxes) is written beside the credentials as ``data.key`` (0600, lfr.keys format): the
+key of whoever runs ``lfr nats-config`` (or ``--data-key FILE``), the one their bundles are
+sealed with. It reaches a node once, at provisioning, with that node's credentials, never over
+the bus; the object store holds bundles sealed as on disk. A node on a locked bus uses it unless
+its config names a ``[keys] data_key`` of its own (with_deployment_key).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Names, check_token
+from lfr.config import Config
+from lfr.sealed import DataKey
 
 Role = Literal["node", "console"]
+DEPLOYMENT_KEY_NAME = "data.key"  # beside the credentials: the deployment's data key
 
 # JetStream API calls nobody needs: they would let a client erase the deployment's records.
 _DENIED_API = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>",
@@ -42,14 +52,48 @@ class Credentials(msgspec.Struct, frozen=True):
     deployment: str
     user: str
     role: Role
-    password: str
+    # The user's nkey seed ("SU..."): signs the server's nonce at connect; it never crosses the
+    # network and the server config holds only its public key.
+    seed: str
     # The certificate (PEM) the server's TLS certificate is checked against; empty: plain
     # connection (a server on loopback only).
     ca_file: str = ""
+    # The id of the deployment's data key (lfr.sealed: names it, reveals nothing of it): a
+    # console publishes only bundles sealed with it, the ones every node can open.
+    data_key_id: str = ""
 
     @property
     def inbox_prefix(self) -> str:
         return f"_INBOX_{self.user}"
+
+    @property
+    def public_key(self) -> str:
+        """The nkey the server config names this user by ("U...")."""
+        return public_key(self.seed)
+
+
+def new_seed() -> str:
+    """A new NATS user nkey seed."""
+    import nkeys
+
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)).decode("ascii")
+
+
+def public_key(seed: str) -> str:
+    """The public nkey of a user seed; ValueError for anything else."""
+    import nkeys
+
+    try:
+        pair = nkeys.from_seed(bytearray(seed.encode("ascii")))
+    except (nkeys.NkeysError, UnicodeEncodeError, ValueError) as exc:
+        raise ValueError(f"not an nkey seed ({type(exc).__name__})") from None
+    try:
+        public = bytes(pair.public_key).decode("ascii")
+    finally:
+        pair.wipe()
+    if not public.startswith("U"):
+        raise ValueError("an nkey seed, but not a user's (its public key must start with U)")
+    return public
 
 
 def credentials_dir(deployment: str) -> Path:
@@ -63,25 +107,59 @@ def default_credentials(deployment: str, user: str) -> Path:
 
 
 def load_credentials(path: Path) -> Credentials:
+    """A user's credentials, refused when other users may read them or the seed is no user
+    nkey seed."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Credentials)
+        if path.stat().st_mode & 0o077:
+            raise CredentialsError(f"{path}: NATS credentials readable by other users (chmod 600 "
+                                   "it)")
+        credentials = msgspec.json.decode(path.read_bytes(), type=Credentials)
     except OSError as exc:
         raise CredentialsError(f"{path}: cannot read NATS credentials: {exc.strerror}") from None
     except msgspec.DecodeError as exc:
         raise CredentialsError(f"{path}: not lfr NATS credentials: {exc}") from None
+    try:
+        public_key(credentials.seed)
+    except ValueError as exc:
+        raise CredentialsError(f"{path}: $.seed: {exc}") from None
+    return credentials
 
 
 class CredentialsError(Exception):
     """Credentials that cannot be read."""
 
 
+def credentials_file(deployment: str, user: str, explicit: Path | None) -> Path | None:
+    """``explicit``, else the key directory's file for this user when there is one."""
+    if explicit is not None:
+        return explicit
+    default = default_credentials(deployment, user)
+    return default if default.is_file() else None
+
+
 def find_credentials(deployment: str, user: str, explicit: Path | None) -> Credentials | None:
     """``explicit``, else the key directory's for this user when there are any (None: connect
     without credentials, to a server that asks for none)."""
-    if explicit is not None:
-        return load_credentials(explicit)
-    default = default_credentials(deployment, user)
-    return load_credentials(default) if default.is_file() else None
+    path = credentials_file(deployment, user, explicit)
+    return load_credentials(path) if path is not None else None
+
+
+def with_deployment_key(config: Config, node_credentials: Path | None) -> Config:
+    """``config`` sealing and opening with the deployment's data key: its own ``[keys]
+    data_key`` when it names one; else, on a locked bus, the ``data.key`` lfr nats-config wrote
+    beside the node's credentials (CredentialsError naming it when it is missing: the published
+    watchlist would not open); else as it is (an unlocked trial: the user's own key)."""
+    if config.keys.data_key is not None or node_credentials is None:
+        return config
+    key_file = node_credentials.parent / DEPLOYMENT_KEY_NAME
+    if not key_file.is_file():
+        raise CredentialsError(
+            f"{key_file}: no data key for deployment {config.name!r}: lfr nats-config writes "
+            "the deployment's data key there beside each node's credentials; copy it to this "
+            "node with them, or name one in the config ([keys] data_key). Without it the "
+            "published watchlist does not open")
+    keys = msgspec.structs.replace(config.keys, data_key=str(key_file.resolve()))
+    return msgspec.structs.replace(config, keys=keys)
 
 
 def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
@@ -114,8 +192,8 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
         **({"tls": {"cert_file": str(tls[0].resolve()), "key_file": str(tls[1].resolve()),
                     "timeout": 2}} if tls else {}),
         "authorization": {"users": [
-            {"user": u.user, "password": u.password,
-             "permissions": permissions(names, u.role, u.user)} for u in users]},
+            {"nkey": u.public_key, "permissions": permissions(names, u.role, u.user)}
+            for u in users]},
         **(extra or {}),
     }
     return json.dumps(config, indent=2)
@@ -123,10 +201,14 @@ def server_config(names: Names, users: list[Credentials], listen: str, store_dir
 
 def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str,
              store_dir: Path, config_file: Path, into: Path | None = None,
-             tls: tuple[Path, Path] | None = None, ca_file: Path | None = None) -> list[Path]:
-    """Write the server config and every user's credentials (new passwords); returns the
-    credential files. Beyond loopback ``tls`` (certificate, key) is required; clients check the
-    server against ``ca_file`` (default: the certificate itself, a self-signed one)."""
+             tls: tuple[Path, Path] | None = None, ca_file: Path | None = None,
+             data_key: DataKey | None = None) -> tuple[list[Path], Path]:
+    """Write the server config, every user's credentials (new nkeys) and, beside them, the
+    deployment's ``data_key`` (default: the user's); returns (the credential files, the data
+    key file). Beyond loopback ``tls`` (certificate, key) is required; clients check the server
+    against ``ca_file`` (default: the certificate itself, a self-signed one)."""
+    from lfr.keys import load_data_key, write_data_key
+
     names = Names(deployment)
     host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
     if tls is None and not _is_loopback(host):
@@ -136,10 +218,11 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         if not path.is_file():
             raise CredentialsError(f"{path}: no such file")
     trust = str((ca_file or tls[0]).resolve()) if tls else ""
+    data_key = data_key or load_data_key()
     users = [Credentials(deployment, check_token(n, "node name"), "node",
-                         secrets.token_urlsafe(24), trust) for n in nodes]
+                         new_seed(), trust, data_key.fingerprint) for n in nodes]
     users += [Credentials(deployment, check_token(c, "console name"), "console",
-                          secrets.token_urlsafe(24), trust) for c in consoles]
+                          new_seed(), trust, data_key.fingerprint) for c in consoles]
     seen = [u.user for u in users]
     if len(set(seen)) != len(seen):
         raise CredentialsError(f"a node and a console share a name: {sorted(seen)}")
@@ -150,7 +233,9 @@ def generate(deployment: str, nodes: list[str], consoles: list[str], listen: str
         path = folder / f"{user.user}.json"
         _write_private(path, msgspec.json.encode(user))
         written.append(path)
-    return written
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_data_key(folder / DEPLOYMENT_KEY_NAME, data_key)
+    return written, folder / DEPLOYMENT_KEY_NAME
 
 
 def _is_loopback(host: str) -> bool:

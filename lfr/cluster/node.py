@@ -36,6 +36,7 @@ from lfr.keys import load_data_key
 from lfr.messages import Decision
 from lfr.notify.outbox import Outbox
 from lfr.plugins import Registry
+from lfr.sealed import DataKey
 from lfr.users import Role
 from lfr.vision.analyzer import FaceAnalyzer
 from lfr.watchlist.bundle import destroy_bundle
@@ -107,6 +108,7 @@ class Node:
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
         self._cameras_done = False  # stopping: no deployment runs again in this process
+        self._data_key: DataKey | None = None  # loaded when the node joins
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -129,8 +131,11 @@ class Node:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             leases = CameraLeases(bus, self.name, camera_names(self.config), settings)
             await leases.register()
+            # The deployment's data key (lfr.cluster.credentials.with_deployment_key): it opens
+            # the published bundles and seals this node's outbox.
+            self._data_key = load_data_key(self.config.data_key_file())
             await self._first_watchlist(bus)
-            with Outbox(self.data_dir, load_data_key(self.config.data_key_file())) as outbox:
+            with Outbox(self.data_dir, self._data_key) as outbox:
                 open_alerts = None
                 if settings.merge == "person":
                     assert bus.open_alerts is not None
@@ -209,7 +214,13 @@ class Node:
         if version is None and configured is not None:
             bundle = self.config.resolve_path(configured.bundle)
             if (bundle / "manifest.json").is_file():
-                published = await watchlists.publish(bus, bundle, self.name, only_if_none=True)
+                assert self._data_key is not None
+                try:
+                    published = await watchlists.publish(
+                        bus, bundle, self.name, only_if_none=True,
+                        key_id=self._data_key.fingerprint)
+                except watchlists.WatchlistError as exc:  # sealed with another key
+                    raise BusError(str(exc)) from None
                 if published is not None:
                     log.info("%s: published %s as watchlist version %d", self.name, bundle,
                              published.version)
@@ -218,7 +229,10 @@ class Node:
             raise BusError(f"deployment {self.names.deployment!r}: no watchlist published and "
                            "none in the config's [watchlist] bundle: publish one (lfr watchlist "
                            "publish BUNDLE --nats URL --deployment NAME)")
-        await self._load(bus, version)
+        try:
+            await self._load(bus, version)
+        except watchlists.WatchlistError as exc:  # no key, another key: the node cannot run
+            raise BusError(str(exc)) from None
 
     async def _follow_watchlist(self, bus: Bus) -> None:
         """Every heartbeat: a newer version is loaded, then the cameras switch to it."""
@@ -240,7 +254,8 @@ class Node:
             log.warning("%s: watchlist destroyed by %s: cameras stop", self.name, version.by)
             return
         copies = self.data_dir / "watchlists"
-        bundle = await watchlists.fetch(bus, version, copies / f"v{version.version}")
+        bundle = await watchlists.fetch(bus, version, copies / f"v{version.version}",
+                                        key=self._data_key)
         self._bundle, self._version = bundle, version
         log.info("%s: watchlist version %d loaded", self.name, version.version)
 

@@ -8,8 +8,10 @@ grow: a new one is written by compare-and-set on the previous revision, so two p
 both make version n. Destroying writes a destroyed version and deletes every stored bundle;
 nodes then stop their cameras and delete their copies.
 
-The bundle's embeddings stay sealed as on disk (lfr.sealed): nodes open them with the data key
-they share with whoever built it.
+The bundle's embeddings stay sealed as on disk (lfr.sealed): nodes open them with the
+deployment's data key, which they got once at provisioning (lfr nats-config writes it beside
+each node's credentials), never over the bus. A node checks that a version opens before it
+switches to it, so a node without the key says so at once, naming both keys.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lfr.messages import utc_iso
 
 if TYPE_CHECKING:
     from lfr.cluster.bus import Bus
+    from lfr.sealed import DataKey
 
 CURRENT = "current"
 
@@ -96,14 +99,18 @@ async def current(bus: Bus) -> tuple[Version | None, int]:
     return _version_decoder.decode(entry.value or b""), int(entry.revision or 0)
 
 
-async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
-                  ) -> Version | None:
+async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False,
+                  key_id: str = "") -> Version | None:
     """Publish ``bundle`` as the next version. ``only_if_none``: only when nothing was ever
-    published (a node started with a bundle in its config); None when one was."""
+    published (a node started with a bundle in its config); None when one was. ``key_id``: the
+    deployment's data key's id; a bundle sealed with another key, which no node could open, is
+    refused."""
     from nats.js.errors import KeyWrongLastSequenceError
 
     assert bus.watchlist is not None and bus.bundles is not None
     data, people = pack_bundle(bundle)
+    if key_id:
+        check_sealed_with(bundle, key_id, bus.names.deployment)
     previous, revision = await current(bus)
     if only_if_none and previous is not None:
         return None
@@ -127,15 +134,54 @@ async def publish(bus: Bus, bundle: Path, by: str, *, only_if_none: bool = False
     return version
 
 
-async def fetch(bus: Bus, version: Version, destination: Path) -> Path:
-    """Download, check and unpack ``version`` into ``destination``."""
+def check_sealed_with(bundle: Path, key_id: str, deployment: str) -> None:
+    """WatchlistError unless ``bundle``'s own key is sealed with the key of id ``key_id``."""
+    from lfr.sealed import sealed_with
+    from lfr.watchlist.bundle import BUNDLE_KEY
+
+    try:
+        found = sealed_with((bundle / BUNDLE_KEY).read_bytes())
+    except OSError as exc:
+        raise WatchlistError(f"{bundle / BUNDLE_KEY}: cannot read: {exc.strerror}") from None
+    if found != key_id:
+        raise WatchlistError(
+            f"{bundle}: sealed with data key {found or '(none: not sealed by lfr)'}, not with "
+            f"deployment {deployment!r}'s data key {key_id}: no node could open it. Build it "
+            "with the deployment's key ([keys] data_key = the data.key lfr nats-config wrote, "
+            "or on the machine whose data.key that is)")
+
+
+async def fetch(bus: Bus, version: Version, destination: Path, key: DataKey | None = None
+                ) -> Path:
+    """Download, check and unpack ``version`` into ``destination``; with ``key``, also check
+    that it opens with it (a copy that does not is removed)."""
+    import anyio
+
     assert bus.bundles is not None
     data = (await bus.bundles.get(version.object)).data or b""
     digest = hashlib.sha256(data).hexdigest()
     if digest != version.sha256:
         raise WatchlistError(f"watchlist version {version.version}: stored bytes have sha256 "
                              f"{digest}, published as {version.sha256}; not used")
-    return unpack_bundle(data, destination)
+    bundle = unpack_bundle(data, destination)
+    if key is not None:
+        await anyio.to_thread.run_sync(_check_opens, bundle, version, key, bus.names.deployment)
+    return bundle
+
+
+def _check_opens(bundle: Path, version: Version, key: DataKey, deployment: str) -> None:
+    from lfr.watchlist.bundle import WatchlistError as BundleError
+    from lfr.watchlist.bundle import load_bundle
+
+    try:
+        load_bundle(bundle, key=key)
+    except BundleError as exc:
+        shutil.rmtree(bundle, ignore_errors=True)
+        raise WatchlistError(
+            f"watchlist version {version.version} of deployment {deployment!r} cannot be used "
+            f"on this node: {exc}. Nodes open the deployment's bundles with its data key: the "
+            "data.key lfr nats-config wrote beside each node's credentials (or the config's "
+            "[keys] data_key), the key the bundle was built with") from None
 
 
 async def destroy(bus: Bus, by: str) -> Version:
