@@ -180,7 +180,10 @@ def _camera_families(snap: Snapshot) -> Iterator[Metric]:
                                   "detection lagged (the queue keeps the newest).", labels=labels)
     processed = CounterMetricFamily("lfr_camera_frames_processed", "Frames through detection "
                                     "and embedding.", labels=labels)
-    faces = CounterMetricFamily("lfr_camera_faces", "Faces detected and embedded.", labels=labels)
+    faces = CounterMetricFamily("lfr_camera_faces", "Faces detected that passed the quality gate.",
+                                labels=labels)
+    embedded = CounterMetricFamily("lfr_camera_faces_embedded", "Faces embedded (per person, "
+                                   "not every face: [pipeline.embedding]).", labels=labels)
     rejected = CounterMetricFamily("lfr_camera_faces_rejected", "Faces below the quality gate.",
                                    labels=labels)
     reconnects = CounterMetricFamily("lfr_camera_reconnects", "Stream reconnections.",
@@ -203,9 +206,10 @@ def _camera_families(snap: Snapshot) -> Iterator[Metric]:
         fps_processed.add_metric(name, detector.rate_per_s if detector else 0.0)
         processed.add_metric(name, getattr(detector, "frames", 0))
         faces.add_metric(name, getattr(detector, "faces", 0))
+        embedded.add_metric(name, getattr(detector, "embedded", 0))
         rejected.add_metric(name, getattr(detector, "rejected", 0))
     yield from (state, fps_in, fps_out, fps_processed, decoded, skipped, emitted, dropped,
-                processed, faces, rejected, reconnects)
+                processed, faces, embedded, rejected, reconnects)
 
 
 def _actor_families(actors: tuple[ActorStats, ...]) -> Iterator[Metric]:

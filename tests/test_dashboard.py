@@ -88,6 +88,7 @@ def detector(camera_name: str, rate: float, **kw: object) -> DetectorStats:
                reads=f"frames:{camera_name}", writes=("faces",), **kw),
         frames=100,
         faces=50,
+        embedded=20,
         rejected=3,
     )
 

@@ -70,7 +70,7 @@ def camera(name: str, source_state: str = "live", **kw: Any) -> CameraStats:
 def detector(camera_name: str, frames: int, faces: int) -> DetectorStats:
     return DetectorStats(**base(f"detect:{camera_name}", "detector", rate_per_s=4.5,
                                 reads=f"frames:{camera_name}", writes=("faces",)),
-                         frames=frames, faces=faces, rejected=3)
+                         frames=frames, faces=faces, embedded=faces // 3, rejected=3)
 
 
 def channel(name: str, capacity: int, depth: int = 0, dropped: int = 0) -> ChannelStats:
@@ -122,6 +122,7 @@ def test_each_snapshot_field_becomes_its_series():
     assert value(s, "lfr_camera_frames_processed_total", camera="hall") == 48
     assert value(s, "lfr_camera_faces_total", camera="door") == 12
     assert value(s, "lfr_camera_faces_total", camera="hall") == 30
+    assert value(s, "lfr_camera_faces_embedded_total", camera="hall") == 10
     assert value(s, "lfr_camera_fps_processed", camera="hall") == 4.5
     assert value(s, "lfr_camera_reconnects_total", camera="door") == 2
     assert value(s, "lfr_camera_state", camera="door", state="live") == 1
