@@ -33,33 +33,9 @@ async def entries(kv: Any) -> dict[str, bytes]:
 
 async def read_status(bus: Bus) -> dict[str, Any]:
     """``{"deployment", "nodes": [{"name", "alive", "cameras", "last_seen", ...}], "cameras":
-    [{"name", "node", "state"}], "watchlist": {...}}``. A camera is ``running`` when a live
-    node holds its lease and reports it running, ``starting`` when leased but not yet running,
-    ``unassigned`` otherwise (no lease, released, or its node not alive)."""
-    now = time.time()
-    nodes = []
-    running: dict[str, str] = {}
-    alive_names = set()
-    watchlists = []
-    for name, value in sorted((await entries(bus.nodes)).items()):
-        beat = decode_heartbeat(value)
-        if beat is None:
-            continue
-        alive = is_alive(beat, now)
-        nodes.append({"name": name, "alive": alive, "cameras": beat.cameras if alive else [],
-                      "last_seen": utc_iso(beat.time), "capacity": beat.capacity,
-                      "unpublished": beat.unpublished})
-        if alive:
-            alive_names.add(name)
-            running.update({camera: name for camera in beat.cameras})
-            watchlists.append({"node": name, **beat.watchlist})
-    cameras = []
-    for camera, value in sorted((await entries(bus.cameras)).items()):
-        lease = decode_lease(value)
-        holder = lease.node if lease is not None and lease.node in alive_names else None
-        state = ("running" if holder and running.get(camera) == holder
-                 else "starting" if holder else "unassigned")
-        cameras.append({"name": camera, "node": holder, "state": state})
+    [{"name", "node", "state"}], "watchlist": {...}}`` (see `nodes_and_cameras`)."""
+    nodes, cameras, watchlists = nodes_and_cameras(
+        await entries(bus.nodes), await entries(bus.cameras), time.time())
     from lfr.cluster.watchlist import current
 
     version, _ = await current(bus)
@@ -72,6 +48,40 @@ async def read_status(bus: Bus) -> dict[str, Any]:
     watchlist["nodes"] = {w["node"]: w.get("version") for w in watchlists}
     return {"deployment": bus.names.deployment, "nodes": nodes, "cameras": cameras,
             "watchlist": watchlist}
+
+
+def nodes_and_cameras(heartbeats: dict[str, bytes], leases: dict[str, bytes], now: float
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                 list[dict[str, Any]]]:
+    """The nodes and cameras as the buckets' values say at wall time ``now`` (``lfr status``
+    reads them once, ``lfr console`` follows them), and the watchlist each live node runs.
+    A camera is ``running`` when a live node holds its lease and reports it running,
+    ``starting`` when leased but not yet running, ``unassigned`` otherwise (no lease,
+    released, or its node not alive)."""
+    nodes = []
+    running: dict[str, str] = {}
+    alive_names = set()
+    watchlists = []
+    for name, value in sorted(heartbeats.items()):
+        beat = decode_heartbeat(value)
+        if beat is None:
+            continue
+        alive = is_alive(beat, now)
+        nodes.append({"name": name, "alive": alive, "cameras": beat.cameras if alive else [],
+                      "last_seen": utc_iso(beat.time), "capacity": beat.capacity,
+                      "unpublished": beat.unpublished})
+        if alive:
+            alive_names.add(name)
+            running.update({camera: name for camera in beat.cameras})
+            watchlists.append({"node": name, **beat.watchlist})
+    cameras = []
+    for camera, value in sorted(leases.items()):
+        lease = decode_lease(value)
+        holder = lease.node if lease is not None and lease.node in alive_names else None
+        state = ("running" if holder and running.get(camera) == holder
+                 else "starting" if holder else "unassigned")
+        cameras.append({"name": camera, "node": holder, "state": state})
+    return nodes, cameras, watchlists
 
 
 async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
@@ -98,15 +108,23 @@ async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
 
 
 async def read_alerts(bus: Bus) -> dict[str, Any]:
+    """The deployment's alerts with their decisions and sightings (see `fold_alerts`)."""
+    return fold_alerts(
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)],
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, DECISION)],
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, SIGHTING)])
+
+
+def fold_alerts(records: list[dict[str, Any]], decision_records: list[dict[str, Any]],
+                sighting_records: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
     "decision", "sightings": [{"id", "camera", "node", "time", "score"}]}], "stream_records": n,
-    "duplicates": n, "sighting_records": n}``: one entry per alert id, with its newest decision
-    and the further sightings that joined it (lfr.cluster.sightings), oldest first;
-    ``duplicates`` counts alert records beyond one per id (a sighting is not one)."""
-    records = [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)]
+    "duplicates": n, "sighting_records": n}`` from the stream's records, each kind in stream
+    order: one entry per alert id, with its newest decision and the further sightings that
+    joined it (lfr.cluster.sightings), oldest first; ``duplicates`` counts alert records beyond
+    one per id (a sighting is not one)."""
     decisions: dict[str, str] = {}
-    for _, data in await stream_messages(bus, DECISION):
-        decided = msgspec.json.decode(data)
+    for decided in decision_records:
         decisions[decided["alert_id"]] = decided["decision"]
     alerts: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -117,20 +135,18 @@ async def read_alerts(bus: Bus) -> dict[str, Any]:
         alert["decision"] = decisions.get(alert_id)
         alert["sightings"] = []
     seen: set[str] = set()
-    sightings = 0
-    for _, data in await stream_messages(bus, SIGHTING):
-        sighting = msgspec.json.decode(data)
-        sightings += 1
+    for sighting in sighting_records:
         joined = alerts.get(sighting.get("alert_id", ""))
-        if joined is None or sighting.get("id") in seen:
+        sighting_id = str(sighting.get("id"))
+        if joined is None or sighting_id in seen:
             continue
-        seen.add(sighting.get("id"))
+        seen.add(sighting_id)
         joined["sightings"].append({key: sighting.get(key)
                                     for key in ("id", "camera", "node", "time", "score")})
     for alert in alerts.values():
         alert["sightings"].sort(key=lambda s: s["time"] or "")
     return {"alerts": list(alerts.values()), "stream_records": len(records),
-            "duplicates": len(records) - len(alerts), "sighting_records": sightings}
+            "duplicates": len(records) - len(alerts), "sighting_records": len(sighting_records)}
 
 
 async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:

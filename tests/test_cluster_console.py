@@ -1,0 +1,161 @@
+"""The operator's console over a deployment spread over nodes (``lfr console``), against a real
+nats-server: the model follows the buckets and the stream, one rendered frame shows nodes,
+cameras, an alert with its further sighting, and a decision made in the console reaches the node
+that raised the alert (its decision handler records it; its publisher puts it on the stream)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+from rich.console import Console
+
+from lfr.audit import AuditLog
+from lfr.cluster.bus import Bus, Names, connect
+from lfr.cluster.console import ConsoleModel, NodeAway, follow, request_decision
+from lfr.cluster.leases import Heartbeat, Lease
+from lfr.cluster.node import Node
+from lfr.cluster.publisher import Publisher
+from lfr.dashboard.cluster import ConsoleDashboard, render_console
+from lfr.decisions import DecisionLog
+from lfr.messages import Alert
+from lfr.notify.outbox import Outbox
+from lfr.users import Principal
+from tests.natsserver import NatsServer, serve
+
+pytestmark = pytest.mark.anyio
+
+OLIVE = Principal("olive", "operator")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    yield from serve(tmp_path)
+
+
+def make_alert(alert_id: str, camera: str, wall_time: float) -> Alert:
+    return Alert(id=alert_id, camera=camera,
+                 time=f"2026-01-01T00:00:{int(wall_time):02d}.000+00:00",
+                 wall_time=wall_time, person_id="p1", name="P One", score=0.9, threshold=0.5,
+                 box=(1, 2, 3, 4), frame_index=1, latency_s=0.1, crop_jpeg=b"face-pixels")
+
+
+async def until(model: ConsoleModel, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The model's view once ``check`` holds (woken by the model's updates, never polled)."""
+    with anyio.fail_after(20):
+        while not check(view := model.view()):
+            await model.changed(1.0)
+    return view
+
+
+def frame_text(view: Any, width: int = 140, height: int = 30) -> str:
+    console = Console(width=width, height=height, record=True, color_system=None,
+                      force_terminal=False)
+    console.print(render_console(view, width, height))
+    return console.export_text()
+
+
+async def beat(bus: Bus, node: str, cameras: list[str]) -> None:
+    assert bus.nodes is not None and bus.cameras is not None
+    await bus.nodes.put(node, msgspec.json.encode(Heartbeat(
+        node=node, time=time.time(), cameras=cameras, capacity=None, heartbeat_s=5.0)))
+    for camera in cameras:
+        await bus.cameras.put(camera, msgspec.json.encode(Lease(node=node, time=time.time())))
+
+
+async def test_the_console_follows_the_deployment_and_decides_through_the_raising_node(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    nc = await connect(nats_server.url, "node-side")
+    bus = await Bus(nc, Names("dep1")).open()
+    await beat(bus, "node1", ["door"])
+    await beat(bus, "node2", ["hall"])
+    # node1 raises an alert; node2 saw the same person later: a further sighting of it.
+    data_dir = tmp_path / "node1"
+    outbox, audit = Outbox(data_dir), AuditLog(data_dir)
+    outbox.add_alert(make_alert("a1", "door", 10.0), ["console"])
+    publisher = Publisher(bus, "node1", outbox, data_dir)
+    assert await publisher.flush()
+    await bus.publish(bus.names.subject("sighting", "node2"), msgspec.json.encode(
+        {"id": "s1", "alert_id": "a1", "person_id": "p1", "score": 0.8, "camera": "hall",
+         "node": "node2", "time": "2026-01-01T00:00:12.000+00:00", "wall_time": 12.0}), "s1")
+
+    # node1 answers decisions with the node's own handler, over a deployment holding a1.
+    decisions = DecisionLog(outbox, audit)
+    raising = SimpleNamespace(name="node1", _deployment=SimpleNamespace(
+        view=SimpleNamespace(adjudicate=decisions.record)))
+
+    async def node_decides(msg: Any) -> None:
+        await Node._decide(raising, msg)  # type: ignore[arg-type]
+
+    handler = await nc.subscribe(bus.names.decide("node1"), cb=node_decides)
+
+    console_nc = await connect(nats_server.url, "console")
+    console_bus = await Bus(console_nc, Names("dep1")).bind()
+    model = ConsoleModel("dep1")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow, console_bus, model)
+        view = await until(model, lambda v: len(v["nodes"]) == len(v["cameras"]) == 2
+                           and v["alerts"] and v["alerts"][0]["sightings"])
+        assert [(n["name"], n["alive"], n["cameras"]) for n in view["nodes"]] == [
+            ("node1", True, ["door"]), ("node2", True, ["hall"])]
+        assert {(c["name"], c["node"], c["state"]) for c in view["cameras"]} == {
+            ("door", "node1", "running"), ("hall", "node2", "running")}
+        [alert] = view["alerts"]
+        assert (alert["id"], alert["node"], alert["camera"], alert["decision"]) == (
+            "a1", "node1", "door", None)
+        assert [(s["node"], s["camera"]) for s in alert["sightings"]] == [("node2", "hall")]
+
+        async def decide(node: str, alert_id: str, decision: str, by: Principal,
+                         note: str) -> dict[str, Any]:
+            return await request_decision(console_nc, console_bus.names, node, alert_id,
+                                          decision, by, note)
+
+        dashboard = ConsoleDashboard(OLIVE, decide, console=Console(file=None, width=140))
+        text = frame_text(dashboard.view(model))
+        for shown in ("dep1", "node1", "node2", "door", "hall", "running", "P One (p1)",
+                      "0.900", "pending", "node2/hall 00:00:12", "Nodes (2 alive of 2)",
+                      "operator olive"):
+            assert shown in text, shown
+        assert "face-pixels" not in text
+
+        # The operator presses f on the selected alert: node1 records it (outbox, audit) ...
+        await dashboard.handle_key("f", model)
+        assert dashboard.status == "false alert: a1 by olive, recorded on node1"
+        assert [a.decision for a in outbox.adjudications("a1")] == ["false_alert"]
+        # ... and publishes it; the console sees it come back on the stream.
+        assert await publisher.flush()
+        view = await until(model, lambda v: v["alerts"][0]["decision"] == "false_alert")
+        assert view["alerts"][0]["decided_by"] == "olive"
+        assert "false alert by olive" in frame_text(dashboard.view(model))
+
+        # A node that is gone: the operator is told, nothing is recorded.
+        await handler.unsubscribe()
+        with pytest.raises(NodeAway, match="node1"):
+            await request_decision(console_nc, console_bus.names, "node1", "a1",
+                                   "confirmed", OLIVE, timeout_s=2)
+        tg.cancel_scope.cancel()
+    audit.close()
+    outbox.close()
+    await console_nc.close()
+    await nc.close()
+
+
+def test_an_auditor_has_no_console_dashboard() -> None:
+    async def never(*args: Any) -> dict[str, Any]:
+        raise AssertionError("not asked")
+
+    with pytest.raises(ValueError, match="auditor"):
+        ConsoleDashboard(Principal("audrey", "auditor"), never)
+
+
+def test_a_small_screen_keeps_the_counters() -> None:
+    model = ConsoleModel("dep1")
+    text = frame_text(ConsoleDashboard(OLIVE, None).view(model),  # type: ignore[arg-type]
+                      width=40, height=6)
+    assert "nodes alive 0" in text and "alerts 0" in text
