@@ -159,3 +159,100 @@ def test_a_small_screen_keeps_the_counters() -> None:
     text = frame_text(ConsoleDashboard(OLIVE, None).view(model),  # type: ignore[arg-type]
                       width=40, height=6)
     assert "nodes alive 0" in text and "alerts 0" in text
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> Any:
+    from web_users import make_users
+
+    return make_users(tmp_path / "users.json")
+
+
+def followed_model() -> ConsoleModel:
+    """A console's model as the bus would have fed it: two nodes, one alert with a sighting."""
+    model = ConsoleModel("dep1")
+    for node, camera in (("node1", "door"), ("node2", "hall")):
+        model.on_entry("nodes", node, msgspec.json.encode(Heartbeat(
+            node=node, time=time.time(), cameras=[camera], capacity=None, heartbeat_s=60.0)),
+            deleted=False)
+        model.on_entry("cameras", camera, msgspec.json.encode(Lease(node=node, time=0.0)),
+                       deleted=False)
+    model.on_record("alert", msgspec.json.encode(
+        {"id": "a1", "person_id": "p1", "name": "P One", "score": 0.9, "camera": "door",
+         "node": "node1", "time": "2026-01-01T00:00:10.000+00:00"}))
+    model.on_record("sighting", msgspec.json.encode(
+        {"id": "s1", "alert_id": "a1", "camera": "hall", "node": "node2",
+         "time": "2026-01-01T00:00:12.000+00:00", "score": 0.8}))
+    return model
+
+
+async def test_the_console_web_page_logs_users_in_and_sends_decisions_to_the_raising_node(
+        users: Any) -> None:
+    from web_users import client, login
+
+    from lfr.config import WebConfig
+    from lfr.web.deployment import ConsoleWeb
+
+    model = followed_model()
+    asked: list[tuple[str, str, str, Principal, str]] = []
+
+    async def decide(node: str, alert_id: str, decision: str, by: Principal,
+                     note: str) -> dict[str, Any]:
+        asked.append((node, alert_id, decision, by, note))
+        # What the node answers, then publishes: the console sees it on the stream.
+        model.on_record("decision", msgspec.json.encode(
+            {"alert_id": alert_id, "decision": decision, "operator": by.name, "node": node}))
+        return {"ok": True, "node": node,
+                "decision": {"alert_id": alert_id, "decision": decision, "operator": by.name}}
+
+    web = ConsoleWeb(WebConfig(listen="127.0.0.1:0"), users=users)
+    async with anyio.create_task_group() as tg, client() as http:
+        tg.start_soon(web.run, model, decide)
+        with anyio.fail_after(20):
+            url = await web.wait_ready()
+        for method, path in (("GET", "api/state"), ("GET", "api/events"),
+                             ("POST", "api/alerts/a1/decision")):
+            async with http.request(method, url + path, json={}) as r:
+                assert r.status == 401, (method, path)
+        async with http.get(url, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "login"
+
+        assert (await login(http, url, "audrey")).status == 200
+        async with http.post(url + "api/alerts/a1/decision",
+                             json={"decision": "confirmed"}) as r:
+            assert r.status == 403
+        assert (await login(http, url, "olive")).status == 200
+        async with http.get(url) as r:
+            assert r.status == 200 and "static/console.js" in await r.text()
+        async with http.get(url + "api/state") as r:
+            state = await r.json()
+        assert state["user"]["name"] == "olive"
+        assert [(n["name"], n["alive"]) for n in state["nodes"]] == [
+            ("node1", True), ("node2", True)]
+        assert {(c["name"], c["node"]) for c in state["cameras"]} == {
+            ("door", "node1"), ("hall", "node2")}
+        [alert] = state["alerts"]
+        assert alert["id"] == "a1" and alert["decision"] is None
+        assert [s["camera"] for s in alert["sightings"]] == ["hall"]
+
+        # The events stream opens with the same state.
+        async with http.get(url + "api/events") as r:
+            with anyio.fail_after(10):
+                while b"event: state" not in await r.content.readline():
+                    pass
+                data = await r.content.readline()
+        assert msgspec.json.decode(data.removeprefix(b"data: "))["alerts"][0]["id"] == "a1"
+
+        async with http.post(url + "api/alerts/nope/decision",
+                             json={"decision": "confirmed"}) as r:
+            assert r.status == 404
+        # Any "operator" in the body is ignored: the decision is the session's user's.
+        async with http.post(url + "api/alerts/a1/decision",
+                             json={"decision": "false_alert", "operator": "mallory"}) as r:
+            assert r.status == 200
+            assert (await r.json())["node"] == "node1"
+        assert asked == [("node1", "a1", "false_alert", Principal("olive", "operator"), "")]
+        async with http.get(url + "api/state") as r:
+            decided = (await r.json())["alerts"][0]
+        assert (decided["decision"], decided["decided_by"]) == ("false_alert", "olive")
+        tg.cancel_scope.cancel()
