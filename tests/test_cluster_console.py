@@ -256,3 +256,97 @@ async def test_the_console_web_page_logs_users_in_and_sends_decisions_to_the_rai
             decided = (await r.json())["alerts"][0]
         assert (decided["decision"], decided["decided_by"]) == ("false_alert", "olive")
         tg.cancel_scope.cancel()
+
+
+async def test_a_camera_plays_from_the_node_that_runs_it(nats_server: NatsServer,
+                                                         users: Any) -> None:
+    """The browser's offer goes to the console, over NATS to node1 (which runs ``door``), and
+    node1's answer back; the video then comes straight from node1's peer connection."""
+    import numpy as np
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from web_users import client, login
+
+    from lfr.cluster.viewer import NodeViewers, request_viewer
+    from lfr.config import WebConfig, parse_config
+    from lfr.messages import Frame, FrameFaces
+    from lfr.pipeline.matcher import FrameReport
+    from lfr.web import ice_host_addresses
+    from lfr.web.deployment import ConsoleWeb
+
+    names = Names("dep1")
+    node_nc = await connect(nats_server.url, "node1")
+    viewers = NodeViewers(parse_config({"name": "dep1", "web": {
+        "ice_addresses": ["127.0.0.1"]}}))
+    # node1's running deployment, as its frames reach the viewers (lfr.web.server's feed).
+    viewers.web.attach(SimpleNamespace(  # type: ignore[arg-type]
+        blur_non_matches=True, cameras=["door"], person_name=lambda p: p))
+    await node_nc.subscribe(names.viewer("node1"), cb=viewers.answer)
+    console_nc = await connect(nats_server.url, "console")
+
+    async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
+        return await request_viewer(console_nc, names, node, request, timeout_s=5)
+
+    async def frames() -> None:
+        for index in range(10_000):
+            image = np.full((72, 128, 3), index % 256, np.uint8)
+            item = FrameFaces(Frame("door", index, time.time(), time.monotonic(), image), ())
+            viewers.web.on_frame(FrameReport(item, [], [], time.monotonic()))
+            await anyio.sleep(0.05)
+
+    async def offer(http: Any, url: str, camera: str) -> tuple[Any, int, dict[str, Any]]:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        with ice_host_addresses(["127.0.0.1"]):
+            await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(url + "offer", json={"sdp": pc.localDescription.sdp,
+                                                  "type": "offer", "camera": camera}) as r:
+            return pc, r.status, await r.json()
+
+    web = ConsoleWeb(WebConfig(listen="127.0.0.1:0"), users=users)
+    got_track = anyio.Event()
+    tracks: list[Any] = []
+
+    def on_track(track: Any) -> None:
+        tracks.append(track)
+        got_track.set()
+
+    async with anyio.create_task_group() as tg, client() as http:
+        tg.start_soon(frames)
+        tg.start_soon(web.run, followed_model(), None, signal)
+        with anyio.fail_after(20):
+            url = await web.wait_ready()
+        assert (await login(http, url, "audrey")).status == 200
+        pc, status, body = await offer(http, url, "door")
+        assert status == 403 and "auditor" in body["error"]
+        await pc.close()
+
+        assert (await login(http, url, "olive")).status == 200
+        pc, status, answer = await offer(http, url, "door")
+        assert status == 200, answer
+        assert answer["node"] == "node1"
+        assert [line.split()[4] for line in answer["sdp"].splitlines()
+                if line.startswith("a=candidate:") and " typ host" in line] == ["127.0.0.1"]
+        pc.on("track", on_track)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        with anyio.fail_after(30):
+            await got_track.wait()
+            frame = await tracks[0].recv()
+        assert (frame.width, frame.height) == (128, 72)
+        (viewer,) = viewers.web.statistics().viewers
+        assert viewer.id == answer["viewer"] and viewer.camera == "door"
+
+        # hall runs on node2, which does not answer; nowhere is no camera at all.
+        other, status, body = await offer(http, url, "hall")
+        assert status == 503 and "node2" in body["error"]
+        await other.close()
+        other, status, body = await offer(http, url, "nowhere")
+        assert status == 404
+        await other.close()
+
+        async with http.post(url + f"api/viewers/{answer['viewer']}/close", json={}) as r:
+            assert (await r.json())["closed"] is True
+        assert not viewers.web._peers
+        await pc.close()
+        tg.cancel_scope.cancel()
+    await console_nc.close()
+    await node_nc.close()

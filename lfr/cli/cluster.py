@@ -421,6 +421,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     from lfr.cluster.bus import Bus, BusError, Names, connect
     from lfr.cluster.console import ConsoleModel, follow, request_decision
+    from lfr.cluster.viewer import request_viewer
     from lfr.users import UsersFileError, UserStore
 
     if not args.dashboard and not args.web:
@@ -462,10 +463,13 @@ def cmd_console(args: argparse.Namespace) -> int:
                              note: str) -> dict[str, Any]:
                 return await request_decision(nc, names, node, alert_id, decision, by, note)
 
+            async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
+                return await request_viewer(nc, names, node, request)
+
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow, bus, model)
                 if web is not None:
-                    tg.start_soon(web.run, model, decide)
+                    tg.start_soon(web.run, model, decide, signal)
                 if args.dashboard:
                     nonlocal dashboard
                     dashboard = ConsoleDashboard(user, decide)

@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let user = null;
+const players = new Map(); // camera -> {pc, viewer, figure}
 
 async function api(path, options = {}) {
   const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
@@ -48,10 +49,13 @@ function render(s) {
     el("span", { class: `state ${n.alive ? "live" : "failed"}`, text: n.alive ? "alive" : "not alive" }),
     el("div", { class: "meta", text: `cameras: ${n.cameras.join(", ") || "-"}; last seen ${clock(n.last_seen)}; ${n.unpublished} unpublished` }),
   ])));
+  const watches = s.user && s.user.role !== "auditor";
   $("cameras").replaceChildren(...s.cameras.map((c) => el("li", { class: "camera", dataset: { camera: c.name } }, [
     el("span", { class: "name", text: c.name }), " ",
     el("span", { class: `state ${c.state === "running" ? "live" : "connecting"}`, text: c.state }),
     el("div", { class: "meta", text: `on ${c.node || "no node"}` }),
+    ...(watches && c.state === "running" && !players.has(c.name)
+      ? [el("button", { type: "button", text: "Play", onclick: () => play(c.name) })] : []),
   ])));
   $("alerts").replaceChildren(...s.alerts.map(renderAlert));
 }
@@ -72,6 +76,57 @@ function renderAlert(a) {
       el("button", { type: "button", dataset: { decision }, text: label, onclick: () => decide(a.id, decision) }))));
   }
   return el("li", { class: `alert${a.decision ? " decided" : ""}`, dataset: { alert: a.id } }, children);
+}
+
+// -- video: the offer goes to the console, which carries it to the node running the camera ----
+
+function gatheringComplete(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", check); resolve(); }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function play(camera) {
+  const pc = new RTCPeerConnection();
+  const video = el("video", { autoplay: "", playsinline: "", dataset: { camera } });
+  video.muted = true;
+  const meta = el("span", { class: "meta", text: "connecting…" });
+  const figure = el("figure", { dataset: { camera } }, [video, el("figcaption", {}, [
+    el("strong", { text: camera }), meta,
+    el("button", { class: "secondary", type: "button", text: "Close", onclick: () => stop(camera) })])]);
+  const player = { pc, viewer: null, figure };
+  players.set(camera, player);
+  $("players").append(figure);
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addEventListener("track", (event) => { video.srcObject = event.streams[0] || new MediaStream([event.track]); });
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "failed") { $("status").textContent = `${camera}: video connection failed`; stop(camera); }
+  });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+    const answer = await api("offer", { method: "POST",
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, camera }) });
+    player.viewer = answer.viewer;
+    meta.textContent = `from ${answer.node}`;
+    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+  } catch (error) {
+    $("status").textContent = `${camera}: ${error.message}`;
+    stop(camera);
+  }
+}
+
+function stop(camera) {
+  const player = players.get(camera);
+  if (!player) return;
+  players.delete(camera);
+  player.pc.close();
+  player.figure.remove();
+  if (player.viewer) api(`api/viewers/${player.viewer}/close`, { method: "POST", body: "{}" }).catch(() => {});
 }
 
 async function decide(alertId, decision) {
