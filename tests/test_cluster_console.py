@@ -350,3 +350,65 @@ async def test_a_camera_plays_from_the_node_that_runs_it(nats_server: NatsServer
         tg.cancel_scope.cancel()
     await console_nc.close()
     await node_nc.close()
+
+
+async def test_on_a_locked_bus_the_console_follows_and_asks_but_cannot_publish(
+        tmp_path: Path) -> None:
+    """With lfr nats-config's users: the console's consumers and watchers work, it may carry a
+    viewer request to a node (which alone hears its own subject), and it still cannot put a
+    record on the stream."""
+    from lfr.cli import main
+    from lfr.cluster.credentials import load_credentials
+    from lfr.cluster.viewer import request_viewer
+    from tests.natsserver import free_port
+
+    port = free_port()
+    conf, creds = tmp_path / "server.conf", tmp_path / "creds"
+    assert main(["nats-config", "dep1", "--node", "node1", "--node", "node2", "--console",
+                 "ops", "--listen", f"127.0.0.1:{port}", "--store", str(tmp_path / "store"),
+                 "-o", str(conf), "--credentials-dir", str(creds), "--json"]) == 0
+    server = NatsServer(tmp_path / "store", port=port, config=conf)
+    server.start()
+    try:
+        names = Names("dep1")
+        node_nc = await connect(server.url, "node1",
+                                credentials=load_credentials(creds / "node1.json"))
+        bus = await Bus(node_nc, names).open()
+        await beat(bus, "node1", ["door"])
+        assert not await bus.publish(names.subject("alert", "node1"), msgspec.json.encode(
+            {"id": "a1", "person_id": "p1", "name": "P One", "score": 0.9, "camera": "door",
+             "node": "node1", "time": "2026-01-01T00:00:10.000+00:00"}), "a1")
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(msgspec.json.encode({"status": 200, "heard": msg.subject}))
+
+        await node_nc.subscribe(names.viewer("node1"), cb=answer)
+        node2 = await connect(server.url, "node2",
+                              credentials=load_credentials(creds / "node2.json"))
+        eavesdropped: list[Any] = []
+
+        async def eavesdrop(msg: Any) -> None:
+            eavesdropped.append(msg)
+
+        await node2.subscribe(names.viewer("node1"), cb=eavesdrop)
+
+        console_nc = await connect(server.url, "ops",
+                                   credentials=load_credentials(creds / "ops.json"))
+        console_bus = await Bus(console_nc, names).bind()
+        model = ConsoleModel("dep1")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, console_bus, model)
+            view = await until(model, lambda v: bool(v["alerts"] and v["cameras"]))
+            assert view["alerts"][0]["id"] == "a1"
+            assert view["cameras"] == [{"name": "door", "node": "node1", "state": "running"}]
+            reply = await request_viewer(console_nc, names, "node1",
+                                         {"op": "close", "by": "olive", "role": "operator"})
+            assert reply == {"status": 200, "heard": names.viewer("node1")}
+            with pytest.raises(Exception):  # noqa: B017  a console cannot forge a decision
+                await console_bus.publish(names.subject("decision", "node1"), b"{}", "forged")
+            tg.cancel_scope.cancel()
+        assert eavesdropped == []  # node2 may not listen on node1's subject
+        for nc in (console_nc, node2, node_nc):
+            await nc.close()
+    finally:
+        server.stop()
