@@ -412,3 +412,13 @@ async def test_on_a_locked_bus_the_console_follows_and_asks_but_cannot_publish(
             await nc.close()
     finally:
         server.stop()
+
+
+def test_the_dashboard_says_when_the_bus_is_away() -> None:
+    model = followed_model()
+    dashboard = ConsoleDashboard(OLIVE, None)  # type: ignore[arg-type]
+    assert "NATS DISCONNECTED" not in frame_text(dashboard.view(model))
+    model.on_bus_state("disconnected")
+    assert "NATS DISCONNECTED" in frame_text(dashboard.view(model))
+    model.on_bus_state("reconnected")
+    assert "NATS DISCONNECTED" not in frame_text(dashboard.view(model))

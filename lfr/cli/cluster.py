@@ -455,7 +455,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     model = ConsoleModel(args.deployment)
 
     async def run() -> None:
-        nc = await connect(args.nats, "lfr-console", credentials=credentials)
+        nc = await connect(args.nats, "lfr-console", credentials=credentials,
+                           on_state=model.on_bus_state)
         try:
             bus = await Bus(nc, names).bind()
 

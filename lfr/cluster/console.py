@@ -45,6 +45,7 @@ class ConsoleModel:
         self.records: dict[str, list[dict[str, Any]]] = {ALERT: [], DECISION: [], SIGHTING: []}
         self.revision = 0
         self.errors = 0  # records that could not be read (counted, not shown as alerts)
+        self.bus = "connected"  # or "disconnected" while the NATS connection is away
         self._changed: anyio.Event | None = None
 
     # -- updates from the bus ---------------------------------------------------------------
@@ -69,6 +70,13 @@ class ConsoleModel:
             into[key] = value or b""
         self._bump()
 
+    def on_bus_state(self, state: str) -> None:
+        """The connection's news (lfr.cluster.bus.connect's ``on_state``): while it is away
+        what the console shows may be stale, and it says so."""
+        if state in ("disconnected", "reconnected"):
+            self.bus = "disconnected" if state == "disconnected" else "connected"
+            self._bump()
+
     def _bump(self) -> None:
         self.revision += 1
         if self._changed is not None:
@@ -87,7 +95,7 @@ class ConsoleModel:
     # -- what it shows ----------------------------------------------------------------------
 
     def view(self, now: float | None = None) -> dict[str, Any]:
-        """``{"deployment", "nodes", "cameras", "alerts" (newest first, each with
+        """``{"deployment", "bus", "nodes", "cameras", "alerts" (newest first, each with
         ``decided_by``), "stream_records", "duplicates"}``, shaped as ``lfr status --json`` and
         ``lfr alerts --json`` shape them."""
         nodes, cameras, _ = nodes_and_cameras(self.heartbeats, self.leases,
@@ -98,7 +106,8 @@ class ConsoleModel:
         alerts = sorted(folded["alerts"], key=lambda a: a["time"] or "", reverse=True)
         for alert in alerts:
             alert["decided_by"] = decided_by.get(alert["id"]) if alert["decision"] else None
-        return {"deployment": self.names.deployment, "nodes": nodes, "cameras": cameras,
+        return {"deployment": self.names.deployment, "bus": self.bus, "nodes": nodes,
+                "cameras": cameras,
                 "alerts": alerts[:RECENT_ALERTS], "stream_records": folded["stream_records"],
                 "duplicates": folded["duplicates"]}
 

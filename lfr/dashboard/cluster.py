@@ -153,7 +153,10 @@ def render_console(view: ConsoleView, width: int, height: int) -> RenderableType
     header.add_row(Text.assemble(("LFR ", "bold white on blue"), " ",
                                  (plain(state["deployment"]), "bold"),
                                  ("  deployment over nodes", "dim")),
-                   Text.assemble(("operator ", "dim"), (plain(view.operator), "bold")))
+                   Text.assemble(
+                       (" NATS DISCONNECTED: this may be stale ", "bold white on red")
+                       if state.get("bus") == "disconnected" else "",
+                       ("  operator ", "dim"), (plain(view.operator), "bold")))
     body = height - 1 - len(counters) - len(footer)
     root = Layout()
     if body < 6:

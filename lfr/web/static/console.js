@@ -44,6 +44,7 @@ function render(s) {
   $("counters").replaceChildren(...counters.map(([label, value]) =>
     el("div", {}, [el("dt", { text: label }), el("dd", { text: value })])));
   $("pending").textContent = pending ? String(pending) : "";
+  if (s.bus === "disconnected") $("status").textContent = "the console has lost its NATS server: what is shown may be stale";
   $("nodes").replaceChildren(...s.nodes.map((n) => el("li", { class: "camera", dataset: { node: n.name } }, [
     el("span", { class: "name", text: n.name }), " ",
     el("span", { class: `state ${n.alive ? "live" : "failed"}`, text: n.alive ? "alive" : "not alive" }),
