@@ -422,3 +422,33 @@ def test_the_dashboard_says_when_the_bus_is_away() -> None:
     assert "NATS DISCONNECTED" in frame_text(dashboard.view(model))
     model.on_bus_state("reconnected")
     assert "NATS DISCONNECTED" not in frame_text(dashboard.view(model))
+
+
+def test_records_fold_in_whatever_order_the_consumers_deliver_them() -> None:
+    """Alerts, decisions and sightings come on three consumers: a decision or a sighting may
+    arrive before its alert, a replayed alert twice; the view is the same as ``lfr alerts``'."""
+    from lfr.cluster.status import fold_alerts
+
+    alert = {"id": "a1", "person_id": "p1", "name": "P One", "score": 0.9, "camera": "door",
+             "node": "node1", "time": "2026-01-01T00:00:10.000+00:00"}
+    later = {**alert, "id": "a2", "time": "2026-01-01T00:00:20.000+00:00"}
+    decision = {"alert_id": "a1", "decision": "confirmed", "operator": "olive"}
+    sighting = {"id": "s1", "alert_id": "a1", "camera": "hall", "node": "node2",
+                "time": "2026-01-01T00:00:12.000+00:00", "score": 0.8}
+    model = ConsoleModel("dep1")
+    for what, record in (("decision", decision), ("sighting", sighting), ("alert", later),
+                         ("alert", alert), ("alert", alert), ("sighting", sighting),
+                         ("alert", {"no": "id"})):
+        model.on_record(what, msgspec.json.encode(record))
+    model.on_record("alert", b"not json")
+    view = model.view()
+    assert [a["id"] for a in view["alerts"]] == ["a2", "a1"]  # newest capture first
+    assert (view["stream_records"], view["duplicates"], model.errors) == (3, 1, 2)
+    first = view["alerts"][1]
+    assert (first["decision"], first["decided_by"]) == ("confirmed", "olive")
+    assert [s["id"] for s in first["sightings"]] == ["s1"]
+    assert model.raised_by("a1") == "node1" and model.raised_by("nope") is None
+    folded = fold_alerts([later, alert, alert], [decision], [sighting, sighting])
+    assert {a["id"]: (a["decision"], len(a["sightings"])) for a in folded["alerts"]} == {
+        "a1": ("confirmed", 1), "a2": (None, 0)}
+    assert (folded["duplicates"], folded["sighting_records"]) == (1, 2)

@@ -5,7 +5,8 @@ The console follows the deployment rather than polling it: ordered consumers on 
 ``alert``, ``decision`` and ``sighting`` subjects (from the first record, so a console started
 late shows what came before) and watchers on the nodes' and cameras' buckets. Each update is
 folded in by the same functions ``lfr status`` and ``lfr alerts`` use (lfr.cluster.status), so
-the console and those commands agree. It creates nothing on the server and publishes nothing
+the console and those commands agree; records are folded as they arrive, so drawing the console
+costs no pass over the whole stream. It creates nothing on the server and publishes nothing
 to the stream: a decision goes to the node that raised the alert (request/reply on
 ``lfrctl.<name>.decide.<node>``), which records it in its outbox and audit log and publishes
 it; the console sees it come back on the stream.
@@ -13,6 +14,7 @@ it; the console sees it come back on the stream.
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,7 @@ import anyio
 import msgspec
 
 from lfr.cluster.bus import ALERT, DECISION, SIGHTING, Bus, Names
-from lfr.cluster.status import fold_alerts, nodes_and_cameras
+from lfr.cluster.status import AlertFold, nodes_and_cameras
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -42,7 +44,8 @@ class ConsoleModel:
         self.names = Names(deployment)
         self.heartbeats: dict[str, bytes] = {}
         self.leases: dict[str, bytes] = {}
-        self.records: dict[str, list[dict[str, Any]]] = {ALERT: [], DECISION: [], SIGHTING: []}
+        self.fold = AlertFold()  # folded as they arrive: a view costs no pass over them all
+        self._by_time: list[tuple[str, str]] = []  # (time, alert id) of every alert, in order
         self.revision = 0
         self.errors = 0  # records that could not be read (counted, not shown as alerts)
         self.bus = "connected"  # or "disconnected" while the NATS connection is away
@@ -59,7 +62,14 @@ class ConsoleModel:
         if not isinstance(record, dict):
             self.errors += 1
             return
-        self.records[what].append(record)
+        known = len(self.fold.alerts)
+        try:
+            self.fold.add(what, record)
+        except KeyError:  # an alert without an id, a decision without its alert's
+            self.errors += 1
+            return
+        if len(self.fold.alerts) > known:  # a new alert (not a duplicate record of one)
+            bisect.insort(self._by_time, (str(record.get("time") or ""), str(record["id"])))
         self._bump()
 
     def on_entry(self, bucket: str, key: str, value: bytes | None, deleted: bool) -> None:
@@ -100,21 +110,17 @@ class ConsoleModel:
         ``lfr alerts --json`` shape them."""
         nodes, cameras, _ = nodes_and_cameras(self.heartbeats, self.leases,
                                               time.time() if now is None else now)
-        folded = fold_alerts(self.records[ALERT], self.records[DECISION],
-                             self.records[SIGHTING])
-        decided_by = {d.get("alert_id"): d.get("operator") for d in self.records[DECISION]}
-        alerts = sorted(folded["alerts"], key=lambda a: a["time"] or "", reverse=True)
-        for alert in alerts:
-            alert["decided_by"] = decided_by.get(alert["id"]) if alert["decision"] else None
+        fold = self.fold
+        newest = [alert_id for _, alert_id in reversed(self._by_time[-RECENT_ALERTS:])]
         return {"deployment": self.names.deployment, "bus": self.bus, "nodes": nodes,
-                "cameras": cameras,
-                "alerts": alerts[:RECENT_ALERTS], "stream_records": folded["stream_records"],
-                "duplicates": folded["duplicates"]}
+                "cameras": cameras, "alerts": [fold.entry(a) for a in newest],
+                "stream_records": fold.alert_records,
+                "duplicates": fold.alert_records - len(fold.alerts)}
 
     def raised_by(self, alert_id: str) -> str | None:
         """The node that raised ``alert_id``, as the stream says."""
-        return next((r.get("node") for r in self.records[ALERT] if r.get("id") == alert_id),
-                    None)
+        alert = self.fold.alerts.get(alert_id)
+        return str(alert["node"]) if alert is not None and alert.get("node") else None
 
 
 async def follow(bus: Bus, model: ConsoleModel) -> None:

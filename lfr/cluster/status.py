@@ -120,33 +120,71 @@ def fold_alerts(records: list[dict[str, Any]], decision_records: list[dict[str, 
     """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
     "decision", "sightings": [{"id", "camera", "node", "time", "score"}]}], "stream_records": n,
     "duplicates": n, "sighting_records": n}`` from the stream's records, each kind in stream
-    order: one entry per alert id, with its newest decision and the further sightings that
-    joined it (lfr.cluster.sightings), oldest first; ``duplicates`` counts alert records beyond
-    one per id (a sighting is not one)."""
-    decisions: dict[str, str] = {}
-    for decided in decision_records:
-        decisions[decided["alert_id"]] = decided["decision"]
-    alerts: dict[str, dict[str, Any]] = {}
-    for record in records:
-        alerts.setdefault(record["id"], {
-            key: record.get(key) for key in
-            ("id", "person_id", "name", "score", "camera", "node", "time")})
-    for alert_id, alert in alerts.items():
-        alert["decision"] = decisions.get(alert_id)
-        alert["sightings"] = []
-    seen: set[str] = set()
-    for sighting in sighting_records:
-        joined = alerts.get(sighting.get("alert_id", ""))
-        sighting_id = str(sighting.get("id"))
-        if joined is None or sighting_id in seen:
-            continue
-        seen.add(sighting_id)
-        joined["sightings"].append({key: sighting.get(key)
-                                    for key in ("id", "camera", "node", "time", "score")})
-    for alert in alerts.values():
-        alert["sightings"].sort(key=lambda s: s["time"] or "")
-    return {"alerts": list(alerts.values()), "stream_records": len(records),
-            "duplicates": len(records) - len(alerts), "sighting_records": len(sighting_records)}
+    order (see AlertFold)."""
+    fold = AlertFold()
+    for what, found in ((ALERT, records), (DECISION, decision_records),
+                        (SIGHTING, sighting_records)):
+        for record in found:
+            fold.add(what, record)
+    return fold.result()
+
+
+_ALERT_KEYS = ("id", "person_id", "name", "score", "camera", "node", "time")
+_SIGHTING_KEYS = ("id", "camera", "node", "time", "score")
+
+
+class AlertFold:
+    """The stream's alert, decision and sighting records folded one at a time, in any order
+    across kinds (``lfr alerts`` reads them all at once, ``lfr console`` as they arrive): one
+    entry per alert id (its first record), with its newest decision and the further sightings
+    that joined it (lfr.cluster.sightings), oldest first; ``duplicates`` counts alert records
+    beyond one per id (a sighting is not one)."""
+
+    def __init__(self) -> None:
+        self.alerts: dict[str, dict[str, Any]] = {}  # alert id -> its first record's fields
+        self.decisions: dict[str, dict[str, Any]] = {}  # alert id -> its newest decision
+        self.sightings: dict[str, list[dict[str, Any]]] = {}  # alert id -> those that joined
+        self.alert_records = 0
+        self.sighting_records = 0
+        self._sighting_ids: set[str] = set()
+
+    def add(self, what: str, record: dict[str, Any]) -> None:
+        """One record; KeyError for an alert without an id or a decision without an alert id
+        (nothing is folded in)."""
+        if what == ALERT:
+            alert_id = str(record["id"])
+            self.alert_records += 1
+            self.alerts.setdefault(alert_id, {key: record.get(key) for key in _ALERT_KEYS})
+        elif what == DECISION:
+            self.decisions[str(record["alert_id"])] = record
+        elif what == SIGHTING:
+            self.sighting_records += 1
+            sighting_id = str(record.get("id"))
+            if sighting_id in self._sighting_ids:
+                return
+            self._sighting_ids.add(sighting_id)
+            joined = self.sightings.setdefault(str(record.get("alert_id", "")), [])
+            joined.append({key: record.get(key) for key in _SIGHTING_KEYS})
+            joined.sort(key=lambda s: s["time"] or "")
+
+    def entry(self, alert_id: str) -> dict[str, Any]:
+        """The alert as ``lfr alerts`` shows it, with ``decided_by`` (who made its newest
+        decision, None while undecided)."""
+        decided = self.decisions.get(alert_id)
+        return {**self.alerts[alert_id],
+                "decision": decided.get("decision") if decided else None,
+                "decided_by": decided.get("operator") if decided else None,
+                "sightings": list(self.sightings.get(alert_id, ()))}
+
+    def result(self) -> dict[str, Any]:
+        alerts = []
+        for alert_id in self.alerts:
+            entry = self.entry(alert_id)
+            del entry["decided_by"]
+            alerts.append(entry)
+        return {"alerts": alerts, "stream_records": self.alert_records,
+                "duplicates": self.alert_records - len(self.alerts),
+                "sighting_records": self.sighting_records}
 
 
 async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:
