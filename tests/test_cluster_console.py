@@ -452,3 +452,23 @@ def test_records_fold_in_whatever_order_the_consumers_deliver_them() -> None:
     assert {a["id"]: (a["decision"], len(a["sightings"])) for a in folded["alerts"]} == {
         "a1": ("confirmed", 1), "a2": (None, 0)}
     assert (folded["duplicates"], folded["sighting_records"]) == (1, 2)
+
+
+def test_the_console_command_names_what_is_wrong(nats_server: NatsServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import lfr.cli.cluster
+    from lfr.cli import main
+    from tests.natsserver import free_port
+
+    users = ["--users-file", str(tmp_path / "users.json")]
+    assert main(["console", "--nats", nats_server.url, "--deployment", "dep1", *users]) == 2
+    assert "--dashboard" in capsys.readouterr().err
+    assert main(["console", "--nats", nats_server.url, "--deployment", "never", "--web",
+                 "127.0.0.1:0", *users]) == 2
+    assert "no deployment 'never'" in capsys.readouterr().err
+    monkeypatch.setattr(lfr.cli.cluster, "FIRST_CONNECT_S", 1.0)
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    assert main(["console", "--nats", nowhere, "--deployment", "dep1", "--web",
+                 "127.0.0.1:0", *users]) == 2
+    assert f"NATS at {nowhere}: no server answered" in capsys.readouterr().err

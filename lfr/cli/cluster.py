@@ -414,6 +414,9 @@ def register(sub: Any) -> None:
         parser.set_defaults(func=func)
 
 
+FIRST_CONNECT_S = 15.0
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     """``lfr console``: the operator's dashboard (``--dashboard``) and the browser viewer
     (``--web HOST:PORT``) over a deployment spread over nodes, fed by its bus."""
@@ -455,8 +458,15 @@ def cmd_console(args: argparse.Namespace) -> int:
     model = ConsoleModel(args.deployment)
 
     async def run() -> None:
-        nc = await connect(args.nats, "lfr-console", credentials=credentials,
-                           on_state=model.on_bus_state)
+        # It reconnects for ever once connected; the first connection is given a bound, so
+        # a wrong address is an error rather than a silent wait.
+        try:
+            with anyio.fail_after(FIRST_CONNECT_S):
+                nc = await connect(args.nats, "lfr-console", credentials=credentials,
+                                   on_state=model.on_bus_state)
+        except TimeoutError:
+            raise UserError(f"NATS at {args.nats}: no server answered within "
+                            f"{FIRST_CONNECT_S:.0f} s") from None
         try:
             bus = await Bus(nc, names).bind()
 
