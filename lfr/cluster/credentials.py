@@ -173,8 +173,10 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
                    f"$KV.{names.open_alerts_bucket}.>", *shared]
         deny = _DENIED_API
         subscribe.append(names.decide(user))  # decisions on its own alerts, from consoles
+        subscribe.append(names.viewer(user))  # browsers' video offers for its cameras
     else:
-        publish, deny = [*shared, names.decide("*")], [*_DENIED_API, f"lfr.{d}.>"]
+        publish = [*shared, names.decide("*"), names.viewer("*")]
+        deny = [*_DENIED_API, f"lfr.{d}.>"]
     # allow_responses: a node answers the consoles' requests, and nothing else of theirs.
     return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe},
             "allow_responses": role == "node"}

@@ -29,6 +29,7 @@ from lfr.cluster.gate import GatedRegistry
 from lfr.cluster.leases import CameraLeases, Heartbeat
 from lfr.cluster.publisher import Publisher
 from lfr.cluster.sightings import OpenAlerts
+from lfr.cluster.viewer import NodeViewers
 from lfr.cluster.watchlist import Version
 from lfr.config import Config, WatchlistConfig
 from lfr.deployment import Deployment, DeploymentView, RunSummary
@@ -109,6 +110,7 @@ class Node:
         self._beat_now = anyio.Event()
         self._cameras_done = False  # stopping: no deployment runs again in this process
         self._data_key: DataKey | None = None  # loaded when the node joins
+        self._viewers = NodeViewers(config)  # browsers watching its cameras (lfr console --web)
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -150,9 +152,12 @@ class Node:
                     tg.start_soon(self._follow_watchlist, bus)
                     decisions = await nc.subscribe(self.names.decide(self.name),
                                                    cb=self._decide)
+                    viewers = await nc.subscribe(self.names.viewer(self.name),
+                                                 cb=self._viewers.answer)
                     await self._run_cameras(leases, GatedRegistry(self._registry, outbox))
                     self._cameras_done = True
                     await decisions.unsubscribe()
+                    await viewers.unsubscribe()
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
                     await self._beat(bus, leases, outbox, stopping=True)
@@ -189,8 +194,8 @@ class Node:
                                    "people": self._version.people}
             self._beat_now.set()
             try:
-                summary = await deployment.run(handle_signals=False,
-                                               services=[self._until_changed])
+                summary = await deployment.run(
+                    handle_signals=False, services=[self._until_changed, self._viewers.feed])
             finally:
                 self._deployment = None
             self._running = set()

@@ -33,33 +33,9 @@ async def entries(kv: Any) -> dict[str, bytes]:
 
 async def read_status(bus: Bus) -> dict[str, Any]:
     """``{"deployment", "nodes": [{"name", "alive", "cameras", "last_seen", ...}], "cameras":
-    [{"name", "node", "state"}], "watchlist": {...}}``. A camera is ``running`` when a live
-    node holds its lease and reports it running, ``starting`` when leased but not yet running,
-    ``unassigned`` otherwise (no lease, released, or its node not alive)."""
-    now = time.time()
-    nodes = []
-    running: dict[str, str] = {}
-    alive_names = set()
-    watchlists = []
-    for name, value in sorted((await entries(bus.nodes)).items()):
-        beat = decode_heartbeat(value)
-        if beat is None:
-            continue
-        alive = is_alive(beat, now)
-        nodes.append({"name": name, "alive": alive, "cameras": beat.cameras if alive else [],
-                      "last_seen": utc_iso(beat.time), "capacity": beat.capacity,
-                      "unpublished": beat.unpublished})
-        if alive:
-            alive_names.add(name)
-            running.update({camera: name for camera in beat.cameras})
-            watchlists.append({"node": name, **beat.watchlist})
-    cameras = []
-    for camera, value in sorted((await entries(bus.cameras)).items()):
-        lease = decode_lease(value)
-        holder = lease.node if lease is not None and lease.node in alive_names else None
-        state = ("running" if holder and running.get(camera) == holder
-                 else "starting" if holder else "unassigned")
-        cameras.append({"name": camera, "node": holder, "state": state})
+    [{"name", "node", "state"}], "watchlist": {...}}`` (see `nodes_and_cameras`)."""
+    nodes, cameras, watchlists = nodes_and_cameras(
+        await entries(bus.nodes), await entries(bus.cameras), time.time())
     from lfr.cluster.watchlist import current
 
     version, _ = await current(bus)
@@ -72,6 +48,40 @@ async def read_status(bus: Bus) -> dict[str, Any]:
     watchlist["nodes"] = {w["node"]: w.get("version") for w in watchlists}
     return {"deployment": bus.names.deployment, "nodes": nodes, "cameras": cameras,
             "watchlist": watchlist}
+
+
+def nodes_and_cameras(heartbeats: dict[str, bytes], leases: dict[str, bytes], now: float
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                 list[dict[str, Any]]]:
+    """The nodes and cameras as the buckets' values say at wall time ``now`` (``lfr status``
+    reads them once, ``lfr console`` follows them), and the watchlist each live node runs.
+    A camera is ``running`` when a live node holds its lease and reports it running,
+    ``starting`` when leased but not yet running, ``unassigned`` otherwise (no lease,
+    released, or its node not alive)."""
+    nodes = []
+    running: dict[str, str] = {}
+    alive_names = set()
+    watchlists = []
+    for name, value in sorted(heartbeats.items()):
+        beat = decode_heartbeat(value)
+        if beat is None:
+            continue
+        alive = is_alive(beat, now)
+        nodes.append({"name": name, "alive": alive, "cameras": beat.cameras if alive else [],
+                      "last_seen": utc_iso(beat.time), "capacity": beat.capacity,
+                      "unpublished": beat.unpublished})
+        if alive:
+            alive_names.add(name)
+            running.update({camera: name for camera in beat.cameras})
+            watchlists.append({"node": name, **beat.watchlist})
+    cameras = []
+    for camera, value in sorted(leases.items()):
+        lease = decode_lease(value)
+        holder = lease.node if lease is not None and lease.node in alive_names else None
+        state = ("running" if holder and running.get(camera) == holder
+                 else "starting" if holder else "unassigned")
+        cameras.append({"name": camera, "node": holder, "state": state})
+    return nodes, cameras, watchlists
 
 
 async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
@@ -98,39 +108,83 @@ async def stream_messages(bus: Bus, what: str) -> list[tuple[str, bytes]]:
 
 
 async def read_alerts(bus: Bus) -> dict[str, Any]:
+    """The deployment's alerts with their decisions and sightings (see `fold_alerts`)."""
+    return fold_alerts(
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)],
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, DECISION)],
+        [msgspec.json.decode(data) for _, data in await stream_messages(bus, SIGHTING)])
+
+
+def fold_alerts(records: list[dict[str, Any]], decision_records: list[dict[str, Any]],
+                sighting_records: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"alerts": [{"id", "person_id", "name", "score", "camera", "node", "time",
     "decision", "sightings": [{"id", "camera", "node", "time", "score"}]}], "stream_records": n,
-    "duplicates": n, "sighting_records": n}``: one entry per alert id, with its newest decision
-    and the further sightings that joined it (lfr.cluster.sightings), oldest first;
-    ``duplicates`` counts alert records beyond one per id (a sighting is not one)."""
-    records = [msgspec.json.decode(data) for _, data in await stream_messages(bus, ALERT)]
-    decisions: dict[str, str] = {}
-    for _, data in await stream_messages(bus, DECISION):
-        decided = msgspec.json.decode(data)
-        decisions[decided["alert_id"]] = decided["decision"]
-    alerts: dict[str, dict[str, Any]] = {}
-    for record in records:
-        alerts.setdefault(record["id"], {
-            key: record.get(key) for key in
-            ("id", "person_id", "name", "score", "camera", "node", "time")})
-    for alert_id, alert in alerts.items():
-        alert["decision"] = decisions.get(alert_id)
-        alert["sightings"] = []
-    seen: set[str] = set()
-    sightings = 0
-    for _, data in await stream_messages(bus, SIGHTING):
-        sighting = msgspec.json.decode(data)
-        sightings += 1
-        joined = alerts.get(sighting.get("alert_id", ""))
-        if joined is None or sighting.get("id") in seen:
-            continue
-        seen.add(sighting.get("id"))
-        joined["sightings"].append({key: sighting.get(key)
-                                    for key in ("id", "camera", "node", "time", "score")})
-    for alert in alerts.values():
-        alert["sightings"].sort(key=lambda s: s["time"] or "")
-    return {"alerts": list(alerts.values()), "stream_records": len(records),
-            "duplicates": len(records) - len(alerts), "sighting_records": sightings}
+    "duplicates": n, "sighting_records": n}`` from the stream's records, each kind in stream
+    order (see AlertFold)."""
+    fold = AlertFold()
+    for what, found in ((ALERT, records), (DECISION, decision_records),
+                        (SIGHTING, sighting_records)):
+        for record in found:
+            fold.add(what, record)
+    return fold.result()
+
+
+_ALERT_KEYS = ("id", "person_id", "name", "score", "camera", "node", "time")
+_SIGHTING_KEYS = ("id", "camera", "node", "time", "score")
+
+
+class AlertFold:
+    """The stream's alert, decision and sighting records folded one at a time, in any order
+    across kinds (``lfr alerts`` reads them all at once, ``lfr console`` as they arrive): one
+    entry per alert id (its first record), with its newest decision and the further sightings
+    that joined it (lfr.cluster.sightings), oldest first; ``duplicates`` counts alert records
+    beyond one per id (a sighting is not one)."""
+
+    def __init__(self) -> None:
+        self.alerts: dict[str, dict[str, Any]] = {}  # alert id -> its first record's fields
+        self.decisions: dict[str, dict[str, Any]] = {}  # alert id -> its newest decision
+        self.sightings: dict[str, list[dict[str, Any]]] = {}  # alert id -> those that joined
+        self.alert_records = 0
+        self.sighting_records = 0
+        self._sighting_ids: set[str] = set()
+
+    def add(self, what: str, record: dict[str, Any]) -> None:
+        """One record; KeyError for an alert without an id or a decision without an alert id
+        (nothing is folded in)."""
+        if what == ALERT:
+            alert_id = str(record["id"])
+            self.alert_records += 1
+            self.alerts.setdefault(alert_id, {key: record.get(key) for key in _ALERT_KEYS})
+        elif what == DECISION:
+            self.decisions[str(record["alert_id"])] = record
+        elif what == SIGHTING:
+            self.sighting_records += 1
+            sighting_id = str(record.get("id"))
+            if sighting_id in self._sighting_ids:
+                return
+            self._sighting_ids.add(sighting_id)
+            joined = self.sightings.setdefault(str(record.get("alert_id", "")), [])
+            joined.append({key: record.get(key) for key in _SIGHTING_KEYS})
+            joined.sort(key=lambda s: s["time"] or "")
+
+    def entry(self, alert_id: str) -> dict[str, Any]:
+        """The alert as ``lfr alerts`` shows it, with ``decided_by`` (who made its newest
+        decision, None while undecided)."""
+        decided = self.decisions.get(alert_id)
+        return {**self.alerts[alert_id],
+                "decision": decided.get("decision") if decided else None,
+                "decided_by": decided.get("operator") if decided else None,
+                "sightings": list(self.sightings.get(alert_id, ()))}
+
+    def result(self) -> dict[str, Any]:
+        alerts = []
+        for alert_id in self.alerts:
+            entry = self.entry(alert_id)
+            del entry["decided_by"]
+            alerts.append(entry)
+        return {"alerts": alerts, "stream_records": self.alert_records,
+                "duplicates": self.alert_records - len(self.alerts),
+                "sighting_records": self.sighting_records}
 
 
 async def audit_records_by_node(bus: Bus) -> dict[str, list[dict[str, Any]]]:

@@ -580,26 +580,33 @@ class WebService:
         return _json(data)
 
     async def _offer(self, request: web.Request) -> web.Response:
-        principal: Principal = request[PRINCIPAL]
-        if not principal.may("watch_video"):
-            return _error(403, f"{principal.name} is an {principal.role}: auditors read the "
-                          "record (alerts, counts); live video is for operators and supervisors")
         try:
             body = await request.json()
         except ValueError:
             body = None
+        status, answer = await self.answer_offer(request[PRINCIPAL], body)
+        return _json(answer, status)
+
+    async def answer_offer(self, principal: Principal, body: Any) -> tuple[int, dict[str, Any]]:
+        """A browser's WebRTC offer ``{sdp, type, camera}`` for ``principal`` -> (HTTP status,
+        the answer ``{sdp, type, viewer}`` or ``{error}``): a peer connection whose video
+        track is the camera's. The page's own request, or one a console carried over NATS to
+        the node that runs the camera (lfr.cluster.viewer)."""
+        if not principal.may("watch_video"):
+            return 403, {"error": f"{principal.name} is an {principal.role}: auditors read the "
+                         "record (alerts, counts); live video is for operators and supervisors"}
         if not isinstance(body, dict) or not all(
             isinstance(body.get(k), str) for k in ("sdp", "type", "camera")
         ):
-            return _error(400, "expected a JSON body {sdp, type, camera}")
+            return 400, {"error": "expected a JSON body {sdp, type, camera}"}
         if body["type"] != "offer":
-            return _error(400, f"type: expected 'offer', got {body['type']!r}")
+            return 400, {"error": f"type: expected 'offer', got {body['type']!r}"}
         try:
             track = self.open_viewer(body["camera"])
         except KeyError as exc:
-            return _error(404, str(exc.args[0]))
+            return 404, {"error": str(exc.args[0])}
         except TooManyViewers as exc:
-            return _error(429, str(exc))
+            return 429, {"error": str(exc)}
         servers = [RTCIceServer(urls=url) for url in self.config.stun_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         viewer_id = track.viewer_id
@@ -622,10 +629,10 @@ class WebService:
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             await self.close_viewer(viewer_id)
-            return _error(400, f"cannot answer this offer: {exc}")
+            return 400, {"error": f"cannot answer this offer: {exc}"}
         log.info("viewer %s on camera %s", viewer_id, track.feed.camera)
         answer = pc.localDescription
-        return _json({"sdp": answer.sdp, "type": answer.type, "viewer": viewer_id})
+        return 200, {"sdp": answer.sdp, "type": answer.type, "viewer": viewer_id}
 
     async def _close(self, request: web.Request) -> web.Response:
         closed = await self.close_viewer(request.match_info["viewer_id"])
@@ -725,25 +732,32 @@ class WebService:
         """Serve ``deployment`` until cancelled. Frames and alerts come from its broadcast
         channels: a viewer that lags loses the oldest items of its own buffer, and the matcher
         never waits for it."""
+        self.attach(deployment)  # before listening: the announcement names its operator
+        runner = web.AppRunner(
+            self.make_app(),
+            access_log_class=_AccessLogger,
+            access_log=logging.getLogger("lfr.web.access"),
+            shutdown_timeout=2.0,
+        )
+        await runner.setup()
+        try:
+            await self._listen(runner)
+            deployment.record_setting(Kind.WEB_SETTINGS, self.settings())
+            await self.feed(deployment)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self.aclose()
+                await runner.cleanup()
+
+    async def feed(self, deployment: DeploymentView) -> None:
+        """Take ``deployment``'s frames and alerts for the viewers until cancelled (``run``
+        does this beside its HTTP server; a node of a deployment spread over nodes does it
+        alone, its viewers' offers coming over NATS)."""
         self.attach(deployment)
         with deployment.subscribe_frames() as frames, deployment.subscribe_alerts() as alerts:
-            runner = web.AppRunner(
-                self.make_app(),
-                access_log_class=_AccessLogger,
-                access_log=logging.getLogger("lfr.web.access"),
-                shutdown_timeout=2.0,
-            )
-            await runner.setup()
-            try:
-                await self._listen(runner)
-                deployment.record_setting(Kind.WEB_SETTINGS, self.settings())
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._take_frames, frames)
-                    tg.start_soon(self._take_alerts, alerts)
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await self.aclose()
-                    await runner.cleanup()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._take_frames, frames)
+                tg.start_soon(self._take_alerts, alerts)
 
     async def _listen(self, runner: web.AppRunner) -> None:
         await self.listening.start(runner, self.ssl_context)
