@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
+import anyio.lowlevel
 from msgspec import Meta
 
 from lfr.api import SourceBackendSettings
@@ -44,7 +45,7 @@ class ReplaySource:
                 await anyio.sleep(max(0.0, origin_mono + offset - time.monotonic()))
                 wall, mono = time.time(), time.monotonic()
             else:
-                await anyio.sleep(0)  # a checkpoint: stop() and cancellation get through
+                await anyio.lowlevel.checkpoint()  # stop() and cancellation get through
                 wall, mono = origin_wall + offset, origin_mono + offset
             yield Frame(camera=self.name, index=n, wall_time=wall, mono_time=mono,
                         image=encode_frame(s.start + n, s.width, s.height))
