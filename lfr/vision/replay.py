@@ -145,8 +145,12 @@ def load_replay(path: Path) -> ReplayFile:
 @functools.lru_cache(maxsize=8)
 def _load(path: Path, stamp: int) -> ReplayFile:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            contents = {key: data[key] for key in data.files}
+        with path.open("rb") as stream:
+            data = np.load(stream, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("one array, not an .npz archive")
+            with data:
+                contents = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReplayError(f"replay {path}: not a replay file ({exc})") from exc
     missing = [key for key in (*TEXTS, *ARRAYS, "fps", "size") if key not in contents]
