@@ -125,7 +125,7 @@ async def wait_for(check: Any, timeout_s: float, what: str,
 async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n_nodes: int,
                    n_cameras: int, args: argparse.Namespace) -> dict[str, Any]:
     config, deployment = write_config(folder, source, info, n_nodes, n_cameras, args)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LFR_KEY_DIR": str(folder / "keys")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # LFR_KEY_DIR: the bundle's (run_replay)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     nc = await connect(url, "bench")
     bus = await Bus(nc, Names(deployment)).open(duplicate_window_s=600)
@@ -135,7 +135,7 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
         for i in range(n_nodes):
             name = f"node{i:02d}"
             with (folder / f"{name}.log").open("ab") as log:
-                processes[name] = subprocess.Popen(
+                processes[name] = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
                     [sys.executable, "-m", "lfr.cli", "node", str(config), "--nats", url,
                      "--node", name], cwd=folder, env=env, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=log)
@@ -218,5 +218,7 @@ async def run_async(args: argparse.Namespace, info: dict[str, Any]) -> list[dict
 
 def run_replay(args: argparse.Namespace) -> list[dict[str, Any]]:
     args.replay.mkdir(parents=True, exist_ok=True)
+    # The bench's own key, never the user's: the bundle is sealed with it and the nodes open it.
+    os.environ["LFR_KEY_DIR"] = str(args.replay.resolve() / "keys")
     info = prepare(args.replay.resolve(), args.dataset)
     return asyncio.run(run_async(args, info))
