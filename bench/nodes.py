@@ -256,6 +256,9 @@ def print_replay(args: argparse.Namespace, results: list[dict[str, Any]]) -> Non
     print(f"{'nodes':>5} {'cameras':>7} {'spread s':>8} {'cpu':>5} {'alerts/s':>8} "
           f"{'failover s':>10} {'/lease':>6} {'dup':>4}")
     for r in results:
+        if "error" in r:
+            print(f"{r['nodes']:>5} {r['cameras']:>7} {r['error']}")
+            continue
         print(f"{r['nodes']:>5} {r['cameras']:>7} {r['spread_s']:>8} {r['node_cpu_cores']:>5} "
               f"{r['alerts_per_s']:>8} {r['failover_s']:>10} {r['failover_over_lease']:>6} "
               f"{r['duplicates']:>4}")

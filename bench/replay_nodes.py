@@ -206,8 +206,13 @@ async def run_async(args: argparse.Namespace, info: dict[str, Any]) -> list[dict
             await asyncio.sleep(1.0)
             for size in args.sizes.split(","):
                 n_nodes, n_cameras = (int(v) for v in size.split("x"))
-                result = await one_size(f"nats://127.0.0.1:{port}", folder,
-                                        args.replay.resolve(), info, n_nodes, n_cameras, args)
+                try:
+                    result = await one_size(f"nats://127.0.0.1:{port}", folder,
+                                            args.replay.resolve(), info, n_nodes, n_cameras,
+                                            args)
+                except RuntimeError as exc:  # did not settle on this machine: say so, go on
+                    result = {"nodes": n_nodes, "cameras": n_cameras,
+                              "error": str(exc).splitlines()[0]}
                 print(json.dumps(result), file=sys.stderr)
                 results.append(result)
         finally:

@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from bundles import vector_bundle
+from natsserver import NatsServer
 from paths import LFW, REPO
+from test_cluster_nodes import Nodes, wait_until
 from walks import SMALL_WALK
 
 from lfr.api import BuildContext, ConfigError
 from lfr.cli.plugins import load_registry
-from lfr.config import parse_config
+from lfr.cli.watchlist import prepare_watchlist
+from lfr.cluster import status as cluster_status
+from lfr.config import load_config, parse_config
 from lfr.deployment import Deployment, run_following
 from lfr.messages import Detection
 from lfr.pipeline.wiring import build_analyzer, build_parts
@@ -137,6 +143,20 @@ def test_bad_replay_files_are_named(replay_file, tmp_path) -> None:
         ReplayEmbedder(load_replay(replay_file[0])).embed([np.zeros((112, 112, 3), np.uint8)])
 
 
+def test_make_replay_takes_a_dataset_video_only(replay_file, tmp_path) -> None:
+    replay = load_replay(replay_file[0])
+    analyzer = FaceAnalyzer(ReplayDetector(replay), ReplayEmbedder(replay))
+    for live in ("rtsp://camera.local/stream1", str(tmp_path / "absent.mp4")):
+        with pytest.raises(ValueError, match="never from a live stream"):
+            make_replay(Path(live) if "://" not in live else live, analyzer,  # type: ignore[arg-type]
+                        tmp_path / "out.npz")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(ValueError, match="real models, not from another replay"):
+        make_replay(video, analyzer, tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_a_bundle_from_another_embedder_is_refused(replay_file, tmp_path) -> None:
     path, _ = replay_file
     vector_bundle(tmp_path / "bundle", ["ann"], np.eye(1, 16, dtype=np.float32))  # embedder "e"
@@ -150,39 +170,107 @@ def test_a_bundle_from_another_embedder_is_refused(replay_file, tmp_path) -> Non
         build_parts(config, load_registry())
 
 
-def test_replay_raises_the_alerts_the_models_raise(tmp_path) -> None:
-    """A small walk-past from lfw-dev: the deployment with the real models, then the replay made
-    from the same video with the same models: the same alerts, person, frame and score."""
-    walk = tmp_path / "walk"
-    made = make_walkpast(LFW, walk, **{**SMALL_WALK, "passers": 14, "watchlisted": 5, "seed": 3})
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small walk-past from lfw-dev, its bundle and the alerts of a deployment running the real
+    models on it, then the replay made from the same video with the same models."""
+    folder = tmp_path_factory.mktemp("walk")
+    made = make_walkpast(LFW, folder, **{**SMALL_WALK, "passers": 14, "watchlisted": 5,
+                                          "seed": 3})
     registry = load_registry()
-    from lfr.cli.watchlist import prepare_watchlist
-    from lfr.config import load_config
-
-    real = load_config(walk / "walkpast.toml")
+    real = load_config(folder / "walkpast.toml")
     analyzer = prepare_watchlist(real, True, registry)  # builds the bundle with the real models
     assert analyzer is not None
     _, raised = run_following(Deployment(real, registry, offline=True, once=True,
                                          analyzer=analyzer), lambda reports: None)
-    replay = walk / "walkpast.replay.npz"
-    summary = make_replay(walk / "walkpast.mp4", analyzer, replay, "yunet")
+    replay = folder / "walkpast.replay.npz"
+    summary = make_replay(folder / "walkpast.mp4", analyzer, replay, "yunet")
     assert summary["frames"] == made["frames"]
-    replayed_config = parse_config({
-        "name": "replayed", "data_dir": str(tmp_path / "replayed"),
-        "watchlist": {"bundle": str(walk / "bundle")},
-        "detector": {"kind": "replay", "file": str(replay), "loop": False},
-        "embedder": {"kind": "replay", "file": str(replay)},
+    return {"folder": folder, "replay": replay, "frames": summary["frames"], "alerts": raised,
+            "threshold": real.matching.threshold}
+
+
+def replay_sections(walk: dict[str, Any]) -> dict[str, Any]:
+    return {"watchlist": {"bundle": str(walk["folder"] / "bundle")},
+            "detector": {"kind": "replay", "file": str(walk["replay"])},
+            "embedder": {"kind": "replay", "file": str(walk["replay"])},
+            "matching": {"threshold": walk["threshold"]}}
+
+
+@pytest.mark.slow
+def test_replay_raises_the_alerts_the_models_raise(walk, tmp_path) -> None:
+    config = parse_config({
+        "name": "replayed", "data_dir": str(tmp_path / "replayed"), **replay_sections(walk),
         "cameras": [{"kind": "replay", "name": "walkpast", "fps": SMALL_WALK["fps"],
                      "width": SMALL_WALK["width"], "height": SMALL_WALK["height"],
-                     "frames": summary["frames"], "realtime": False}],
+                     "frames": walk["frames"], "realtime": False}],
         "notifiers": [{"kind": "jsonl"}],
-        "matching": {"threshold": real.matching.threshold},
     }, "<test>")
-    _, replayed = run_following(Deployment(replayed_config, registry, offline=True, once=True),
+    _, replayed = run_following(Deployment(config, load_registry(), offline=True, once=True),
                                 lambda reports: None)
 
-    def key(alerts: list) -> list:
+    def key(alerts: list[Any]) -> list[Any]:
         return sorted((a.person_id, a.camera, a.frame_index, round(a.score, 5)) for a in alerts)
 
-    assert len(raised) >= 2  # the walk-past does alert on listed people
-    assert key(replayed) == key(raised)
+    assert len(walk["alerts"]) >= 2  # the walk-past does alert on listed people
+    assert key(replayed) == key(walk["alerts"])
+
+
+@pytest.mark.slow
+def test_two_nodes_with_the_replay_detector_alert_on_the_same_people(walk, tmp_path) -> None:
+    """Two `lfr node` processes on a real nats-server share two replay cameras playing the
+    walk-past in real time: the stream holds alerts on exactly the people the models alerted."""
+    server = NatsServer(tmp_path / "nats-store")
+    server.start()
+    sections = replay_sections(walk)
+    cameras = "".join(f"""
+[[cameras]]
+kind = "replay"
+name = "cam{i}"
+fps = {SMALL_WALK['fps']}
+width = {SMALL_WALK['width']}
+height = {SMALL_WALK['height']}
+""" for i in range(2))
+    config = tmp_path / "site.toml"
+    config.write_text(f"""
+name = "replaysite"
+data_dir = "data"
+operator = "tester"
+
+[watchlist]
+bundle = "{sections['watchlist']['bundle']}"
+
+[detector]
+kind = "replay"
+file = "{walk['replay']}"
+
+[embedder]
+kind = "replay"
+file = "{walk['replay']}"
+
+[matching]
+threshold = {walk['threshold']}
+{cameras}""")
+    nodes = Nodes(config, server.url)
+    expected = {a.person_id for a in walk["alerts"]}
+
+    def people() -> set[str]:
+        try:
+            found = cluster_status.alerts(server.url, "replaysite")
+        except Exception:  # the stream not created yet
+            return set()
+        return {a["person_id"] for a in found["alerts"]}
+
+    try:
+        nodes.start("n1")
+        nodes.start("n2")
+        # One loop of the walk-past is frames / fps seconds; the nodes start first.
+        wait_until(lambda: people() >= expected, 60 + walk["frames"] / SMALL_WALK["fps"],
+                   "alerts on every person the models alerted", nodes)
+        found = cluster_status.alerts(server.url, "replaysite")
+        assert {a["person_id"] for a in found["alerts"]} == expected
+        assert {a["node"] for a in found["alerts"]} == {"n1", "n2"}  # each runs a camera
+        assert found["duplicates"] == 0
+    finally:
+        nodes.stop_all()
+        server.stop(signal.SIGKILL)

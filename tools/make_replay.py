@@ -38,6 +38,9 @@ from lfr.vision.replay import StoredFace, save_replay  # noqa: E402
 def make_replay(video: Path, analyzer: FaceAnalyzer, out: Path,
                 detector_kind: str = "") -> dict[str, Any]:
     """Decode ``video`` (as lfr's camera does: PyAV, BGR) and store every frame's faces."""
+    if "://" in str(video) or not Path(video).is_file():
+        raise ValueError(f"{video}: a replay is made from a dataset's video file, never from a "
+                         "live stream or a camera")
     if analyzer.detector.name == "replay":
         raise ValueError("a replay is made with the real models, not from another replay")
     frames: list[list[StoredFace]] = []
