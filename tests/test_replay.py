@@ -148,8 +148,7 @@ def test_make_replay_takes_a_dataset_video_only(replay_file, tmp_path) -> None:
     analyzer = FaceAnalyzer(ReplayDetector(replay), ReplayEmbedder(replay))
     for live in ("rtsp://camera.local/stream1", str(tmp_path / "absent.mp4")):
         with pytest.raises(ValueError, match="never from a live stream"):
-            make_replay(Path(live) if "://" not in live else live, analyzer,  # type: ignore[arg-type]
-                        tmp_path / "out.npz")
+            make_replay(live, analyzer, tmp_path / "out.npz")
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
     with pytest.raises(ValueError, match="real models, not from another replay"):

@@ -35,7 +35,7 @@ from lfr.vision.quality import sharpness_of  # noqa: E402
 from lfr.vision.replay import StoredFace, save_replay  # noqa: E402
 
 
-def make_replay(video: Path, analyzer: FaceAnalyzer, out: Path,
+def make_replay(video: Path | str, analyzer: FaceAnalyzer, out: Path,
                 detector_kind: str = "") -> dict[str, Any]:
     """Decode ``video`` (as lfr's camera does: PyAV, BGR) and store every frame's faces."""
     if "://" in str(video) or not Path(video).is_file():
@@ -43,6 +43,7 @@ def make_replay(video: Path, analyzer: FaceAnalyzer, out: Path,
                          "live stream or a camera")
     if analyzer.detector.name == "replay":
         raise ValueError("a replay is made with the real models, not from another replay")
+    video = Path(video)
     frames: list[list[StoredFace]] = []
     started = time.perf_counter()
     with av.open(str(video)) as container:
@@ -70,7 +71,7 @@ def make_replay(video: Path, analyzer: FaceAnalyzer, out: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("video", type=Path, help="a video made from a dataset (make_walkpast.py)")
+    parser.add_argument("video", help="a video made from a dataset (make_walkpast.py)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="the replay file (.npz)")
     parser.add_argument("--config", type=Path, help="its [detector] and [embedder] (default: "
                         "lfr's)")
@@ -81,8 +82,12 @@ def main() -> None:
     from lfr.pipeline.wiring import build_analyzer
 
     config = load_config(args.config) if args.config else default_config("replay")
-    summary = make_replay(args.video, build_analyzer(config, load_registry()), args.out,
-                          str(config.detector.get("kind", "")))
+    try:
+        summary = make_replay(args.video, build_analyzer(config, load_registry()), args.out,
+                              str(config.detector.get("kind", "")))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.json:
         print(json.dumps(summary))
     else:
