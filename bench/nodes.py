@@ -18,6 +18,23 @@ pipeline (no video is decoded, no model runs: the vision side is measured by ben
 
 Numbers depend on the machine (the development box has 2 shared cores: 20 nodes there share
 them with the server); compare sizes within one run.
+
+With ``--replay DIR``, the nodes are real ``lfr node`` processes running the whole camera
+pipeline (camera, detector, matcher, tracker, outbox, publisher) with the replay detector: faces
+and embeddings computed offline by the real models from a walk-past composed from a dataset
+(lfw-dev by default), played back by cameras of kind "replay" (lfr.vision.replay). DIR caches
+the walk-past, its watchlist bundle and the replay file (made on first use, about a minute).
+
+    .venv/bin/python bench/nodes.py --replay /tmp/lfr-replay [--sizes 2x10,...] [--fps 2]
+                                    [--window 20] [--lease 10] [--heartbeat 2] [--json]
+
+- spread: seconds from launching the processes (their start-up included) until every camera
+  runs and no node runs more than its share.
+- alerts/s: alert records that reached the deployment's stream per second, over --window
+  seconds of the cameras running (each camera loops the walk-past at --fps, from its own
+  starting frame).
+- failover: the last node is killed with SIGKILL; seconds until every camera it ran runs on
+  another node (floor: --lease).
 """
 
 from __future__ import annotations
@@ -193,10 +210,28 @@ def main() -> None:
     parser.add_argument("--sizes", default="2x10,5x50,10x100,20x200",
                         help="NODESxCAMERAS, comma-separated")
     parser.add_argument("--alerts", type=int, default=2000, help="alerts published per size")
-    parser.add_argument("--lease", type=float, default=5.0, help="lease_s (default 5)")
-    parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat_s (default 1)")
+    parser.add_argument("--lease", type=float, help="lease_s (default 5; 10 with --replay)")
+    parser.add_argument("--heartbeat", type=float,
+                        help="heartbeat_s (default 1; 2 with --replay)")
+    parser.add_argument("--replay", type=Path, metavar="DIR",
+                        help="run real `lfr node` processes with the replay detector; DIR keeps "
+                        "the walk-past, bundle and replay file (made on first use)")
+    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared/data/lfw-dev",
+                        help="--replay: the folder-per-person dataset the walk-past is made of")
+    parser.add_argument("--fps", type=float, default=2.0, help="--replay: each camera's fps")
+    parser.add_argument("--window", type=float, default=20.0,
+                        help="--replay: seconds over which alerts are counted")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args()
+    replay = args.replay is not None
+    args.lease = args.lease or (10.0 if replay else 5.0)
+    args.heartbeat = args.heartbeat or (2.0 if replay else 1.0)
+    if replay:
+        from replay_nodes import run_replay  # bench/replay_nodes.py
+
+        results = run_replay(args)
+        print_replay(args, results)
+        return
     results = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps({"lease_s": args.lease, "heartbeat_s": args.heartbeat,
@@ -209,6 +244,24 @@ def main() -> None:
             print(f"{r['nodes']:>5} {r['cameras']:>7} {r['spread_s']:>8} "
                   f"{r['alerts_per_s']:>8} {r['failover_s']:>10} "
                   f"{r['failover_over_lease']:>6}")
+
+
+def print_replay(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    if args.json:
+        print(json.dumps({"mode": "replay", "lease_s": args.lease, "heartbeat_s": args.heartbeat,
+                          "fps": args.fps, "window_s": args.window, "sizes": results}))
+        return
+    print(f"lfr node processes, replay detector; lease {args.lease:g} s, heartbeat "
+          f"{args.heartbeat:g} s, cameras at {args.fps:g} fps, alerts over {args.window:g} s")
+    print(f"{'nodes':>5} {'cameras':>7} {'spread s':>8} {'cpu':>5} {'alerts/s':>8} "
+          f"{'failover s':>10} {'/lease':>6} {'dup':>4}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['nodes']:>5} {r['cameras']:>7} {r['error']}")
+            continue
+        print(f"{r['nodes']:>5} {r['cameras']:>7} {r['spread_s']:>8} {r['node_cpu_cores']:>5} "
+              f"{r['alerts_per_s']:>8} {r['failover_s']:>10} {r['failover_over_lease']:>6} "
+              f"{r['duplicates']:>4}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from lfr.api import BackendSettings, BuildContext, Register, hookimpl
 from lfr.sources.base import SourceSettings
+from lfr.sources.replay import ReplaySourceSettings
 
 LFR_PLUGIN_API = 1  # the plugin API versions this plugin is written for (see lfr.hookspecs)
 
@@ -51,6 +52,17 @@ class SFaceSettings(BackendSettings, frozen=True, tag="sface"):
     graph_optimization: GraphOptimization = "all"
 
 
+class ReplayDetectorSettings(BackendSettings, frozen=True, tag="replay"):
+    # Faces computed offline from a dataset by tools/make_replay.py (bench/nodes.py --replay);
+    # cameras of kind "replay" carry the frame index. Relative to the config's folder.
+    file: str
+    loop: bool = True  # a frame index beyond the file plays it again; false: an error
+
+
+class ReplayEmbedderSettings(BackendSettings, frozen=True, tag="replay"):
+    file: str  # the same replay file as [detector]: its embedder's name and dimension
+
+
 class ExactSettings(BackendSettings, frozen=True, tag="exact"):
     pass
 
@@ -82,7 +94,13 @@ def lfr_register_detectors(register: Register) -> None:
                              tile_side=settings.tile_side, providers=settings.providers,
                              optimization=settings.graph_optimization)
 
+    def replay(settings: ReplayDetectorSettings, context: BuildContext) -> object:
+        from lfr.vision.replay import ReplayDetector, load_replay
+
+        return ReplayDetector(load_replay(context.resolve_path(settings.file)), settings.loop)
+
     register("yunet", yunet, settings=YuNetSettings)
+    register("replay", replay, settings=ReplayDetectorSettings)
 
 
 @hookimpl
@@ -98,7 +116,13 @@ def lfr_register_embedders(register: Register) -> None:
                             providers=settings.providers,
                             optimization=settings.graph_optimization)
 
+    def replay(settings: ReplayEmbedderSettings, context: BuildContext) -> object:
+        from lfr.vision.replay import ReplayEmbedder, load_replay
+
+        return ReplayEmbedder(load_replay(context.resolve_path(settings.file)))
+
     register("sface", sface, settings=SFaceSettings)
+    register("replay", replay, settings=ReplayEmbedderSettings)
 
 
 @hookimpl
@@ -135,5 +159,12 @@ def lfr_register_sources(register: Register) -> None:
 
         return VideoSource(settings)
 
+    def replay(settings: ReplaySourceSettings, context: BuildContext) -> object:
+        from lfr.sources.replay import ReplaySource
+
+        return ReplaySource(settings)
+
     # The kind of every [[cameras]] entry without one: files, RTSP and HTTP streams via PyAV.
     register("video", video, settings=SourceSettings)
+    # Frames that carry a replay index, for the replay detector (no decoding: scale benches).
+    register("replay", replay, settings=ReplaySourceSettings)

@@ -94,8 +94,10 @@ def fake_plugins(tmp_path, monkeypatch):
 def test_builtin_backends_register_through_the_plugin_manager(monkeypatch):
     monkeypatch.setenv("LFR_PLUGINS", "")  # built-ins only, whatever else is installed
     registry = load_plugins()
-    assert registry.names("detector") == ["yunet"]
-    assert registry.names("embedder") == ["sface"]
+    # "replay": faces computed offline, for simulations at scale (lfr.vision.replay).
+    assert registry.names("detector") == ["replay", "yunet"]
+    assert registry.names("embedder") == ["replay", "sface"]
+    assert registry.names("source") == ["replay", "video"]
     assert registry.names("index") == ["annoy", "exact"]
     assert registry.names("notifier") == ["console", "jsonl"]
     (builtin,) = [p for p in registry.plugins if p.builtin]
@@ -111,7 +113,7 @@ def test_broken_plugins_are_reported_and_skipped(fake_plugins):
     assert by_name["good"].error is None
     assert by_name["good"].provides == {"notifier": ["echo"]}
     assert "echo" in registry.names("notifier")
-    assert registry.names("detector") == ["yunet"]  # the raising plugin added nothing
+    assert registry.names("detector") == ["replay", "yunet"]  # the raising one added nothing
 
 
 def test_allow_and_block_lists(fake_plugins, monkeypatch):

@@ -10,6 +10,7 @@ from lfr.messages import Detection
 from lfr.vision.align import align_face
 from lfr.vision.detect import YuNetDetector
 from lfr.vision.quality import QualityGate, QualityReport
+from lfr.vision.replay import StoredFace
 
 
 class AnalyzedFace(msgspec.Struct, frozen=True):
@@ -30,8 +31,13 @@ class FaceAnalyzer:
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None,
                min_face_px: float | None = None) -> list[AnalyzedFace]:
-        """Detect, align and assess every face (no embedding yet). ``min_face_px``: a camera's
-        smallest face that must be found, for detectors that take one (YuNet: lfr.vision.tiling)."""
+        """Detect, align and assess every face (no embedding yet, except for a replay
+        detector's faces: they come embedded, computed offline by the real models).
+        ``min_face_px``: a camera's smallest face that must be found, for detectors that take
+        one (YuNet: lfr.vision.tiling)."""
+        replayed = getattr(self.detector, "replayed", None)
+        if replayed is not None:
+            return [self._stored(image, face) for face in replayed(image, score_threshold)]
         if min_face_px is not None and isinstance(self.detector, YuNetDetector):
             found = self.detector.detect(image, score_threshold, min_face_px)
         else:
@@ -43,9 +49,18 @@ class FaceAnalyzer:
                                       quality=self.gate.assess(det, aligned)))
         return faces
 
+    def _stored(self, image: np.ndarray, face: StoredFace) -> AnalyzedFace:
+        quality = self.gate.judge(face.detection, face.sharpness)
+        return AnalyzedFace(detection=face.detection,
+                            aligned=align_face(image, face.detection.landmarks), quality=quality,
+                            embedding=face.embedding if quality.passed else None)
+
     def embed(self, faces: list[AnalyzedFace]) -> list[AnalyzedFace]:
-        """Embed the faces that passed the quality gate (one batched call); others pass through."""
-        good = [i for i, f in enumerate(faces) if f.quality.passed]
+        """Embed the faces that passed the quality gate (one batched call); others pass through,
+        as do faces that came embedded (replayed)."""
+        good = [i for i, f in enumerate(faces) if f.quality.passed and f.embedding is None]
+        if not good:
+            return list(faces)
         vectors = self.embedder.embed([faces[i].aligned for i in good])
         out = list(faces)
         for row, i in enumerate(good):

@@ -9,6 +9,12 @@ import numpy as np
 from lfr.messages import Detection
 
 
+def sharpness_of(aligned: np.ndarray) -> float:
+    """Variance of the Laplacian of the aligned face in grey."""
+    grey = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
 class QualityReport(msgspec.Struct, frozen=True):
     face_px: float  # inter-ocular-independent size: the shorter side of the box
     det_score: float
@@ -24,9 +30,12 @@ class QualityGate(msgspec.Struct, frozen=True):
     min_sharpness: float = 0.0
 
     def assess(self, detection: Detection, aligned: np.ndarray) -> QualityReport:
+        return self.judge(detection, sharpness_of(aligned))
+
+    def judge(self, detection: Detection, sharpness: float) -> QualityReport:
+        """The report for a face whose sharpness is known (measured here, or stored offline by
+        ``lfr.vision.replay``): the same rule either way."""
         face_px = float(min(detection.box[2], detection.box[3]))
-        grey = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
-        sharpness = float(cv2.Laplacian(grey, cv2.CV_64F).var())
         # Each term saturates: a 96 px, sharp, confident face is as good as it gets.
         score = (min(1.0, face_px / 96.0) * min(1.0, sharpness / 200.0) ** 0.5
                  * detection.score)
