@@ -127,6 +127,9 @@ class Parts:
     watchlist: Watchlist
     cameras: list[Source]  # every [[cameras]] entry, lfr's own and plugins'
     notifiers: list[Notifier]
+    # Per camera, its smallest face that must be found (its settings' min_face_px); None: the
+    # detector's own ([detector] min_face_px).
+    min_face_px: list[float | None] = field(default_factory=list)
 
 
 def camera_settings(config: Config, settings: BackendSettings, once: bool) -> BackendSettings:
@@ -188,7 +191,8 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     cameras = [registry.create("source", camera_settings(config, s, once), context)
                for s in backends.sources]
     return Parts(analyzer, AlertPolicy.configured(config.matching, matcher.rank), watchlist,
-                 cameras, notifiers)
+                 cameras, notifiers,
+                 [getattr(settings, "min_face_px", None) for settings in backends.sources])
 
 
 @dataclass
@@ -255,7 +259,8 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         pipeline.detectors.append(DetectorActor(
             f"detect:{name}", frames_recv, faces_send.clone(), parts.analyzer, detect_limiter,
             embed_limiter, planner=planner, news=news if is_camera else None,
-            overlap=pipe.embed_queue))
+            overlap=pipe.embed_queue,
+            min_face_px=parts.min_face_px[i] if is_camera and parts.min_face_px else None))
     faces_send.close()  # each detector holds its own clone
     outs: list[Sender[Alert]] = []
     for notifier in parts.notifiers:
