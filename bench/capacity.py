@@ -50,9 +50,10 @@ from lfr.matching import Matcher  # noqa: E402
 from lfr.messages import Face  # noqa: E402
 from lfr.pipeline.detector import NO_CROP  # noqa: E402
 from lfr.pipeline.embedding_plan import EmbeddingPlanner, PlannedFace, TrackNews  # noqa: E402
-from lfr.pipeline.wiring import build_analyzer  # noqa: E402
+from lfr.pipeline.wiring import build_analyzer, camera_embedder  # noqa: E402
 from lfr.plugins import load_plugins  # noqa: E402
 from lfr.policy import AlertPolicy  # noqa: E402
+from lfr.vision.analyzer import FaceAnalyzer  # noqa: E402
 from lfr.watchlist import build_watchlist, load_bundle  # noqa: E402
 
 FOOTFALLS = {"light": 1.0, "medium": 3.0, "heavy": 8.0}  # people in view at once, on average
@@ -135,6 +136,9 @@ def plain_loop(footage: Path, embedding: str | None) -> dict[str, Any]:
     analyzer = build_analyzer(cfg, load_plugins())
     watchlist = load_bundle(footage / "wl")
     matcher = Matcher.for_watchlist(watchlist, cfg.matching.threshold)
+    # The embedder a deployment's cameras use (the flip only near the threshold, by default).
+    analyzer = FaceAnalyzer(analyzer.detector,
+                            camera_embedder(analyzer.embedder, watchlist, matcher), analyzer.gate)
     policy = AlertPolicy.configured(cfg.matching, matcher.rank)
     planner = EmbeddingPlanner(cfg.pipeline.embedding, cfg.matching.threshold,
                                cfg.matching.tracking.decision_px)

@@ -168,3 +168,32 @@ def test_one_config_run_from_two_folders_keeps_one_data_dir(tmp_path, monkeypatc
     assert len(starts) == 2  # both runs in one audit log, beside the config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "site"]
     assert not any((tmp_path / "elsewhere").iterdir())  # nothing written where it was run from
+
+
+@pytest.mark.parametrize(("setting", "rule", "margin"), [
+    ("", "near_threshold", 0.05), ('flip = "always"\n', "always", None),
+    ("flip = true\n", "always", None), ("flip = false\n", "never", None),
+    ('flip = "near_threshold"\nflip_margin = 0.1\n', "near_threshold", 0.1)])
+def test_the_embedder_flip_rule_and_its_margin(tmp_path, setting, rule, margin):
+    from lfr.pipeline.wiring import build_analyzer
+
+    config = load_config(write(tmp_path, BASE + '[embedder]\nkind = "sface"\n' + setting))
+    embedder = build_analyzer(config, load_plugins()).embedder
+    # Both flip rules embed the watchlist with the flip: one embedding function, one name.
+    assert embedder.name == ("sface" if rule == "never" else "sface+flip")
+    assert embedder.near_threshold_margin == margin
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ('flip = "sometimes"\n', r"\$\.embedder\.flip"),
+    ("flip_margin = 1.5\n", r"\$\.embedder\.flip_margin"),
+    ("flip_margin = -0.1\n", r"\$\.embedder\.flip_margin")])
+def test_a_bad_flip_setting_is_named(tmp_path, setting, error):
+    config = load_config(write(tmp_path, BASE + '[embedder]\nkind = "sface"\n' + setting))
+    with pytest.raises(ConfigError, match=error):
+        resolve_backends(config, load_plugins())
+
+
+def test_a_camera_smallest_face_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match=r"\$\.cameras\[0\]\.min_face_px: Expected `float` > 0"):
+        load_config(write(tmp_path, BASE + "min_face_px = 0\n"))  # in [[cameras]]

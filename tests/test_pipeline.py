@@ -281,3 +281,85 @@ def test_a_listener_that_blocks_for_seconds_delays_no_alert_and_grows_no_queue(t
     frames = stats["frames"].statistics()
     assert frames.max_depth <= frames.capacity == 3 and frames.dropped > 0
     assert summary.frames > 20  # every frame went on to the matcher regardless
+
+
+def _clip_alerts_and_mirrors(tmp_path, bundle, monkeypatch, flip):
+    """Alerts of the clip (10 fps, every face embedded) and per embed call with the mirror, its
+    faces; and the faces embedded in all."""
+    from lfr.vision.embed import OnnxEmbedder
+
+    mirrored, embedded = [], []
+    plain_embed = OnnxEmbedder.embed
+
+    def counting(self, faces, flip=None):
+        (mirrored if (self.flip if flip is None else flip) else embedded).append(len(faces))
+        return plain_embed(self, faces, flip)
+
+    monkeypatch.setattr(OnnxEmbedder, "embed", counting)
+    config = make_config(tmp_path / flip, bundle, [{"name": "clip", "url": str(CLIP),
+                                                    "fps_cap": 10}],
+                         embedder={"kind": "sface", "flip": flip},
+                         pipeline={"embedding": {"policy": "every_face"}})
+    deployment = Deployment(config, load_plugins(), offline=True, once=True)
+    with deployment.alerts.record() as raised:
+        run(deployment)
+        alerts = [(a.person_id, a.frame_index) for a in raised.items]
+    return deployment, alerts, sum(mirrored), sum(embedded)
+
+
+def test_the_flip_only_near_the_threshold_embeds_most_faces_once_and_decides_alike(
+        tmp_path, bundle, monkeypatch):
+    from lfr.vision.flip import NearThresholdFlip
+
+    deployment, near_alerts, near_mirrored, near_once = _clip_alerts_and_mirrors(
+        tmp_path, bundle, monkeypatch, "near_threshold")
+    embedder = deployment.parts.analyzer.embedder._backend
+    assert isinstance(embedder, NearThresholdFlip) and embedder.name == "sface+flip"
+    assert near_once == embedder.faces > 50  # every face embedded once as it is...
+    assert near_mirrored == embedder.flipped < near_once / 4  # ...few again with the mirror
+    _, always_alerts, always_mirrored, always_once = _clip_alerts_and_mirrors(
+        tmp_path, bundle, monkeypatch, "always")
+    assert (always_mirrored, always_once) == (embedder.faces, 0)
+    # The same decisions: both people, alerted on the same frames.
+    assert near_alerts == always_alerts
+    assert {p for p, _ in near_alerts} == {"lin_manuel_miranda", "obama"}
+
+
+class SmallestFaceSettings(BackendSettings, frozen=True, tag="smallest_face"):
+    pass
+
+
+class SmallestFaceDetector:
+    """The real detector, recording the smallest face each call asked for."""
+
+    name = "smallest_face"
+    takes_min_face_px = True
+
+    def __init__(self):
+        self.inner, self.asked = default_analyzer().detector, []
+
+    def detect(self, image, score_threshold=None, min_face_px=None):
+        self.asked.append(min_face_px)
+        return self.inner.detect(image, score_threshold, min_face_px)
+
+
+def test_each_camera_detects_for_its_own_smallest_face(tmp_path, bundle):
+    detectors = []
+
+    class Plugin:
+        @hookimpl
+        def lfr_register_detectors(self, register):
+            def make(settings, context):
+                detectors.append(SmallestFaceDetector())
+                return detectors[-1]
+            register("smallest_face", make, settings=SmallestFaceSettings)
+
+    cameras = [{"name": "near", "url": str(CLIP), "fps_cap": 3, "min_face_px": 40},
+               {"name": "default", "url": str(CLIP), "fps_cap": 3}]
+    config = make_config(tmp_path, bundle, cameras, detector={"kind": "smallest_face"})
+    summary = run(Deployment(config, load_plugins(extra=[Plugin()]), offline=True, once=True))
+    (detector,) = detectors
+    frames = {n: summary.cameras[n]["frames_emitted"] for n in ("near", "default")}
+    # The camera's own setting, every frame; the other camera: None, the detector's own.
+    assert detector.asked.count(40.0) == frames["near"] > 20
+    assert detector.asked.count(None) == frames["default"]

@@ -72,12 +72,14 @@ class DetectorActor(Actor):
     def __init__(self, name: str, frames: Receiver[Frame], out: Sender[FrameFaces],
                  analyzer: FaceAnalyzer, detect_limiter: anyio.CapacityLimiter,
                  embed_limiter: anyio.CapacityLimiter, planner: EmbeddingPlanner | None = None,
-                 news: TrackNewsBoard | None = None, overlap: int = 1) -> None:
+                 news: TrackNewsBoard | None = None, overlap: int = 1,
+                 min_face_px: float | None = None) -> None:
         super().__init__(name, "detector")
         self.frames, self.out, self.analyzer = frames, out, analyzer
         self.reads, self.writes = frames.channel.name, (out.channel.name,)
         self.detect_limiter, self.embed_limiter = detect_limiter, embed_limiter
         self.planner, self.news, self.overlap = planner, news, overlap
+        self.min_face_px = min_face_px  # this camera's smallest face to find; None: the detector's
         self.frame_count = self.face_count = self.embedded = self.rejected = 0
         self._thumbnail: np.ndarray | None = None  # the last frame's, to notice a cut
 
@@ -102,7 +104,8 @@ class DetectorActor(Actor):
         async with send:
             try:
                 async for frame in self.frames:
-                    found = await self.call_in_worker(self.analyzer.detect, frame.image,
+                    found = await self.call_in_worker(self.analyzer.detect, frame.image, None,
+                                                      self.min_face_px,
                                                       limiter=self.detect_limiter, what="detect")
                     await send.send(_Detected(frame, found, self._plan(frame, found)))
             except Exception as error:

@@ -22,11 +22,12 @@ from typing import Any
 
 import anyio
 import msgspec
+import numpy as np
 
 from lfr.api import BackendError, Notifier, Source
 from lfr.audit import AuditLog
 from lfr.config import Backends, Config, resolve_backends
-from lfr.matching import configured_matcher, configured_watchlist
+from lfr.matching import Matcher, configured_matcher, configured_watchlist
 from lfr.messages import Alert, Frame, FrameFaces
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
@@ -43,6 +44,7 @@ from lfr.runtime.channels import Overflow, Receiver, Sender, open_channel
 from lfr.sources.base import SourceSettings, is_live_url
 from lfr.sources.stills import StillsSource
 from lfr.vision.analyzer import FaceAnalyzer
+from lfr.vision.flip import NearThresholdFlip
 from lfr.vision.quality import QualityGate
 from lfr.watchlist import Watchlist
 
@@ -125,6 +127,9 @@ class Parts:
     watchlist: Watchlist
     cameras: list[Source]  # every [[cameras]] entry, lfr's own and plugins'
     notifiers: list[Notifier]
+    # Per camera, its smallest face that must be found (its settings' min_face_px); None: the
+    # detector's own ([detector] min_face_px).
+    min_face_px: list[float | None] = field(default_factory=list)
 
 
 def camera_settings(config: Config, settings: BackendSettings, once: bool) -> BackendSettings:
@@ -137,6 +142,18 @@ def camera_settings(config: Config, settings: BackendSettings, once: bool) -> Ba
     if is_live_url(settings.url) or "://" in settings.url:
         return settings
     return msgspec.structs.replace(settings, url=str(config.resolve_path(settings.url)))
+
+
+def camera_embedder(embedder: Any, watchlist: Watchlist, matcher: Matcher) -> Any:
+    """The embedder a deployment runs its cameras' faces through: the flip only near the
+    threshold when the embedder asks for it (``near_threshold_margin``; lfr.vision.flip), scored
+    as the matcher scores (the watchlist's rows, each less its entry's calibration offset), so
+    the faces it leaves unflipped are those whose decision the flip would not change."""
+    margin = getattr(embedder, "near_threshold_margin", None)
+    if margin is None:
+        return embedder
+    offsets = np.array([matcher.offsets.get(label, 0.0) for label in watchlist.labels])
+    return NearThresholdFlip(embedder, watchlist.vectors, matcher.threshold, margin, offsets)
 
 
 def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | None = None,
@@ -163,7 +180,8 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
                                           ("build", "search")))
     analyzer = FaceAnalyzer(
         GuardedBackend(analyzer.detector, origin("detector", backends.detector), ("detect",)),
-        GuardedBackend(analyzer.embedder, origin("embedder", backends.embedder), ("embed",)),
+        GuardedBackend(camera_embedder(analyzer.embedder, watchlist, matcher),
+                       origin("embedder", backends.embedder), ("embed",)),
         analyzer.gate)
     notifiers = [registry.create("notifier", s, context) for s in backends.notifiers]
     names = [n.name for n in notifiers]
@@ -173,7 +191,8 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     cameras = [registry.create("source", camera_settings(config, s, once), context)
                for s in backends.sources]
     return Parts(analyzer, AlertPolicy.configured(config.matching, matcher.rank), watchlist,
-                 cameras, notifiers)
+                 cameras, notifiers,
+                 [getattr(settings, "min_face_px", None) for settings in backends.sources])
 
 
 @dataclass
@@ -240,7 +259,8 @@ def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
         pipeline.detectors.append(DetectorActor(
             f"detect:{name}", frames_recv, faces_send.clone(), parts.analyzer, detect_limiter,
             embed_limiter, planner=planner, news=news if is_camera else None,
-            overlap=pipe.embed_queue))
+            overlap=pipe.embed_queue,
+            min_face_px=parts.min_face_px[i] if is_camera and parts.min_face_px else None))
     faces_send.close()  # each detector holds its own clone
     outs: list[Sender[Alert]] = []
     for notifier in parts.notifiers:

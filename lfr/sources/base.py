@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from msgspec import Meta
 
 from lfr.api import SourceBackendSettings
 from lfr.api import SourceState as SourceState  # defined in the plugin API
@@ -35,6 +36,9 @@ class SourceSettings(SourceBackendSettings, frozen=True, tag="video"):
     reconnect_max_s: float = 30.0
     rtsp_transport: Literal["udp", "tcp"] = "tcp"
     options: dict[str, str] = msgspec.field(default_factory=dict)  # passed to av.open
+    # The smallest face (box width, frame pixels) that must be found on this camera: YuNet
+    # shrinks or tiles this camera's frames for it (lfr.vision.tiling). None: [detector]'s.
+    min_face_px: Annotated[float, Meta(gt=0)] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import msgspec
 import numpy as np
 
 from lfr.api import Detector, Embedder  # the protocols, re-exported here
 from lfr.messages import Detection
 from lfr.vision.align import align_face
-from lfr.vision.detect import YuNetDetector
 from lfr.vision.quality import QualityGate, QualityReport
 from lfr.vision.replay import StoredFace
 
@@ -33,13 +34,13 @@ class FaceAnalyzer:
                min_face_px: float | None = None) -> list[AnalyzedFace]:
         """Detect, align and assess every face (no embedding yet, except for a replay
         detector's faces: they come embedded, computed offline by the real models).
-        ``min_face_px``: a camera's smallest face that must be found, for detectors that take
-        one (YuNet: lfr.vision.tiling)."""
+        ``min_face_px``: a camera's smallest face that must be found, for detectors that say
+        ``takes_min_face_px`` (YuNet: lfr.vision.tiling); None: the detector's own setting."""
         replayed = getattr(self.detector, "replayed", None)
         if replayed is not None:
             return [self._stored(image, face) for face in replayed(image, score_threshold)]
-        if min_face_px is not None and isinstance(self.detector, YuNetDetector):
-            found = self.detector.detect(image, score_threshold, min_face_px)
+        if min_face_px is not None and getattr(self.detector, "takes_min_face_px", False):
+            found = cast(Any, self.detector).detect(image, score_threshold, min_face_px)
         else:
             found = self.detector.detect(image, score_threshold)
         faces = []

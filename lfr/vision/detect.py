@@ -27,6 +27,8 @@ class YuNetDetector:
     """
 
     name = "yunet"
+    # detect() takes a camera's own min_face_px (lfr.vision.analyzer asks, through any wrapper).
+    takes_min_face_px = True
 
     def __init__(self, model_path: Path, score_threshold: float = 0.7,
                  nms_threshold: float = 0.3, max_side: int = 1920, top_k: int = 500,

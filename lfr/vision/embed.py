@@ -30,13 +30,19 @@ class OnnxEmbedder:
     def __init__(self, model_path: Path, rgb: bool = True, mean: float = 0.0, std: float = 1.0,
                  threads: int = 1, flip: bool = False, *, name: str = "sface",
                  providers: Sequence[str] | None = None,
-                 optimization: GraphOptimization = "all") -> None:
+                 optimization: GraphOptimization = "all",
+                 near_threshold_margin: float | None = None) -> None:
+        if near_threshold_margin is not None and not flip:
+            raise ValueError("near_threshold_margin: the flip near the threshold needs flip=True")
         self.session = create_session(model_path, threads, providers, optimization)
         self.input_name = self.session.get_inputs()[0].name
         self.rgb, self.mean, self.std, self.flip = rgb, mean, std, flip
         # The name identifies the embedding function (bundles and caches check it): another
         # model file (an int8 one) or the flip makes another function.
         self.name = f"{name}+flip" if flip else name
+        # Set: a deployment embeds its cameras' faces through lfr.vision.flip.NearThresholdFlip
+        # (the mirror only within this margin of the threshold); enrolment keeps the full flip.
+        self.near_threshold_margin = near_threshold_margin
         probe = self.session.run(None, {self.input_name: np.zeros((1, 3, 112, 112), np.float32)})
         self.dim = int(probe[0].shape[-1])
 

@@ -8,7 +8,11 @@ embedded again with the mirror only when their best score against the watchlist 
 made every decision the always-flip rule made, for 3.3% of faces embedded twice.
 
 The watchlist stays enrolled with the flip, so this embedder keeps the flip embedder's name: a
-bundle built by the flip embedder is the one it is meant for.
+bundle built by the flip embedder is the one it is meant for. A deployment builds it
+(lfr.pipeline.wiring.build_parts) when the embedder says ``near_threshold_margin`` (SFace's
+``[embedder] flip = "near_threshold"``, the default), with the matcher's per-row calibration
+offsets (``[matching] crowd_weight``): a face is near when its calibrated score, the one the
+matcher compares, is.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class NearThresholdFlip:
     """An embedder (lfr.api.Embedder) over a flip ``OnnxEmbedder`` and the watchlist's rows."""
 
     def __init__(self, embedder: OnnxEmbedder, gallery: np.ndarray, threshold: float,
-                 margin: float = DEFAULT_MARGIN) -> None:
+                 margin: float = DEFAULT_MARGIN, offsets: np.ndarray | None = None) -> None:
         if not embedder.flip:
             raise ValueError(f"embedder {embedder.name!r}: the watchlist is scored against flip "
                              "embeddings; give the flip embedder")
@@ -34,6 +38,12 @@ class NearThresholdFlip:
             raise ValueError(f"gallery of shape {gallery.shape}: expected N x {embedder.dim}")
         self.embedder, self.threshold, self.margin = embedder, threshold, margin
         self.gallery = np.ascontiguousarray(gallery, np.float32)
+        # Per gallery row, what the matcher subtracts from its cosine (lfr.matching).
+        self.offsets = (np.zeros(len(gallery), np.float32) if offsets is None
+                        else np.asarray(offsets, np.float32))
+        if self.offsets.shape != (len(gallery),):
+            raise ValueError(f"{self.offsets.shape[0] if self.offsets.ndim else 0} offsets for a "
+                             f"gallery of {len(gallery)} rows")
         self.name, self.dim = embedder.name, embedder.dim
         self.faces = self.flipped = 0  # counts: the share of faces that needed the mirror
 
@@ -42,7 +52,7 @@ class NearThresholdFlip:
         self.faces += len(vectors)
         if not len(vectors) or not len(self.gallery):
             return vectors
-        best = (vectors @ self.gallery.T).max(axis=1)
+        best = (vectors @ self.gallery.T - self.offsets).max(axis=1)
         near = np.nonzero(np.abs(best - self.threshold) <= self.margin)[0]
         if near.size:
             vectors[near] = self.embedder.embed([aligned_bgr[int(i)] for i in near], flip=True)
