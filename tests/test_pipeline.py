@@ -273,10 +273,10 @@ def test_a_listener_that_blocks_for_seconds_delays_no_alert_and_grows_no_queue(t
     elapsed = time.monotonic() - started
     assert [a.person_id for a in slowed] == [a.person_id for a in baseline]
     assert slowed  # the clip has Miranda in it: there is an alert to delay
-    # Capture-to-alert latency: as without the viewer (a wide margin on a shared machine); a
-    # matcher waiting for the viewer would be 5 s late per event.
+    # Capture-to-alert latency: as without the viewer, within half the viewer's 5 s (a wide
+    # margin for a shared machine); a matcher waiting for the viewer would be 5 s late per event.
     worst = max(a.latency_s for a in baseline)
-    assert max(a.latency_s for a in slowed) < worst + 1.0
+    assert max(a.latency_s for a in slowed) < worst + 2.5
     assert elapsed < 30  # a 10 s clip; waiting on the viewer would take minutes
     frames = stats["frames"].statistics()
     assert frames.max_depth <= frames.capacity == 3 and frames.dropped > 0

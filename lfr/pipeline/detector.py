@@ -9,6 +9,7 @@ import time
 import anyio
 import anyio.abc
 import cv2
+import msgspec
 import numpy as np
 
 from lfr.messages import Face, Frame, FrameFaces
@@ -36,6 +37,10 @@ class DetectorStats(ActorStats, frozen=True, kw_only=True):
     faces: int  # faces that passed the quality gate (embedded or not)
     embedded: int  # faces embedded (the planner's choice)
     rejected: int  # faces below the quality gate
+
+
+def _unembedded(face: AnalyzedFace) -> AnalyzedFace:
+    return face if face.embedding is None else msgspec.structs.replace(face, embedding=None)
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -132,10 +137,13 @@ class DetectorActor(Actor):
     async def _embed_and_send(self, item: _Detected) -> None:
         frame, found = item.frame, item.found
         chosen = [f for f, c in zip(found, item.chosen, strict=True) if c]
-        if chosen:
-            embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
-                                                      limiter=self.embed_limiter, what="embed"))
-            found = [next(embedded) if c else f for f, c in zip(found, item.chosen, strict=True)]
+        embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
+                                                  limiter=self.embed_limiter, what="embed")
+                        if chosen else ())
+        # A face the planner passed over goes on without an embedding, even one that came with
+        # it (a replay detector's faces arrive embedded): the decision sees what a live run sees.
+        found = [next(embedded) if c else _unembedded(f)
+                 for f, c in zip(found, item.chosen, strict=True)]
         boxes = [f.detection.box for f in found]
         faces = tuple(
             Face(camera=frame.camera, frame_index=frame.index, wall_time=frame.wall_time,
