@@ -683,8 +683,10 @@ def _extrapolation_rows(table: Table, e: Extrapolation | None) -> None:
     for check in e.checks:
         misses = ", ".join(f"{k}: {check.predicted_threshold[k]:.3f} vs {v:.3f}"
                            for k, v in check.measured_threshold.items())
+        npl = ", ".join(f"{k}: {v:.4f}" for k, v in check.tpir_at_fpir.items())
         table.add_row(f"tail check, {check.model}",
-                      f"predicted vs measured threshold {misses} (miss {check.error:.3f})")
+                      f"predicted vs measured threshold {misses} (miss {check.error:.3f}); "
+                      f"its TPIR {npl}")
 
 
 def plot_det(scores: Sequence[SeedScores], report: IdentifyReport, path: Path) -> None:

@@ -62,6 +62,9 @@ class TailCheck(msgspec.Struct, frozen=True, kw_only=True):
     measured_threshold: dict[str, float]
     error: float  # the larger miss, in score units
     shape: float | None = None  # the generalised Pareto's xi
+    # The same model refitted to the whole top decile, read at NPL's rates: how much the choice
+    # of model moves the answer.
+    tpir_at_fpir: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Extrapolation(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,7 +157,9 @@ def extrapolate(
         fit = fit_tail(model, p[band], scores[band], TAIL_TOP)
         predicted = {rate_key(r): fit.threshold(r) for r in CHECK_RATES}
         error = max(abs(predicted[k] - measured[k]) for k in measured)
+        refit = fit_tail(model, p[top], scores[top], TAIL_TOP)
         checks.append(TailCheck(
+            tpir_at_fpir={k: float(np.mean(pos > refit.threshold(r))) for k, r in rates.items()},
             model=model,
             predicted_threshold={k: round(v, 4) for k, v in predicted.items()},
             measured_threshold={k: round(v, 4) for k, v in measured.items()},
@@ -203,6 +208,8 @@ def mean_extrapolation(items: Sequence[Extrapolation]) -> Extrapolation:
                                     for k in check.measured_threshold},
                 error=round(float(np.mean([c.error for c in same])), 4),
                 shape=mean([c.shape for c in same]) if check.shape is not None else None,
+                tpir_at_fpir={k: float(np.mean([c.tpir_at_fpir[k] for c in same]))
+                              for k in check.tpir_at_fpir},
             ))
     reasons = sorted({e.reason for e in items if e.reason})
     return Extrapolation(
