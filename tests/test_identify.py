@@ -359,6 +359,13 @@ def test_identify_command(small_lfw, tmp_path, capsys, monkeypatch) -> None:
     ]
     assert one["tpir_at_fpir"]["0.01"] is None  # ~40 non-mated: no FPIR of 1 % is measurable
     assert one["threshold"] == MatchingConfig().threshold
+    # ~40 non-mated searches: no tail to fit, and the report says why rather than guess.
+    tail = one["extrapolated"]
+    assert tail["model"] is None and tail["tpir_at_fpir"] == {"1/6000": None, "1/60000": None}
+    assert f"{one['non_mated']} non-mated searches" in tail["reason"]
+    assert "1 in 6,000" in tail["method"]
+    assert main([*base[:-1], "--seed", "4"]) == 0
+    assert "not extrapolated:" in capsys.readouterr().err
     plot = tmp_path / "det.png"
     both = run_json(capsys, [*base, "--seeds", "4,5", "--plot", str(plot)])
     assert plot.read_bytes().startswith(b"\x89PNG")

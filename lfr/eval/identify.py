@@ -17,6 +17,9 @@ Protocol (``lfr eval identify``), per seed:
   split in two at random, each half's faces measure every entry's crowd mean for the other half's
   non-mated searches (mated searches take either half's, alternately). Each entry's offset comes
   from ``lfr.matching.crowd_offsets``, as in a deployment. Gallery growth stays on plain cosines.
+- NPL's rates (1 in 6,000 and 1 in 60,000) are beyond what a few thousand non-mated searches
+  count: TPIR there is read at a threshold extrapolated from the fitted non-mated tail, each
+  candidate model checked against the measured 1e-2 and 1e-3 thresholds (``lfr.eval.tail``).
 - Gallery growth: the people not listed are split in two; one half is enrolled as distractors in
   growing galleries, the other half searches them, so FPIR can be read against gallery size.
 
@@ -37,18 +40,14 @@ import numpy as np
 from rich.table import Table
 
 from lfr.eval.dataset import EmbeddingSet, Progress, embed_images
-from lfr.eval.metrics import rates_at, threshold_at_false_rate
+from lfr.eval.metrics import rate_key, rates_at, threshold_at_false_rate
 from lfr.eval.tables import metric_table
+from lfr.eval.tail import Extrapolation, extrapolate, mean_extrapolation
 from lfr.vision.analyzer import FaceAnalyzer
 
 FPIRS = (1e-2, 1e-3, 1e-4)
 MISS = -math.inf  # the score of a search that found no face, or ranked someone else first
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def rate_key(rate: float) -> str:
-    """The JSON key of a rate: 0.01, 0.001, 0.0001."""
-    return f"{rate:.10f}".rstrip("0")
 
 
 class LabelFix(msgspec.Struct, frozen=True, kw_only=True):
@@ -279,6 +278,8 @@ class IdentifyReport(msgspec.Struct, frozen=True, kw_only=True):
     seeds: list[int]
     model: str
     crowd_weight: float = 0.0  # per-entry calibration weight (0: plain cosines)
+    # TPIR at NPL's 1 in 6,000 and 1 in 60,000 from the fitted non-mated tail (lfr.eval.tail)
+    extrapolated: Extrapolation | None = None
     seconds: float = 0.0
     per_seed: list[IdentifyReport] = msgspec.field(default_factory=list)
 
@@ -411,6 +412,7 @@ def run_seed(
         seeds=[seed],
         model=emb.model,
         crowd_weight=crowd_weight,
+        extrapolated=extrapolate(mated_scores, nm_scores),
     )
     return report, SeedScores(seed, mated_scores, nm_scores)
 
@@ -545,6 +547,8 @@ def mean_report(reports: Sequence[IdentifyReport]) -> IdentifyReport:
         gallery_growth=growth,
         top_non_mated=tops,
         seeds=[s for r in reports for s in r.seeds],
+        extrapolated=(mean_extrapolation([r.extrapolated for r in reports if r.extrapolated])
+                      if all(r.extrapolated for r in reports) else None),
         per_seed=list(reports),
     )
 
@@ -630,6 +634,7 @@ def render_identify(report: IdentifyReport) -> Table:
             f"TPIR @ FPIR {key}",
             f"{_fmt(tpir)} (threshold {_fmt(t, 3)}, {allowed:g} false alerts allowed)",
         )
+    _extrapolation_rows(table, report.extrapolated)
     table.add_row(
         f"at threshold {report.threshold:.3f}",
         f"TPIR {report.tpir_at_threshold:.4f}, FNIR {report.fnir_at_threshold:.4f}, "
@@ -659,6 +664,29 @@ def render_identify(report: IdentifyReport) -> Table:
     table.add_row("model", report.model)
     table.add_row("time", f"{report.seconds:.1f} s")
     return table
+
+
+def _extrapolation_rows(table: Table, e: Extrapolation | None) -> None:
+    if e is None:
+        return
+    if e.model is None:
+        table.add_row("TPIR @ 1 in 6,000 / 60,000", f"not extrapolated: {e.reason}")
+        return
+    for key, tpir in e.tpir_at_fpir.items():
+        table.add_row(
+            f"TPIR @ FPIR {key} (extrapolated)",
+            f"{_fmt(tpir)} (threshold {_fmt(e.threshold_at_fpir[key], 3)}, "
+            f"{_fmt(e.non_mated_above[key], 1)} measured non-mated above it)",
+        )
+    table.add_row("tail model", f"{e.model}, fitted to the top {e.fitted_scores:g} "
+                  "non-mated scores (--json: method)")
+    for check in e.checks:
+        misses = ", ".join(f"{k}: {check.predicted_threshold[k]:.3f} vs {v:.3f}"
+                           for k, v in check.measured_threshold.items())
+        npl = ", ".join(f"{k}: {v:.4f}" for k, v in check.tpir_at_fpir.items())
+        table.add_row(f"tail check, {check.model}",
+                      f"predicted vs measured threshold {misses} (miss {check.error:.3f}); "
+                      f"its TPIR {npl}")
 
 
 def plot_det(scores: Sequence[SeedScores], report: IdentifyReport, path: Path) -> None:

@@ -96,6 +96,11 @@ def kfold_accuracy(scores: object, labels: object, folds: object) -> KFoldResult
     )
 
 
+def rate_key(rate: float) -> str:
+    """The JSON key of a rate: 0.01, 0.001, 0.0001."""
+    return f"{rate:.10f}".rstrip("0")
+
+
 def threshold_at_false_rate(negative_scores: object, rate: float) -> float:
     """The lowest threshold at which at most ``rate`` of the negatives score above it."""
     neg = np.sort(np.asarray(negative_scores, np.float64).reshape(-1))[::-1]
