@@ -27,6 +27,7 @@ from lfr.decisions import DecisionLog
 from lfr.messages import Alert
 from lfr.notify.outbox import Outbox
 from lfr.users import Principal
+from lfr.web.deployment import ConsoleWeb
 from tests.natsserver import NatsServer, serve
 
 pytestmark = pytest.mark.anyio
@@ -191,7 +192,6 @@ async def test_the_console_web_page_logs_users_in_and_sends_decisions_to_the_rai
     from web_users import client, login
 
     from lfr.config import WebConfig
-    from lfr.web.deployment import ConsoleWeb
 
     model = followed_model()
     asked: list[tuple[str, str, str, Principal, str]] = []
@@ -271,7 +271,6 @@ async def test_a_camera_plays_from_the_node_that_runs_it(nats_server: NatsServer
     from lfr.messages import Frame, FrameFaces
     from lfr.pipeline.matcher import FrameReport
     from lfr.web import ice_host_addresses
-    from lfr.web.deployment import ConsoleWeb
 
     names = Names("dep1")
     node_nc = await connect(nats_server.url, "node1")

@@ -81,7 +81,18 @@ def unpack_bundle(data: bytes, destination: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(partial, filter="data")  # no links, no paths outside
+        # Files only, each inside the folder: what pack_bundle writes. (tarfile's "data" filter
+        # does this from Python 3.11.4; lfr runs on 3.11.2 too.)
+        for member in tar.getmembers():
+            target = (partial / member.name).resolve()
+            if not member.isfile() or not target.is_relative_to(partial.resolve()):
+                raise WatchlistError(f"watchlist archive: {member.name!r} is not a file of "
+                                     "the bundle")
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read())
+            target.chmod(0o600)
     shutil.rmtree(destination, ignore_errors=True)
     partial.rename(destination)
     return destination
