@@ -255,9 +255,7 @@ def add_watchlist_commands(wl_sub: Any, destroy: argparse.ArgumentParser) -> Non
     publish = wl_sub.add_parser("publish", help="publish a bundle to a deployment spread over "
                                 "nodes: the next version, used by every node within seconds")
     publish.add_argument("bundle", help="bundle folder (lfr watchlist build)")
-    _add_bus(publish)
-    publish.add_argument("--deployment", required=True, metavar="NAME",
-                         help="the deployment's name (its config's `name`)")
+    _add_deployment(publish)
     publish.add_argument("--operator", help="who publishes it (default: OS user)")
     publish.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     publish.set_defaults(func=cmd_watchlist_publish)
@@ -365,6 +363,13 @@ def _add_bus(parser: argparse.ArgumentParser) -> None:
     _add_credentials(parser)
 
 
+def _add_deployment(parser: argparse.ArgumentParser) -> None:
+    """The bus options and the deployment on it, as every console-side command takes them."""
+    _add_bus(parser)
+    parser.add_argument("--deployment", required=True, metavar="NAME",
+                        help="the deployment's name (its config's `name`)")
+
+
 def _add_credentials(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--credentials", metavar="FILE",
                         help="NATS credentials (lfr nats-config); default: this node's, or "
@@ -418,9 +423,7 @@ def register(sub: Any) -> None:
                             "the node that raised it records and publishes the decision")
     decide.add_argument("alert_id", help="the alert (lfr alerts)")
     decide.add_argument("decision", choices=("confirmed", "false_alert", "no_action"))
-    _add_bus(decide)
-    decide.add_argument("--deployment", required=True, metavar="NAME",
-                        help="the deployment's name (its config's `name`)")
+    _add_deployment(decide)
     decide.add_argument("--user", metavar="NAME", help="who decides (lfr users; asked if not "
                         "given)")
     decide.add_argument("--password-stdin", action="store_true",
@@ -435,9 +438,7 @@ def register(sub: Any) -> None:
     for name, func, what in (("status", cmd_status, "its nodes and which camera runs where"),
                              ("alerts", cmd_alerts, "its alerts in the stream, with decisions")):
         parser = sub.add_parser(name, help=f"a deployment spread over nodes: {what}")
-        _add_bus(parser)
-        parser.add_argument("--deployment", required=True, metavar="NAME",
-                            help="the deployment's name (its config's `name`)")
+        _add_deployment(parser)
         parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         parser.set_defaults(func=func)
 
@@ -536,9 +537,7 @@ def register_console(sub: Any) -> None:
     console = sub.add_parser("console", help="a deployment spread over nodes: the operator's "
                              "dashboard and the browser viewer over every node's cameras and "
                              "alerts; decisions go to the node that raised the alert")
-    _add_bus(console)
-    console.add_argument("--deployment", required=True, metavar="NAME",
-                         help="the deployment's name (its config's `name`)")
+    _add_deployment(console)
     console.add_argument("--dashboard", action="store_true",
                          help="the terminal dashboard (log in as an lfr user first)")
     console.add_argument("--web", metavar="HOST:PORT",
