@@ -34,7 +34,7 @@ from lfr.dashboard.render import (
     _table,
     pack,
 )
-from lfr.dashboard.service import KEY_DECISIONS, NEWER, OLDER
+from lfr.dashboard.service import KEY_DECISIONS, step_selection
 from lfr.dashboard.terminal import LogCapture, cbreak, stdin_terminal, terminal_keys
 from lfr.textsafe import plain, safe_text
 from lfr.users import Principal
@@ -205,9 +205,8 @@ class ConsoleDashboard:
     async def handle_key(self, key: str, model: ConsoleModel) -> None:
         ids = [a["id"] for a in model.view()["alerts"]]
         index = ids.index(self.selected) if self.selected in ids else None
-        if key in NEWER + OLDER and index is not None:
-            step = -1 if key in NEWER else 1
-            self.selected = ids[min(max(index + step, 0), len(ids) - 1)]
+        if (moved := step_selection(ids, self.selected, key)) is not None:
+            self.selected = moved
         elif key in KEY_DECISIONS:
             if index is None:
                 self.status = "no alert selected"

@@ -44,6 +44,15 @@ KEY_DECISIONS: dict[str, Decision] = {"c": "confirmed", "f": "false_alert", "n":
 NEWER, OLDER = ("up", "k"), ("down", "j")
 
 
+def step_selection(ids: list[str], selected: str | None, key: str) -> str | None:
+    """The alert a move key (NEWER, OLDER) selects in ``ids`` (newest first), kept within the
+    list; None for another key or when nothing is selected."""
+    if key not in NEWER + OLDER or selected not in ids:
+        return None
+    step = -1 if key in NEWER else 1
+    return ids[min(max(ids.index(selected) + step, 0), len(ids) - 1)]
+
+
 class DashboardService:
     """The operator's terminal dashboard.
 
@@ -101,9 +110,8 @@ class DashboardService:
         alerts = list(reversed(deployment.recent_alerts()))
         ids = [a.id for a in alerts]
         index = ids.index(self.selected) if self.selected in ids else None
-        if key in NEWER + OLDER and index is not None:
-            step = -1 if key in NEWER else 1
-            self.selected = ids[min(max(index + step, 0), len(ids) - 1)]
+        if (moved := step_selection(ids, self.selected, key)) is not None:
+            self.selected = moved
         elif key in KEY_DECISIONS:
             if index is None:
                 self.status = "no alert selected"
