@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import socket
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -180,28 +182,35 @@ async def one_size(url: str, folder: Path, n_nodes: int, n_cameras: int, alerts:
             "failover_over_lease": round(failover_s / settings.lease_s, 2)}
 
 
+@contextlib.asynccontextmanager
+async def nats_on_loopback(folder: Path) -> AsyncIterator[str]:
+    """A real nats-server with JetStream on a free loopback port, its store in ``folder``: its
+    URL, for the length of the block."""
+    port = free_port()
+    command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+               str(folder / "store")]
+    # Started once, before any node: blocking here is fine.
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
+                              stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(1.0)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     settings = ClusterConfig(lease_s=args.lease, heartbeat_s=args.heartbeat)
     results = []
     with tempfile.TemporaryDirectory(prefix="lfr-bench-nodes-") as tmp:
         folder = Path(tmp)
-        port = free_port()
-        command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-                   str(folder / "store")]
-        # Started once, before any node: blocking here is fine.
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                                  stderr=subprocess.DEVNULL)
-        try:
-            await asyncio.sleep(1.0)
+        async with nats_on_loopback(folder) as url:
             for size in args.sizes.split(","):
                 n_nodes, n_cameras = (int(v) for v in size.split("x"))
-                result = await one_size(f"nats://127.0.0.1:{port}", folder, n_nodes, n_cameras,
-                                        args.alerts, settings)
+                result = await one_size(url, folder, n_nodes, n_cameras, args.alerts, settings)
                 print(json.dumps(result), file=sys.stderr)
                 results.append(result)
-        finally:
-            server.terminate()
-            server.wait(10)
     return results
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-from lfr.cluster.bus import Bus, Names, connect, find_nats_server  # noqa: E402
+from lfr.cluster.bus import Bus, Names, connect  # noqa: E402
 from lfr.cluster.status import read_alerts, read_status  # noqa: E402
 
 # The walk-past the replay is made of: 480x270 at 8 fps, about 3 people in view at once (as the
@@ -192,32 +192,22 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
 
 
 async def run_async(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str, Any]]:
-    from nodes import free_port  # bench/nodes.py
+    from nodes import nats_on_loopback  # bench/nodes.py
 
     results = []
     with tempfile.TemporaryDirectory(prefix="lfr-bench-replay-") as tmp:
         folder = Path(tmp)
-        port = free_port()
-        command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-                   str(folder / "store")]
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                                  stderr=subprocess.DEVNULL)
-        try:
-            await asyncio.sleep(1.0)
+        async with nats_on_loopback(folder) as url:
             for size in args.sizes.split(","):
                 n_nodes, n_cameras = (int(v) for v in size.split("x"))
                 try:
-                    result = await one_size(f"nats://127.0.0.1:{port}", folder,
-                                            args.replay.resolve(), info, n_nodes, n_cameras,
-                                            args)
+                    result = await one_size(url, folder, args.replay.resolve(), info, n_nodes,
+                                            n_cameras, args)
                 except RuntimeError as exc:  # did not settle on this machine: say so, go on
                     result = {"nodes": n_nodes, "cameras": n_cameras,
                               "error": str(exc).splitlines()[0]}
                 print(json.dumps(result), file=sys.stderr)
                 results.append(result)
-        finally:
-            server.terminate()
-            server.wait(10)
     return results
 
 
