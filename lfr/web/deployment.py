@@ -174,19 +174,12 @@ class ConsoleWeb(WebService):
         return _json({"closed": bool(reply.get("closed"))})
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.on_response_prepare.append(self._headers)
-        app.router.add_get("/", self._console_index)
-        app.router.add_get("/login", self._login_page)
-        app.router.add_post("/api/login", self._login)
-        app.router.add_post("/api/logout", self._logout)
-        app.router.add_get("/api/me", self._me)
+        app = self.app_behind_login(self._console_index)
         app.router.add_get("/api/state", self._console_state)
         app.router.add_get("/api/events", self._console_events)
         app.router.add_post(f"/api/alerts/{{alert_id:{_ID}}}/decision", self._console_decision)
         app.router.add_post("/offer", self._console_offer)
         app.router.add_post(f"/api/viewers/{{viewer_id:{_ID}}}/close", self._console_close)
-        app.router.add_static("/static/", STATIC)
         return app
 
     async def run(self, model: ConsoleModel, decide: Decide,  # type: ignore[override]

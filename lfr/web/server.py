@@ -37,6 +37,7 @@ import anyio
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -666,14 +667,21 @@ class WebService:
             send.close()
         return response
 
-    def make_app(self) -> web.Application:
+    def app_behind_login(self, index: Handler) -> web.Application:
+        """An app behind the login: its middleware and headers, ``index`` at /, the login
+        routes and the static files; the caller adds its own API."""
         app = web.Application(middlewares=[self._auth])
         app.on_response_prepare.append(self._headers)
-        app.router.add_get("/", self._index)
+        app.router.add_get("/", index)
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/api/login", self._login)
         app.router.add_post("/api/logout", self._logout)
         app.router.add_get("/api/me", self._me)
+        app.router.add_static("/static/", STATIC)
+        return app
+
+    def make_app(self) -> web.Application:
+        app = self.app_behind_login(self._index)
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/alerts", self._alerts)
         app.router.add_get("/api/events", self._events)
@@ -683,7 +691,6 @@ class WebService:
         app.router.add_post(f"/api/alerts/{{alert_id:{_ID}}}/decision", self._decision)
         app.router.add_post("/offer", self._offer)
         app.router.add_post(f"/api/viewers/{{viewer_id:{_ID}}}/close", self._close)
-        app.router.add_static("/static/", STATIC)
         return app
 
     # -- running -----------------------------------------------------------------------------
