@@ -107,3 +107,73 @@ def test_evaluation_and_matcher_decide_alike(tmp_path: Path) -> None:
     ranked = matcher.rank(searches)
     assert [r[0].person_id for r in ranked] == [ids[i] for i in scores.argmax(axis=1)]
     assert [r[0].score for r in ranked] == pytest.approx(scores.max(axis=1).tolist(), abs=1e-5)
+
+
+def generic_people(seed: int = 5, people: int = 80, photos: int = 3
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """Faces whose likeness to strangers grows with each person's ``g`` (how much of one common
+    direction their face holds): a high-``g`` person is the generic look-alike that sets the
+    tail of plain cosines."""
+    rng = np.random.default_rng(seed)
+    dim = 64
+    common = unit([rng.normal(size=dim).tolist()])[0]
+    rows: list[np.ndarray] = []
+    people_rows: dict[str, list[int]] = {}
+    for p in range(people):
+        g = 0.8 * p / people
+        own = unit([rng.normal(size=dim).tolist()])[0]
+        centre = g * common + np.sqrt(1 - g * g) * own
+        people_rows[f"p{p:03d}"] = list(range(len(rows), len(rows) + photos))
+        rows += [centre + 0.25 * unit([rng.normal(size=dim).tolist()])[0] for _ in range(photos)]
+    vectors = unit([r.tolist() for r in rows])
+    return vectors, np.ones(len(vectors), bool), people_rows
+
+
+def test_calibration_measures_the_scores_the_matcher_compares() -> None:
+    """`lfr calibrate` with the deployment's crowd weight: the same draws and searches, scored
+    with each entry's cross-fitted crowd offset, so the generic entries no longer set the tail
+    the threshold is chosen from."""
+    from lfr.eval.calibrate import measure
+
+    vectors, ok, people = generic_people()
+    plain = measure(vectors, ok, people, 40, seed=3, draws=4)
+    calibrated = measure(vectors, ok, people, 40, seed=3, draws=4, crowd_weight=1.0)
+    again = measure(vectors, ok, people, 40, seed=3, draws=4, crowd_weight=1.0)
+    assert np.array_equal(calibrated.non_mated, again.non_mated)
+    assert np.array_equal(plain.non_mated_group, calibrated.non_mated_group)
+    assert np.array_equal(plain.mated_group, calibrated.mated_group)
+    assert not np.array_equal(plain.non_mated, calibrated.non_mated)
+    top = 0.99
+    assert np.quantile(calibrated.non_mated, top) < np.quantile(plain.non_mated, top) - 0.02
+    # Mated searches keep their ranking power: the hits stay hits.
+    assert np.mean(calibrated.mated > 0.5) >= np.mean(plain.mated > 0.5) - 0.05
+
+
+def test_evaluation_measures_the_weight_the_deployment_applies(tmp_path: Path) -> None:
+    """The crowd weight `lfr eval identify` and `lfr calibrate` measure by default: the
+    config's where its bundle carries crowd means or no watchlist is configured, else none."""
+    from lfr.cli.eval import _crowd_weight
+    from lfr.cli.output import UserError
+    from lfr.config import default_config, parse_config
+
+    def config(**watchlist: str) -> object:
+        return parse_config({"name": "x", "watchlist": watchlist,
+                             "matching": {"crowd_weight": 0.7}}, str(tmp_path / "x.toml"))
+
+    ids = ["a", "b", "c"]
+    plain = vector_bundle(tmp_path / "plain", ids, unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    measured = tuple(msgspec.structs.replace(p, crowd_mean=0.1 * i)
+                     for i, p in enumerate(plain.manifest.persons))
+    vector_bundle(tmp_path / "crowd", ids, unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    write_bundle(tmp_path / "crowd", msgspec.structs.replace(plain.manifest, persons=measured),
+                 unit([[1, 0, 0], [0, 1, 0], [0, 0, 1]]),
+                 {f"{r:05d}.jpg": b"x" for r in range(3)})
+
+    assert _crowd_weight(default_config(), None) == 0.5  # the models alone: lfr's default
+    assert _crowd_weight(config(bundle=str(tmp_path / "plain")), None) == 0.0
+    assert _crowd_weight(config(bundle=str(tmp_path / "crowd")), None) == 0.7
+    assert _crowd_weight(config(bundle=str(tmp_path / "new"), crowd=str(tmp_path)), None) == 0.7
+    assert _crowd_weight(config(bundle=str(tmp_path / "new")), None) == 0.0  # built plain
+    assert _crowd_weight(config(bundle=str(tmp_path / "plain")), 0.3) == 0.3
+    with pytest.raises(UserError, match="--crowd-weight 3"):
+        _crowd_weight(default_config(), 3.0)

@@ -34,6 +34,28 @@ def _analyzer(config: Any) -> Any:
     return build_analyzer(config, load_registry(), QualityGate(min_face_px=0))
 
 
+def _crowd_weight(config: Any, given: float | None) -> float:
+    """The per-entry calibration the config's deployment applies, which evaluation and
+    calibration then measure: ``[matching] crowd_weight`` when its watchlist carries crowd means
+    (a bundle built with a crowd, or ``[watchlist] crowd`` naming one for its build) or when no
+    watchlist is configured (the models alone); 0 for a bundle without them, whose matcher
+    compares plain cosines. ``given`` (--crowd-weight) overrides."""
+    from lfr.watchlist.bundle import WatchlistError, has_crowd_means
+
+    weight = given
+    if weight is None:
+        watchlist, weight = config.watchlist, config.matching.crowd_weight
+        if watchlist is not None and not watchlist.crowd:
+            try:
+                calibrated = has_crowd_means(config.resolve_path(watchlist.bundle))
+            except WatchlistError:  # not built yet: built as configured, without a crowd
+                calibrated = False
+            weight = weight if calibrated else 0.0
+    if not 0 <= weight <= 2:
+        raise UserError(f"--crowd-weight {weight}: must be from 0 to 2")
+    return float(weight)
+
+
 def _cache(args: argparse.Namespace) -> Path | None:
     from lfr.eval.dataset import default_cache_dir
 
@@ -110,9 +132,7 @@ def cmd_eval_identify(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("--plot needs matplotlib: pip install 'lfr[plot]'") from None
     config = _config(args.config)
-    crowd_weight = config.matching.crowd_weight if args.crowd_weight is None else args.crowd_weight
-    if not 0 <= crowd_weight <= 2:
-        raise UserError(f"--crowd-weight {crowd_weight}: must be from 0 to 2")
+    crowd_weight = _crowd_weight(config, args.crowd_weight)
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("embedding dataset images", total=None)
         try:
@@ -233,6 +253,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "<person>/<image> dataset: pass --dataset DIR)"
         ) from None
     config = _config(args.config or args.write)
+    crowd_weight = _crowd_weight(config, args.crowd_weight)
     with RichProgress(console=stderr, transient=True, disable=args.json) as bar:
         task = bar.add_task("embedding dataset images", total=None)
         result = calibrate(
@@ -246,6 +267,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             fix_labels=args.fix_labels,
             cache=_cache(args),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            crowd_weight=crowd_weight,
         )
     if args.write:
         try:
@@ -280,6 +302,18 @@ def _add_fix_labels(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply lfr's list of LFW label errors first (merged names, relabelled and "
         "excluded images; listed in the output)",
+    )
+
+
+def _add_crowd_weight(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--crowd-weight",
+        type=float,
+        metavar="W",
+        help="per-entry calibration weight ([matching] crowd_weight; 0: plain cosines); the "
+        "crowd is half the people not listed, scored by the other half (default: what the "
+        "config's deployment applies: its weight when its bundle is built with a crowd or no "
+        "watchlist is configured, else 0)",
     )
 
 
@@ -333,14 +367,7 @@ def register(sub: Any) -> None:
         help="mated searches per listed person at most (default 10)",
     )
     _add_fix_labels(ident)
-    ident.add_argument(
-        "--crowd-weight",
-        type=float,
-        metavar="W",
-        help="per-entry calibration weight ([matching] crowd_weight; 0: plain cosines); "
-        "the crowd is half the people not listed, scored by the other half (default: the "
-        "config's)",
-    )
+    _add_crowd_weight(ident)
     ident.add_argument("--plot", metavar="FILE.png", help="write the DET curve (needs matplotlib)")
     _add_output_options(ident)
     ident.set_defaults(func=cmd_eval_identify)
@@ -414,6 +441,7 @@ def register(sub: Any) -> None:
         help="photos per person on the watchlist (default 1): more photos, more chance likenesses",
     )
     cal.add_argument("--seed", type=int, default=1, help="draw seed (default 1)")
+    _add_crowd_weight(cal)
     _add_fix_labels(cal)
     _add_output_options(cal)
     cal.set_defaults(func=cmd_calibrate)

@@ -36,7 +36,15 @@ import numpy as np
 from rich.table import Table
 
 from lfr.eval.dataset import Progress
-from lfr.eval.identify import MISS, LabelFix, NonMatedHit, embed_dataset, person_max, pick
+from lfr.eval.identify import (
+    MISS,
+    LabelFix,
+    NonMatedHit,
+    cross_fitted_offsets,
+    embed_dataset,
+    person_max,
+    pick,
+)
 from lfr.eval.tables import metric_table
 from lfr.vision.analyzer import FaceAnalyzer
 
@@ -59,6 +67,7 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True):
     watchlist_size: int
     measured_gallery_size: int  # gallery size of the measurement (scaled up to the watchlist)
     enrol_images: int = 1  # photos enrolled per listed person in the measurement
+    crowd_weight: float = 0.0  # per-entry calibration the scores were measured with
     scaled: bool  # the watchlist is larger than the measured galleries
     tail_fit: bool  # the threshold lies beyond the measured scores (exponential tail)
     non_mated_searches: int
@@ -90,11 +99,15 @@ def measure(
     draws: int = DRAWS,
     max_probes: int = 10,
     enrol_images: int = 1,
+    crowd_weight: float = 0.0,
 ) -> _Samples:
     """Pooled mated and non-mated scores over ``draws`` galleries of the measured size, with
     ``enrol_images`` photos enrolled per listed person (fewer where they have fewer): a search
     scores a person by their best photo, so more photos per person means more chance likenesses
-    as well as more hits."""
+    as well as more hits. ``crowd_weight``: the deployment's per-entry calibration
+    (``[matching] crowd_weight``), each draw's crowd cross-fitted as `lfr eval identify` does it
+    (``lfr.eval.identify.cross_fitted_offsets``): the threshold is then chosen on the scores the
+    matcher compares with it."""
     names = sorted(n for n, rows in people.items() if any(ok[i] for i in rows))
     m = min(watchlist_size, len(names) // 2)
     if m < 1:
@@ -112,7 +125,7 @@ def measure(
     # People with photos to spare are listed first, so every draw has mated searches.
     multi = [n for n in names if len(people[n]) > enrol_images]
     single = [n for n in names if len(people[n]) <= enrol_images]
-    for _ in range(draws):
+    for draw in range(draws):
         order = [multi[i] for i in rng.permutation(len(multi))]
         order += [single[i] for i in rng.permutation(len(single))]
         listed = sorted(order[:m])
@@ -121,6 +134,13 @@ def measure(
         enrol = [i for rows in enrolled for i in rows]  # gallery rows, person by person
         starts = np.cumsum([0] + [len(rows) for rows in enrolled[:-1]])
         gallery = vectors[enrol]
+        outsiders = [n for n in sorted(people) if n not in chosen]
+        offsets, half = np.zeros((2, m)), {n: 0 for n in outsiders}
+        if crowd_weight:  # its own generator: the draws stay those of plain cosines
+            offsets, half = cross_fitted_offsets(
+                vectors, {n: [i for i in people[n] if ok[i]] for n in outsiders}, outsiders,
+                gallery, starts, rng=np.random.default_rng([seed, draw, 15]),
+                weight=crowd_weight)
         probes: list[int] = []
         owners: list[int] = []
         for g, name in enumerate(listed):
@@ -131,22 +151,24 @@ def measure(
         if probes:
             # Each search's score for each listed person: their best enrolled photo.
             scores = person_max(vectors[probes] @ gallery.T, starts)
+            scores = scores - offsets[np.arange(len(probes)) % 2]
             owner = np.asarray(owners)
             own = scores[np.arange(len(probes)), owner]
             first = (scores.argmax(axis=1) == owner) & ok[probes]
             mated.append(np.where(first, own, MISS))
             mated_group.append(who[probes])
-        searchers = [
-            i
-            for n in sorted(people)
-            if n not in chosen
-            for i in pick(rng, list(people[n]), max_probes)
-        ]
-        scores = vectors[searchers] @ gallery.T
+        searched = [(n, i) for n in outsiders for i in pick(rng, list(people[n]), max_probes)]
+        searchers = [i for _, i in searched]
+        fold = np.array([1 - half[n] for n, _ in searched], np.int64)
+        raw = vectors[searchers] @ gallery.T
+        scores = person_max(raw, starts) - offsets[fold]
         best = np.where(ok[searchers], scores.max(axis=1), MISS)
         nm.append(best)
+        ends = [*starts[1:], len(enrol)]
         for j in np.argsort(-best)[:5]:
-            top.append((float(best[j]), searchers[j], enrol[int(scores[j].argmax())]))
+            person = int(scores[j].argmax())  # and of their photos, the one that scored
+            photo = int(starts[person]) + int(raw[j, starts[person]:ends[person]].argmax())
+            top.append((float(best[j]), searchers[j], enrol[photo]))
         nm_group.append(who[searchers])
     empty = np.zeros(0, np.int64)
     unique = {(a, b): sc for sc, a, b in sorted(top, reverse=True)}
@@ -228,13 +250,14 @@ def calibrate(
     fix_labels: bool = False,
     cache: Path | None = None,
     progress: Progress | None = None,
+    crowd_weight: float = 0.0,
 ) -> Calibration:
     start = time.perf_counter()
     people, applied, emb = embed_dataset(dataset, analyzer, fix_labels, cache, progress)
     index = emb.index()
     rows = {n: [index[p] for p in paths] for n, paths in people.items()}
     samples = measure(emb.vectors, emb.ok, rows, watchlist_size, seed=seed, draws=draws,
-                      enrol_images=enrol_images)
+                      enrol_images=enrol_images, crowd_weight=crowd_weight)
     target = false_alerts_per_day / footfall
     m = samples.gallery_size
     q = measured_target(target, m, watchlist_size)
@@ -276,6 +299,7 @@ def calibrate(
         watchlist_size=watchlist_size,
         measured_gallery_size=m,
         enrol_images=enrol_images,
+        crowd_weight=crowd_weight,
         scaled=watchlist_size > m,
         tail_fit=extrapolated,
         non_mated_searches=int(samples.non_mated.size),
@@ -329,6 +353,9 @@ def render_calibration(c: Calibration) -> Table:
     if c.tail_fit:
         how += ", tail extrapolated"
     table.add_row("measured", how)
+    table.add_row("per-entry calibration", f"crowd weight {c.crowd_weight:g}"
+                  + (" (crowd: half the people not listed)" if c.crowd_weight else
+                     " (plain cosines)"))
     table.add_row("searches", f"{c.non_mated_searches:,} non-mated, {c.mated_searches:,} mated")
     for hit in c.top_non_mated[:3]:
         table.add_row("high non-mated", f"{hit.probe} ~ {hit.gallery} {hit.score:.3f}")

@@ -417,6 +417,34 @@ def run_seed(
     return report, SeedScores(seed, mated_scores, nm_scores)
 
 
+def cross_fitted_offsets(
+    vectors: np.ndarray,
+    faces_of: Mapping[str, Sequence[int]],
+    outsiders: Sequence[str],
+    gallery: np.ndarray,
+    starts: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    weight: float,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Each listed entry's crowd offset (``lfr.matching.crowd_offsets``) twice: measured on
+    one half of the people ``outsiders`` (their rows ``faces_of``), then on the other; and each
+    outsider's half. A search by an outsider is scored with the other half's offsets, so no
+    face both calibrates an entry and counts as a search against it. Raises DatasetError when
+    a half has no face."""
+    from lfr.matching import crowd_offsets
+
+    half = {name: int(rng.integers(2)) for name in outsiders}
+    offsets = []
+    for fold in (0, 1):
+        faces = [i for name in outsiders if half[name] == fold for i in faces_of[name]]
+        if not faces:
+            raise DatasetError("too few people outside the gallery for a reference crowd")
+        means = person_max(vectors[faces] @ gallery.T, starts).mean(axis=0)
+        offsets.append(crowd_offsets(means, weight))
+    return np.stack(offsets), half
+
+
 def _calibrated(
     vectors: np.ndarray,
     found: Mapping[str, list[int]],
@@ -432,21 +460,11 @@ def _calibrated(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mated and non-mated person scores with each entry's crowd offset, the crowd cross-fitted
     (module notes). Its own generator: the draws of the protocol stay as they were."""
-    from lfr.matching import crowd_offsets
-
-    rng = np.random.default_rng([seed, 15])
-    half = {name: int(rng.integers(2)) for name in others}
-    offsets = []
-    for fold in (0, 1):
-        faces = [i for name in others if half[name] == fold for i in found[name]]
-        if not faces:
-            raise DatasetError("too few people outside the gallery for a reference crowd")
-        means = person_max(vectors[faces] @ gal.T, starts).mean(axis=0)
-        offsets.append(crowd_offsets(means, weight))
+    offsets, half = cross_fitted_offsets(vectors, found, others, gal, starts,
+                                         rng=np.random.default_rng([seed, 15]), weight=weight)
     mated_fold = np.arange(len(mated)) % 2
     searcher_fold = 1 - np.array([half[name] for name in non_mated_people], np.int64)
-    return (mated - np.stack(offsets)[mated_fold],
-            non_mated - np.stack(offsets)[searcher_fold])
+    return mated - offsets[mated_fold], non_mated - offsets[searcher_fold]
 
 
 def _growth(

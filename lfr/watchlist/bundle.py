@@ -354,6 +354,13 @@ def bundle_info(path: Path, *, now: datetime | None = None) -> dict[str, object]
     return Listing(path, manifest, bundle_digest(path), now or datetime.now(UTC)).info()
 
 
+def has_crowd_means(path: Path) -> bool:
+    """Whether every entry of the bundle carries its reference-crowd mean (built with a crowd),
+    so the matcher applies ``[matching] crowd_weight`` to it; from the manifest alone."""
+    _, manifest = _read_manifest(path)
+    return bool(manifest.persons) and all(p.crowd_mean is not None for p in manifest.persons)
+
+
 def _read_manifest(path: Path) -> tuple[bytes, Manifest]:
     manifest_file = path / MANIFEST
     if not path.is_dir():
