@@ -173,6 +173,11 @@ def test_credentials_open_to_others_or_without_a_seed_are_refused(tmp_path: Path
     path.write_bytes(msgspec.json.encode(forged))
     with pytest.raises(CredentialsError, match=r"n1\.json: \$\.seed: not an nkey seed"):
         load_credentials(path)
+    # A file from before the bus used nkeys: a user and password, no seed.
+    old = {k: v for k, v in msgspec.to_builtins(forged).items() if k != "seed"}
+    path.write_bytes(msgspec.json.encode({**old, "password": "hunter2"}))
+    with pytest.raises(CredentialsError, match=r"n1\.json: .*holds a password.*lfr nats-config"):
+        load_credentials(path)
 
 
 async def test_beyond_loopback_the_bus_speaks_tls(tmp_path: Path) -> None:

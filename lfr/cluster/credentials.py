@@ -117,7 +117,12 @@ def load_credentials(path: Path) -> Credentials:
     except OSError as exc:
         raise CredentialsError(f"{path}: cannot read NATS credentials: {exc.strerror}") from None
     except msgspec.DecodeError as exc:
-        raise CredentialsError(f"{path}: not lfr NATS credentials: {exc}") from None
+        hint = ""
+        if b'"password"' in path.read_bytes():  # written before the bus used nkeys
+            hint = ("; it holds a password, as credentials written before lfr used nkeys did: "
+                    "write new ones with `lfr nats-config` and restart the server with its "
+                    "config")
+        raise CredentialsError(f"{path}: not lfr NATS credentials: {exc}{hint}") from None
     try:
         public_key(credentials.seed)
     except ValueError as exc:
