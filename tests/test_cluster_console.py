@@ -532,3 +532,26 @@ async def test_the_console_audits_its_logins_and_the_decisions_it_asks(
     assert verify(data_dir).ok
     await console_nc.close()
     await node_nc.close()
+
+
+def test_a_refused_dashboard_login_is_in_the_consoles_audit_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: Any) -> None:
+    """``lfr console --dashboard``: a wrong password and an auditor are refused before the
+    console connects, and both attempts are in its own audit log (its --data-dir)."""
+    import io
+
+    from web_users import PASSWORDS
+
+    from lfr.audit import audit_records
+    from lfr.cli import main
+
+    data_dir = tmp_path / "ops"
+    base = ["console", "--nats", "nats://127.0.0.1:1", "--deployment", "dep1", "--dashboard",
+            "--users-file", str(users.path), "--data-dir", str(data_dir), "--password-stdin"]
+    for name, password in (("olive", "not-olives"), ("audrey", PASSWORDS["audrey"])):
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        assert main([*base, "--user", name]) == 2
+    logins = [r.data for r in audit_records(data_dir) if r.kind == "console_login"]
+    assert [(r["user"], r["role"], r["ok"], r["via"]) for r in logins] == [
+        ("olive", None, False, "dashboard"), ("audrey", "auditor", False, "dashboard")]
+    assert "auditor" in logins[1]["refused"] and logins[0]["refused"]

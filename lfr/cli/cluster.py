@@ -533,23 +533,21 @@ def cmd_console(args: argparse.Namespace) -> int:
 def _dashboard_login(args: argparse.Namespace, store: Any, audit_log: Any,
                      console_name: str) -> Any:
     """The terminal dashboard's user, logged in here; the attempt audited either way."""
-    from lfr.audit import Kind
     from lfr.cli.users import login
+    from lfr.cluster.console import ConsoleAudit
 
-    def audited(name: str, user: Any, refused: str) -> None:
-        audit_log.append(Kind.CONSOLE_LOGIN, {
-            "user": name, "role": user.role if user else None, "via": "dashboard",
-            "ok": user is not None, "refused": refused, "console": console_name})
-
+    audit = ConsoleAudit(audit_log, console_name)
     try:
         user = login(store, args.user, args.password_stdin)
     except UserError as exc:
-        audited(args.user or "", None, str(exc))
+        audit.record_login(args.user or "", None, "dashboard", str(exc))
         raise
-    audited(user.name, user, "")
     if not user.may("decide"):
-        raise UserError(f"{user.name} is an {user.role}: the console's dashboard is for "
-                        "operators and supervisors (auditors: lfr alerts, lfr report)")
+        refused = (f"{user.name} is an {user.role}: the console's dashboard is for operators "
+                   "and supervisors (auditors: lfr alerts, lfr report)")
+        audit.record_login(user.name, user.role, "dashboard", refused)
+        raise UserError(refused)
+    audit.record_login(user.name, user.role, "dashboard")
     return user
 
 

@@ -216,22 +216,26 @@ class ConsoleAudit:
     def __init__(self, log: AuditLog, console: str) -> None:
         self._log, self.console = log, console
 
-    async def _append(self, kind: Kind, data: dict[str, Any]) -> None:
-        # fsynced: off the event loop
-        await anyio.to_thread.run_sync(self._log.append, kind, {**data, "console": self.console})
+    def record_login(self, name: str, role: str | None, via: str, refused: str = "") -> None:
+        """A login as ``name`` at the console (``via`` "web" or "dashboard"), ``refused`` why
+        not; blocking (the terminal's login comes before the event loop)."""
+        self._log.append(Kind.CONSOLE_LOGIN, {
+            "user": name, "role": role, "via": via, "ok": not refused, "refused": refused,
+            "console": self.console})
 
     async def login(self, name: str, user: Principal | None, via: str, refused: str = ""
                     ) -> None:
-        await self._append(Kind.CONSOLE_LOGIN, {
-            "user": name, "role": user.role if user else None, "via": via,
-            "ok": user is not None, "refused": refused})
+        await anyio.to_thread.run_sync(self.record_login, name, user.role if user else None,
+                                       via, refused)
 
     async def decision_request(self, node: str, alert_id: str, decision: str, by: Principal,
                                note: str, outcome: str) -> None:
         """``outcome``: "recorded", or why not (the node's refusal, the node away)."""
-        await self._append(Kind.DECISION_REQUEST, {
+        # fsynced: off the event loop
+        await anyio.to_thread.run_sync(self._log.append, Kind.DECISION_REQUEST, {
             "alert_id": alert_id, "decision": decision, "requested_by": by.name,
-            "role": by.role, "auth": by.auth, "node": node, "note": note, "outcome": outcome})
+            "role": by.role, "auth": by.auth, "node": node, "note": note, "outcome": outcome,
+            "console": self.console})
 
     async def decide(self, nc: Client, names: Names, node: str, alert_id: str, decision: str,
                      by: Principal, note: str = "") -> dict[str, Any]:
