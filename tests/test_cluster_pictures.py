@@ -249,3 +249,40 @@ def test_the_console_finds_the_provisioned_key_and_refuses_another(
     missing, reason = console_data_key(None, console_creds, key.fingerprint)
     assert missing is None and reason.startswith(SEALED_NO_KEY) and str(key_file) in reason
     assert console_data_key(None, None) == (None, SEALED_NO_KEY)
+
+
+async def test_pictures_leave_the_stream_after_the_retention_and_oversized_ones_never_cross(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """The pictures stream's max_age is the retention (here 2 s): a picture older than that is
+    gone from the bus while the alert's record stays; an image too large for a message is not
+    published (and not listed), never cut or sent another way."""
+    import os
+
+    from lfr.cluster.pictures import publish_pictures, size_limit
+    from lfr.cluster.status import read_alerts
+
+    key = DataKey.generate("the deployment's key")
+    nc = await connect(nats_server.url, "node1")
+    bus = await Bus(nc, Names("dep1")).open(pictures_max_age_s=2.0)
+    with Outbox(tmp_path / "node1", key) as outbox:
+        outbox.add_alert(make_alert("a1", "door", 10.0, crop=60), ["console"])
+        assert await Publisher(bus, "node1", outbox, tmp_path / "node1").flush()
+        huge = make_alert("a2", "door", 11.0, crop=90)
+        huge = msgspec.structs.replace(huge, crop_jpeg=JPEG_MAGIC + os.urandom(
+            size_limit(nc.max_payload)))
+        outbox.add_alert(huge, ["console"])
+        [stored] = [a for a in outbox.unpublished_alerts() if a.id == "a2"]  # sealed
+        assert await publish_pictures(bus, "node1", stored, ("crop_jpeg", "watchlist_jpeg")
+                                      ) == ["watchlist_jpeg"]
+    reader = PictureReader(key)
+    assert (await reader.get(bus, "node1", "a1", "crop_jpeg")).startswith(JPEG_MAGIC)
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await reader.get(bus, "node1", "a1", "crop_jpeg")
+            except PictureUnavailable as exc:
+                assert "privacy.alert_retention_days" in str(exc)
+                break
+            await anyio.sleep(0.5)
+    assert [a["id"] for a in (await read_alerts(bus))["alerts"]] == ["a1"]  # the facts stay
+    await nc.close()
