@@ -286,3 +286,98 @@ async def test_pictures_leave_the_stream_after_the_retention_and_oversized_ones_
             await anyio.sleep(0.5)
     assert [a["id"] for a in (await read_alerts(bus))["alerts"]] == ["a1"]  # the facts stay
     await nc.close()
+
+
+def test_lfr_console_opens_the_pictures_with_the_provisioned_key(
+        tmp_path: Path, users: Any) -> None:
+    """The command end to end on a locked bus: ``lfr console --web`` with the console's
+    credentials finds the data key lfr nats-config wrote beside them and serves the outbox's
+    exact bytes to a logged-in user; the same console provisioned without the key says the
+    pictures are sealed and still lists the alert. Its logins go to its own audit log."""
+    import asyncio
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from lfr.audit import audit_records
+    from lfr.cli import main
+    from lfr.cluster.credentials import load_credentials
+    from lfr.keys import load_data_key
+    from tests.natsserver import free_port
+
+    port = free_port()
+    conf, creds = tmp_path / "server.conf", tmp_path / "creds"
+    assert main(["nats-config", "dep1", "--node", "node1", "--console", "ops", "--listen",
+                 f"127.0.0.1:{port}", "--store", str(tmp_path / "store"), "-o", str(conf),
+                 "--credentials-dir", str(creds), "--json"]) == 0
+    key = load_data_key(creds / "data.key")
+    bare = tmp_path / "bare"  # the console's credentials without the data key
+    bare.mkdir(mode=0o700)
+    shutil.copy2(creds / "ops.json", bare / "ops.json")
+    server = NatsServer(tmp_path / "store", port=port, config=conf)
+    server.start()
+
+    async def node_publishes() -> bytes:
+        nc = await connect(server.url, "node1",
+                           credentials=load_credentials(creds / "node1.json"))
+        bus = await Bus(nc, Names("dep1")).open(pictures_max_age_s=86400.0)
+        with Outbox(tmp_path / "node1", key) as outbox:
+            outbox.add_alert(make_alert("a1", "door", 10.0, crop=60), ["console"])
+            assert await Publisher(bus, "node1", outbox, tmp_path / "node1").flush()
+            held = outbox.get_alert("a1")
+        await nc.close()
+        assert held is not None
+        return held.crop_jpeg
+
+    async def browse(url: str) -> tuple[dict[str, Any], int, bytes]:
+        from web_users import client, login
+
+        async with client() as http:
+            with anyio.fail_after(60):
+                while True:
+                    try:
+                        if (await login(http, url, "olive")).status == 200:
+                            break
+                    except OSError:
+                        pass  # not listening yet
+                    await anyio.sleep(0.3)
+                while True:
+                    async with http.get(url + "api/state") as r:
+                        state = await r.json()
+                    if state["alerts"]:
+                        break
+                    await anyio.sleep(0.3)
+            async with http.get(url + "api/alerts/a1/crop.jpg") as r:
+                return state, r.status, await r.read()
+
+    def console(credentials: Path, data_dir: Path) -> tuple[dict[str, Any], int, bytes, str]:
+        web = free_port()
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("lfr")), "console", "--nats", server.url,
+             "--deployment", "dep1", "--credentials", str(credentials), "--web",
+             f"127.0.0.1:{web}", "--users-file", str(users.path), "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            state, status, body = asyncio.run(browse(f"http://127.0.0.1:{web}/"))
+        finally:
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err.decode()[-2000:]
+        return state, status, body, err.decode()
+
+    try:
+        crop = asyncio.run(node_publishes())
+        state, status, body, _ = console(creds / "ops.json", tmp_path / "ops")
+        assert state["pictures"] == "available"
+        assert (status, body) == (200, crop)
+        state, status, body, err = console(bare / "ops.json", tmp_path / "ops-bare")
+        assert state["pictures"].startswith("pictures sealed (no data key)")
+        assert [a["id"] for a in state["alerts"]] == ["a1"]
+        assert status == 503 and JPEG_MAGIC not in body
+        assert "pictures sealed (no data key)" in err
+    finally:
+        server.stop()
+    logins = [r.data for r in audit_records(tmp_path / "ops") if r.kind == "console_login"]
+    assert [(r["user"], r["ok"], r["via"], r["console"]) for r in logins] == [
+        ("olive", True, "web", "ops")]
