@@ -65,6 +65,10 @@ class Kind(StrEnum):
     # The web viewer as it listens (command-line overrides applied): address, TLS, plain HTTP
     # beyond loopback, named users or the demo token.
     WEB_SETTINGS = "web_settings"
+    # The console of a deployment spread over nodes (lfr console), in its own log: who logged in
+    # (or was refused), and who asked which node to record which decision, with its answer.
+    CONSOLE_LOGIN = "console_login"
+    DECISION_REQUEST = "decision_request"
     SEAL = "seal"  # a signature over the chain so far (lfr.audit writes these itself)
 
 

@@ -28,6 +28,16 @@ class AlreadyDecided(Exception):
     """Someone else decided this alert; only a supervisor may correct it."""
 
 
+class JoinedAlert(ValueError):
+    """The alert joined another's open alert as a further sighting of the same person (a
+    deployment spread over nodes, lfr.cluster.sightings): the officer decides that alert."""
+
+    def __init__(self, alert_id: str, into: str) -> None:
+        super().__init__(f"{alert_id} is a further sighting of alert {into} (the same person, "
+                         f"raised first and still open): decide alert {into}")
+        self.alert_id, self.into = alert_id, into
+
+
 class DecisionStats(msgspec.Struct, frozen=True):
     confirmed: int
     false_alerts: int
@@ -50,13 +60,16 @@ class DecisionLog:
         """Outbox, then audit log, then the counts. KeyError for an alert this deployment does
         not hold, ValueError for a decision that is not one of ``DECISIONS``, NotAllowed for a
         role that does not decide, AlreadyDecided when another person decided it and ``by`` is
-        not a supervisor."""
+        not a supervisor, JoinedAlert for a sighting of another alert."""
         if not by.may("decide"):
             raise NotAllowed(f"{by.name} is an {by.role}: auditors read, they do not decide")
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
         if self._outbox.get_alert(alert_id) is None:
             raise KeyError(f"no alert {alert_id!r} in this deployment")
+        into = self._outbox.merged_into(alert_id)
+        if into is not None and into != alert_id:
+            raise JoinedAlert(alert_id, into)
         # From the outbox: decisions of earlier runs of this deployment count too.
         earlier = self._outbox.adjudications(alert_id)
         previous = earlier[-1] if earlier else None

@@ -149,6 +149,16 @@ class DeploymentView:
         decisions = self._deployment._decisions
         return decisions.get(alert_id) if decisions is not None else None
 
+    def sightings(self) -> dict[str, str]:
+        """Of the recent alerts, those that joined another's open alert as a further sighting
+        of the same person (a node of a deployment spread over nodes, lfr.cluster.sightings):
+        alert id -> the alert it joined. The node's publisher decides it shortly after the
+        alert; the officer decides the alert it joined, not it."""
+        outbox = self._deployment._outbox
+        if outbox is None:
+            return {}
+        return outbox.joined_alerts([a.id for a in self.recent_alerts()])
+
     def person_name(self, person_id: str) -> str:
         watchlist = self._deployment.watchlist
         return watchlist.name(person_id) if watchlist is not None else person_id

@@ -460,7 +460,7 @@ def test_the_console_command_names_what_is_wrong(nats_server: NatsServer, tmp_pa
     from lfr.cli import main
     from tests.natsserver import free_port
 
-    users = ["--users-file", str(tmp_path / "users.json")]
+    users = ["--users-file", str(tmp_path / "users.json"), "--data-dir", str(tmp_path / "ops")]
     assert main(["console", "--nats", nats_server.url, "--deployment", "dep1", *users]) == 2
     assert "--dashboard" in capsys.readouterr().err
     assert main(["console", "--nats", nats_server.url, "--deployment", "never", "--web",
@@ -471,3 +471,87 @@ def test_the_console_command_names_what_is_wrong(nats_server: NatsServer, tmp_pa
     assert main(["console", "--nats", nowhere, "--deployment", "dep1", "--web",
                  "127.0.0.1:0", *users]) == 2
     assert f"NATS at {nowhere}: no server answered" in capsys.readouterr().err
+
+
+async def test_the_console_audits_its_logins_and_the_decisions_it_asks(
+        nats_server: NatsServer, tmp_path: Path, users: Any) -> None:
+    """The console's own log (lfr.audit, under its data dir): web logins, refused ones too, and
+    each decision asked of a node with who asked and the node's answer, a node away included."""
+    from web_users import client, login
+
+    from lfr.audit import audit_records, verify
+    from lfr.cluster.console import ConsoleAudit
+    from lfr.config import WebConfig
+
+    names = Names("dep1")
+    node_nc = await connect(nats_server.url, "node1")
+
+    async def node_answers(msg: Any) -> None:
+        asked = msgspec.json.decode(msg.data)
+        await msg.respond(msgspec.json.encode({"ok": True, "node": "node1", "decision": {
+            "alert_id": asked["alert_id"], "decision": asked["decision"],
+            "operator": asked["by"]}}))
+
+    await node_nc.subscribe(names.decide("node1"), cb=node_answers)
+    console_nc = await connect(nats_server.url, "console")
+    data_dir = tmp_path / "ops"
+    with AuditLog(data_dir) as log:
+        audit = ConsoleAudit(log, "ops")
+        model = followed_model()
+
+        async def decide(node: str, alert_id: str, decision: str, by: Principal,
+                         note: str) -> dict[str, Any]:
+            return await audit.decide(console_nc, names, node, alert_id, decision, by, note)
+
+        web = ConsoleWeb(WebConfig(listen="127.0.0.1:0"), users=users)
+        async with anyio.create_task_group() as tg, client() as http:
+            tg.start_soon(web.run, model, decide, None, None, "pictures sealed (no data key)",
+                          audit)
+            with anyio.fail_after(20):
+                url = await web.wait_ready()
+            assert (await login(http, url, "olive", password="wrong")).status == 401
+            assert (await login(http, url, "olive")).status == 200
+            async with http.post(url + "api/alerts/a1/decision",
+                                 json={"decision": "confirmed", "note": "seen"}) as r:
+                assert r.status == 200
+            tg.cancel_scope.cancel()
+        with pytest.raises(NodeAway):  # node2 runs nothing: asked, not recorded, audited
+            await audit.decide(console_nc, names, "node2", "a9", "no_action", OLIVE)
+    records = [r for r in audit_records(data_dir) if r.kind != "seal"]
+    assert [(r.kind, r.data["user"] if r.kind == "console_login" else r.data["requested_by"])
+            for r in records] == [("console_login", "olive"), ("console_login", "olive"),
+                                  ("decision_request", "olive"), ("decision_request", "olive")]
+    refused, logged_in, asked, away = (r.data for r in records)
+    assert (refused["ok"], refused["via"], logged_in["ok"], logged_in["role"]) == (
+        False, "web", True, "operator")
+    assert refused["refused"] and logged_in["console"] == "ops"
+    assert (asked["alert_id"], asked["decision"], asked["node"], asked["note"],
+            asked["outcome"]) == ("a1", "confirmed", "node1", "seen", "recorded")
+    assert (away["node"], away["alert_id"]) == ("node2", "a9")
+    assert away["outcome"].startswith("not recorded: node node2")
+    assert verify(data_dir).ok
+    await console_nc.close()
+    await node_nc.close()
+
+
+def test_a_refused_dashboard_login_is_in_the_consoles_audit_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: Any) -> None:
+    """``lfr console --dashboard``: a wrong password and an auditor are refused before the
+    console connects, and both attempts are in its own audit log (its --data-dir)."""
+    import io
+
+    from web_users import PASSWORDS
+
+    from lfr.audit import audit_records
+    from lfr.cli import main
+
+    data_dir = tmp_path / "ops"
+    base = ["console", "--nats", "nats://127.0.0.1:1", "--deployment", "dep1", "--dashboard",
+            "--users-file", str(users.path), "--data-dir", str(data_dir), "--password-stdin"]
+    for name, password in (("olive", "not-olives"), ("audrey", PASSWORDS["audrey"])):
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        assert main([*base, "--user", name]) == 2
+    logins = [r.data for r in audit_records(data_dir) if r.kind == "console_login"]
+    assert [(r["user"], r["role"], r["ok"], r["via"]) for r in logins] == [
+        ("olive", None, False, "dashboard"), ("audrey", "auditor", False, "dashboard")]
+    assert "auditor" in logins[1]["refused"] and logins[0]["refused"]

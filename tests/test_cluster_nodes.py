@@ -695,3 +695,44 @@ def test_two_nodes_seeing_one_person_give_one_alert_with_sightings(
                        str(config), "--json"])
     assert report["ok"] and report["alerts"] == len(alerts)
     assert report["sightings"] == len(sightings)
+
+    # Each alert's crop and watchlist picture, each sighting's crop, crossed sealed: opened with
+    # the nodes' data key they are the bytes each node's outbox holds; in the stream, no JPEG.
+    wanted = [(a["node"], a["id"], ("crop_jpeg", "watchlist_jpeg")) for a in alerts]
+    wanted += [(s["node"], s["id"], ("crop_jpeg",)) for s in sightings]
+    opened, raw = asyncio.run(_pictures(nats_server.url, wanted))
+    from lfr.notify.outbox import Outbox
+
+    for name in names:
+        with Outbox(nodes.data_dir(name)) as outbox:
+            for (node, item_id, field), data in opened.items():
+                if node == name:
+                    assert data == getattr(outbox.get_alert(item_id), field), (item_id, field)
+    assert len(opened) == 2 * len(alerts) + len(sightings) == len(raw)
+    assert not any(b"\xff\xd8\xff" in blob for blob in raw)
+
+
+async def _pictures(url: str, wanted: list[tuple[str, str, tuple[str, ...]]]
+                    ) -> tuple[dict[tuple[str, str, str], bytes], list[bytes]]:
+    """The pictures of ``wanted`` (node, id, fields) opened as a console with the key opens
+    them, and every message of the pictures stream as any reader gets it."""
+    from nats.js.api import DeliverPolicy
+
+    from lfr.cluster.bus import Bus, Names, connect
+    from lfr.cluster.pictures import PictureReader
+    from lfr.keys import load_data_key
+
+    nc = await connect(url, "console", wait=False)
+    try:
+        bus = await Bus(nc, Names("site")).bind()
+        reader = PictureReader(load_data_key())
+        opened = {(node, item_id, field): await reader.get(bus, node, item_id, field)
+                  for node, item_id, fields in wanted for field in fields}
+        info = await bus.js.stream_info(bus.names.pictures_stream)
+        sub = await bus.js.subscribe(bus.names.pictures, ordered_consumer=True,
+                                     deliver_policy=DeliverPolicy.ALL)
+        raw = [(await sub.next_msg(timeout=5)).data for _ in range(info.state.messages)]
+        await sub.unsubscribe()
+        return opened, raw
+    finally:
+        await nc.close()

@@ -218,3 +218,134 @@ async def test_an_alert_waits_for_its_claim_while_the_server_is_away(
     assert found["alerts"] == [] and found["sighting_records"] == 1
     outbox.close()
     await bus.nc.close()
+
+
+# -- a sighting on the node that saw it: shown and decided as a sighting ------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from paths import PEOPLE
+
+    from lfr.vision.defaults import default_analyzer
+    from lfr.watchlist import build_watchlist
+
+    path = tmp_path_factory.mktemp("wl") / "bundle"
+    build_watchlist(PEOPLE, path, default_analyzer())
+    return path
+
+
+async def test_a_nodes_own_viewer_and_dashboard_show_a_sighting_as_one(
+        tmp_path: Path, bundle: Path) -> None:
+    """A real deployment (a node's, with its web viewer and dashboard): once its publisher has
+    placed an alert as a further sighting of another node's open alert (the choice it keeps in
+    the outbox), the viewer and the dashboard show it as a sighting of that alert, and a
+    decision on it is refused, naming the alert to decide."""
+    import io
+
+    from paths import CLIP
+    from rich.console import Console
+    from services import running
+    from web_users import client, login, make_users
+
+    from lfr.dashboard.render import render
+    from lfr.dashboard.service import DashboardService
+    from lfr.deployment import Deployment
+    from lfr.plugins import load_plugins
+    from lfr.users import Principal
+    from lfr.web import WebService
+
+    users = make_users(tmp_path / "users.json")
+    config = parse_config({
+        "name": "node2", "data_dir": str(tmp_path / "data"),
+        "watchlist": {"bundle": str(bundle)},
+        "cameras": [{"name": "hall", "url": str(CLIP), "realtime": True, "loop": True,
+                     "fps_cap": 5}],
+        "notifiers": [{"kind": "jsonl"}],
+        "web": {"listen": "127.0.0.1:0", "users_file": str(users.path)}}, "test")
+    deployment = Deployment(config, load_plugins())
+    service = WebService(config.web)
+    dashboard = DashboardService(Principal("olive", "operator"),
+                                 console=Console(file=io.StringIO()))
+    opened_elsewhere = "0123456789abcdef" * 2  # node1's open alert for the same person
+    async with running(deployment, service), client() as http:
+        view = deployment.view
+        with anyio.fail_after(90):
+            while not view.recent_alerts():  # noqa: ASYNC110  (the pipeline's own pace)
+                await anyio.sleep(0.1)
+        sighting = view.recent_alerts()[0]
+        assert view.sightings() == {}  # not placed yet: shown as it came
+        # The node's publisher places it (lfr.cluster.publisher keeps its choice this way).
+        with Outbox(config.resolved_data_dir()) as placed:
+            assert placed.set_merged_into(sighting.id, opened_elsewhere) == opened_elsewhere
+        assert view.sightings() == {sighting.id: opened_elsewhere}
+
+        assert (await login(http, service.url, "olive")).status == 200
+        async with http.get(service.url + "api/state") as r:
+            state = await r.json()
+        assert state["sightings"] == {sighting.id: opened_elsewhere}
+        async with http.get(service.url + "api/alerts") as r:
+            listed = {a["id"]: a["sighting_of"] for a in await r.json()}
+        assert listed[sighting.id] == opened_elsewhere
+        async with http.post(service.url + f"api/alerts/{sighting.id}/decision",
+                             json={"decision": "confirmed"}) as r:
+            assert r.status == 409
+            assert f"decide alert {opened_elsewhere}" in (await r.json())["error"]
+
+        dashboard.selected = sighting.id
+        text = "\n".join(str(line) for line in _lines(render(dashboard.view(view), 160, 50)))
+        assert f"sighting of {opened_elsewhere[:8]}" in text
+        dashboard.handle_key("c", view)
+        assert dashboard.status.startswith("not recorded: ")
+        assert f"further sighting of alert {opened_elsewhere}" in dashboard.status
+        assert view.decision(sighting.id) is None
+    with Outbox(config.resolved_data_dir()) as outbox:
+        assert outbox.adjudications(sighting.id) == []
+
+
+def _lines(renderable: Any) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=160, height=50, color_system=None).print(renderable)
+    return out.getvalue().splitlines()
+
+
+def test_lfr_decide_on_a_sighting_names_the_alert_it_joined(
+        nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``lfr decide`` on a sighting's id records nothing and answers which alert it joined,
+    on which node, and that that alert is the one to decide."""
+    import asyncio
+    import io
+    import json
+
+    import msgspec
+    from web_users import PASSWORDS, make_users
+
+    from lfr.cli import main
+
+    async def publish() -> None:
+        bus = await open_bus(nats_server)
+        await bus.publish(bus.names.subject("alert", "node1"), msgspec.json.encode(
+            {"id": "a1", "person_id": "p1", "name": "P One", "score": 0.9, "camera": "door",
+             "node": "node1", "time": "2026-01-01T00:00:10.000+00:00"}), "a1")
+        await bus.publish(bus.names.subject("sighting", "node2"), msgspec.json.encode(
+            {"id": "s1", "alert_id": "a1", "person_id": "p1", "score": 0.8, "camera": "hall",
+             "node": "node2", "time": "2026-01-01T00:00:12.000+00:00", "wall_time": 12.0}), "s1")
+        await bus.nc.close()
+
+    asyncio.run(publish())
+    make_users(tmp_path / "users.json")
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORDS["olive"] + "\n"))
+    code = main(["decide", "s1", "confirmed", "--nats", nats_server.url, "--deployment", "dep1",
+                 "--users-file", str(tmp_path / "users.json"), "--user", "olive",
+                 "--password-stdin", "--json"])
+    answer = json.loads(capsys.readouterr().out)
+    assert code == 1 and answer["ok"] is False
+    assert (answer["sighting_of"], answer["node"]) == ("a1", "node1")
+    assert "s1 is a further sighting (node2/hall" in answer["error"]
+    assert "of alert a1 (P One, raised on node1/door" in answer["error"]
+    assert "lfr decide a1" in answer["error"]

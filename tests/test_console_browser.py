@@ -43,6 +43,9 @@ def test_the_console_page_plays_a_nodes_camera_and_decides_through_the_node(
     assert report["current_time_after"] > report["current_time_before"]
     assert report["player_text"].startswith("door") and "from node1" in report["player_text"]
     assert "P One (p1)" in report["alert_text"]
+    # The camera crop beside the watchlist picture, opened by the console with the data key and
+    # decoded by the browser (sizes as encoded on node1).
+    assert report["pictures"] == [["camera node1/door", 40, 48], ["watchlist", 32, 36]]
     assert report["decision_text"] == f"false alert by {OFFICER}"
     assert report["recorded"] == [["false_alert", OFFICER]]  # in node1's outbox
     assert PASSWORD not in proc.stderr + proc.stdout
@@ -65,10 +68,12 @@ async def _session(workdir: Path) -> dict[str, Any]:
     from lfr.cluster.console import ConsoleModel, follow, request_decision
     from lfr.cluster.leases import Heartbeat, Lease
     from lfr.cluster.node import Node
+    from lfr.cluster.pictures import PictureReader
     from lfr.cluster.publisher import Publisher
     from lfr.cluster.viewer import NodeViewers, request_viewer
     from lfr.config import WebConfig, parse_config
     from lfr.decisions import DecisionLog
+    from lfr.keys import load_data_key
     from lfr.messages import Alert, Frame, FrameFaces
     from lfr.notify.outbox import Outbox
     from lfr.pipeline.matcher import FrameReport
@@ -95,7 +100,8 @@ async def _session(workdir: Path) -> dict[str, Any]:
         outbox.add_alert(Alert(
             id="a1", camera="door", time="2026-01-01T00:00:10.000+00:00", wall_time=10.0,
             person_id="p1", name="P One", score=0.9, threshold=0.5, box=(1, 2, 3, 4),
-            frame_index=1, latency_s=0.1), ["console"])
+            frame_index=1, latency_s=0.1, crop_jpeg=_jpeg(48, 40),
+            watchlist_jpeg=_jpeg(36, 32)), ["console"])
         publisher = Publisher(bus, "node1", outbox, data_dir, interval_s=0.2)
         decisions = DecisionLog(outbox, audit)
         raising = SimpleNamespace(name="node1", _deployment=SimpleNamespace(
@@ -130,12 +136,17 @@ async def _session(workdir: Path) -> dict[str, Any]:
         async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
             return await request_viewer(console_nc, names, node, request)
 
+        reader = PictureReader(load_data_key())  # the key node1's outbox seals with
+
+        async def picture(node: str, item_id: str, field: str) -> bytes:
+            return await reader.get(console_bus, node, item_id, field)
+
         web = ConsoleWeb(WebConfig(listen="127.0.0.1:0", users_file=str(users.path)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run)
             tg.start_soon(frames)
             tg.start_soon(follow, console_bus, model)
-            tg.start_soon(web.run, model, decide, signal)
+            tg.start_soon(web.run, model, decide, signal, picture, reader.status)
             with anyio.fail_after(30):
                 url = await web.wait_ready()
             report.update(await anyio.to_thread.run_sync(_browse, url, workdir, {
@@ -153,6 +164,14 @@ async def _session(workdir: Path) -> dict[str, Any]:
     finally:
         server.stop()
     return report
+
+
+def _jpeg(height: int, width: int) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
+    assert ok
+    return bytes(data.tobytes())
 
 
 def _browse(url: str, workdir: Path, se: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +219,11 @@ def _browse(url: str, workdir: Path, se: dict[str, Any]) -> dict[str, Any]:
                       player_text=driver.find_element(By.CSS_SELECTOR, "#players figure").text)
         card = '#alerts li[data-alert="a1"]'
         report["alert_text"] = steady(lambda d: d.find_element(By.CSS_SELECTOR, card).text)
+        report["pictures"] = steady(lambda d: d.execute_script(
+            "const figures = [...document.querySelectorAll(arguments[0] + ' .images figure')];"
+            "const shown = figures.map((f) => [f.querySelector('figcaption').textContent,"
+            " f.querySelector('img').naturalWidth, f.querySelector('img').naturalHeight]);"
+            "return shown.length === 2 && shown.every((p) => p[1] > 0) ? shown : null;", card))
         steady(lambda d: d.find_element(
             By.CSS_SELECTOR, f'{card} button[data-decision="false_alert"]').click() or True)
         report["decision_text"] = steady(

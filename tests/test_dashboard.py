@@ -458,10 +458,14 @@ class FakeDeployment:
         self.config = parse_config({"name": "fake", "operator": "cfg-op"}, "test")
         self.alerts: deque[Alert] = deque()
         self.decided: dict[str, Adjudication] = {}
+        self.joined: dict[str, str] = {}  # alert id -> the open alert it joined (a node's)
         self.stopped = False
 
     def recent_alerts(self) -> tuple[Alert, ...]:
         return tuple(self.alerts)
+
+    def sightings(self) -> dict[str, str]:
+        return dict(self.joined)
 
     def decisions(self) -> dict[str, Adjudication]:
         return dict(self.decided)
@@ -517,6 +521,23 @@ def test_keys_move_decide_and_quit_and_a_new_alert_never_moves_the_selection() -
     service.handle_key("q", d)
     assert fake.stopped and service.stopping
     assert service.view(d).stopping
+
+
+def test_a_sighting_is_shown_as_a_sighting_of_the_alert_it_joined() -> None:
+    """On a node of a deployment spread over nodes, an alert that joined another node's open
+    alert (lfr.cluster.sightings) is listed as a sighting of it, not as a new pending alert."""
+    fake = FakeDeployment()
+    service = DashboardService(Principal("olive", "operator"), console=Console(file=io.StringIO()))
+    d = cast("DeploymentView", fake)
+    fake.alerts.extend([alert(1), alert(2)])
+    fake.joined[alert(2).id] = "ab" * 16  # alert 2 joined node1's alert abab...
+    lines = screen(service.view(d), 160, 40)
+    assert "sighting of abababab" in line_with(lines, "▶")  # the newest, selected
+    assert "pending" in line_with(lines, "10:00:01")  # alert 1 is raised here, still pending
+    assert "Selected sighting" in "\n".join(lines)
+    counters = line_with(lines, "faces")
+    assert "sightings 1" in counters
+    assert "pending 0" in counters  # the snapshot's one pending alert is the sighting
 
 
 def test_decisions_are_the_logged_in_users_and_only_a_supervisor_quits() -> None:

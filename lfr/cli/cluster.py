@@ -235,7 +235,9 @@ def _on_bus(args: argparse.Namespace, action: Any, create: bool = True) -> dict[
         nc = await connect(args.nats, "lfr-console", credentials=credentials, wait=False)
         try:
             bus = Bus(nc, Names(args.deployment))
-            result: dict[str, Any] = await action(await (bus.open() if create else bus.bind()))
+            # A console creates no pictures stream: the first node does, with its retention.
+            result: dict[str, Any] = await action(await (
+                bus.open(pictures_max_age_s=None) if create else bus.bind()))
             return result
         finally:
             await nc.close()
@@ -322,8 +324,12 @@ def cmd_decide(args: argparse.Namespace) -> int:
         from lfr.cluster.console import NodeAway, request_decision
         from lfr.cluster.status import read_alerts
 
-        raised = {a["id"]: a["node"] for a in (await read_alerts(bus))["alerts"]}
+        found = (await read_alerts(bus))["alerts"]
+        raised = {a["id"]: a["node"] for a in found}
         if args.alert_id not in raised:
+            joined = _sighting_of(found, args.alert_id)
+            if joined is not None:
+                return joined
             return {"ok": False, "error": f"no alert {args.alert_id!r} in the stream of "
                     f"{args.deployment}"}
         try:
@@ -344,6 +350,25 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
         print_error(result["error"])
     return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def _sighting_of(alerts: list[dict[str, Any]], sighting_id: str) -> dict[str, Any] | None:
+    """``lfr decide``'s answer for a sighting id: which alert it joined, and that that alert is
+    the one to decide. Not decided in its place: a sighting is a further camera's view of the
+    person, and a decision on it (say "false alert": not the same person) would not hold for
+    the alert the officer was shown; the officer decides that alert, having seen both."""
+    for alert in alerts:
+        for sighting in alert["sightings"]:
+            if sighting["id"] == sighting_id:
+                return {"ok": False, "sighting_of": alert["id"], "node": alert["node"],
+                        "error": (
+                            f"{sighting_id} is a further sighting ({sighting['node']}/"
+                            f"{sighting['camera']} {sighting['time']}) of alert {alert['id']} "
+                            f"({alert['name'] or alert['person_id']}, raised on "
+                            f"{alert['node']}/{alert['camera']} {alert['time']}): it joined "
+                            f"that alert, which is the one to decide: lfr decide "
+                            f"{alert['id']} ...")}
+    return None
 
 
 def add_report_options(report: argparse.ArgumentParser) -> None:
@@ -448,12 +473,12 @@ FIRST_CONNECT_S = 15.0
 
 def cmd_console(args: argparse.Namespace) -> int:
     """``lfr console``: the operator's dashboard (``--dashboard``) and the browser viewer
-    (``--web HOST:PORT``) over a deployment spread over nodes, fed by its bus."""
+    (``--web HOST:PORT``) over a deployment spread over nodes, fed by its bus; its own audit
+    log (logins, decisions asked) in its data dir."""
     import anyio
 
-    from lfr.cluster.bus import Bus, BusError, Names, connect
-    from lfr.cluster.console import ConsoleModel, follow, request_decision
-    from lfr.cluster.viewer import request_viewer
+    from lfr.audit import AuditError, AuditLog
+    from lfr.cluster.bus import BusError
     from lfr.users import UsersFileError, UserStore
 
     if not args.dashboard and not args.web:
@@ -463,15 +488,77 @@ def cmd_console(args: argparse.Namespace) -> int:
         store = UserStore(Path(args.users_file) if args.users_file else None)
     except UsersFileError as exc:
         raise UserError(str(exc)) from None
-    dashboard = None
-    if args.dashboard:
-        from lfr.cli.users import login
-        from lfr.dashboard.cluster import ConsoleDashboard
+    config = None
+    if args.config:
+        from lfr.config import load_config
+        from lfr.plugins import ConfigError
 
+        try:
+            config = load_config(Path(args.config))
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+    credentials = _credentials(args, args.deployment, "console")
+    console_name = credentials.user if credentials is not None else "console"
+    data_dir = (Path(args.data_dir) if args.data_dir
+                else config.resolved_data_dir() / console_name if config is not None
+                else Path("lfr-data") / args.deployment / console_name)
+    try:
+        audit_log = AuditLog(data_dir, **(config.audit_log_options() if config else {}))
+    except AuditError as exc:
+        raise UserError(str(exc)) from None
+    with audit_log:
+        user = None
+        if args.dashboard:
+            user = _dashboard_login(args, store, audit_log, console_name)
+        reader = _picture_reader(args, config, credentials)
+        if reader.key is None:
+            stderr.print(f"console: {reader.reason}: alerts are shown without them",
+                         highlight=False)
+        try:
+            anyio.run(_run_console, args, store, credentials, reader, user, audit_log,
+                      console_name)
+        except KeyboardInterrupt:
+            pass
+        except BusError as exc:
+            raise UserError(str(exc)) from None
+        except OSError as exc:
+            raise UserError(str(exc)) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("nats"):
+                raise _bus_error(exc, args.nats) from None
+            raise
+    return EXIT_OK
+
+
+def _dashboard_login(args: argparse.Namespace, store: Any, audit_log: Any,
+                     console_name: str) -> Any:
+    """The terminal dashboard's user, logged in here; the attempt audited either way."""
+    from lfr.cli.users import login
+    from lfr.cluster.console import ConsoleAudit
+
+    audit = ConsoleAudit(audit_log, console_name)
+    try:
         user = login(store, args.user, args.password_stdin)
-        if not user.may("decide"):
-            raise UserError(f"{user.name} is an {user.role}: the console's dashboard is for "
-                            "operators and supervisors (auditors: lfr alerts, lfr report)")
+    except UserError as exc:
+        audit.record_login(args.user or "", None, "dashboard", str(exc))
+        raise
+    if not user.may("decide"):
+        refused = (f"{user.name} is an {user.role}: the console's dashboard is for operators "
+                   "and supervisors (auditors: lfr alerts, lfr report)")
+        audit.record_login(user.name, user.role, "dashboard", refused)
+        raise UserError(refused)
+    audit.record_login(user.name, user.role, "dashboard")
+    return user
+
+
+async def _run_console(args: argparse.Namespace, store: Any, credentials: Any, reader: Any,
+                       user: Any, audit_log: Any, console_name: str) -> None:
+    import anyio
+
+    from lfr.cluster.bus import Bus, Names, connect
+    from lfr.cluster.console import ConsoleAudit, ConsoleModel, follow
+    from lfr.cluster.viewer import request_viewer
+
     web = None
     if args.web:
         from lfr.config import WebConfig
@@ -482,55 +569,64 @@ def cmd_console(args: argparse.Namespace) -> int:
                                        tls_key=args.tls_key), users=store)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    credentials = _credentials(args, args.deployment, "console")
     names = Names(args.deployment)
     model = ConsoleModel(args.deployment)
-
-    async def run() -> None:
-        # It reconnects for ever once connected; the first connection is given a bound, so
-        # a wrong address is an error rather than a silent wait.
-        try:
-            with anyio.fail_after(FIRST_CONNECT_S):
-                nc = await connect(args.nats, "lfr-console", credentials=credentials,
-                                   on_state=model.on_bus_state)
-        except TimeoutError:
-            raise UserError(f"NATS at {args.nats}: no server answered within "
-                            f"{FIRST_CONNECT_S:.0f} s") from None
-        try:
-            bus = await Bus(nc, names).bind()
-
-            async def decide(node: str, alert_id: str, decision: str, by: Any,
-                             note: str) -> dict[str, Any]:
-                return await request_decision(nc, names, node, alert_id, decision, by, note)
-
-            async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
-                return await request_viewer(nc, names, node, request)
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(follow, bus, model)
-                if web is not None:
-                    tg.start_soon(web.run, model, decide, signal)
-                if args.dashboard:
-                    nonlocal dashboard
-                    dashboard = ConsoleDashboard(user, decide)
-                    await dashboard.run(model)
-                    tg.cancel_scope.cancel()
-        finally:
-            await nc.close()
-
+    audit = ConsoleAudit(audit_log, console_name)
+    # It reconnects for ever once connected; the first connection is given a bound, so
+    # a wrong address is an error rather than a silent wait.
     try:
-        anyio.run(run)
-    except KeyboardInterrupt:
-        pass
-    except BusError as exc:
+        with anyio.fail_after(FIRST_CONNECT_S):
+            nc = await connect(args.nats, "lfr-console", credentials=credentials,
+                               on_state=model.on_bus_state)
+    except TimeoutError:
+        raise UserError(f"NATS at {args.nats}: no server answered within "
+                        f"{FIRST_CONNECT_S:.0f} s") from None
+    try:
+        bus = await Bus(nc, names).bind()
+
+        async def decide(node: str, alert_id: str, decision: str, by: Any,
+                         note: str) -> dict[str, Any]:
+            return await audit.decide(nc, names, node, alert_id, decision, by, note)
+
+        async def signal(node: str, request: dict[str, Any]) -> dict[str, Any]:
+            return await request_viewer(nc, names, node, request)
+
+        async def picture(node: str, item_id: str, field: str) -> bytes:
+            return await reader.get(bus, node, item_id, field)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow, bus, model)
+            if web is not None:
+                tg.start_soon(web.run, model, decide, signal,
+                              picture if reader.key is not None else None, reader.status,
+                              audit)
+            if user is not None:
+                from lfr.dashboard.cluster import ConsoleDashboard
+
+                dashboard = ConsoleDashboard(user, decide, pictures=reader.status)
+                await dashboard.run(model)
+                tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
+
+
+def _picture_reader(args: argparse.Namespace, config: Any, credentials: Any) -> Any:
+    """What opens the alert pictures: the deployment's data key from ``--config``'s ``[keys]
+    data_key``, else where lfr nats-config provisioned it (lfr.cluster.credentials
+    .console_data_key); without one they stay sealed."""
+    from lfr.cluster.credentials import console_data_key, credentials_file
+    from lfr.cluster.pictures import PictureReader
+    from lfr.keys import KeyFileError
+
+    explicit = getattr(args, "credentials", None)
+    try:
+        key, reason = console_data_key(
+            config.data_key_file() if config is not None else None,
+            credentials_file(args.deployment, "console", Path(explicit) if explicit else None),
+            credentials.data_key_id if credentials is not None else "")
+    except KeyFileError as exc:
         raise UserError(str(exc)) from None
-    except OSError as exc:
-        raise UserError(str(exc)) from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("nats"):
-            raise _bus_error(exc, args.nats) from None
-        raise
-    return EXIT_OK
+    return PictureReader(key, reason)
 
 
 def register_console(sub: Any) -> None:
@@ -538,6 +634,15 @@ def register_console(sub: Any) -> None:
                              "dashboard and the browser viewer over every node's cameras and "
                              "alerts; decisions go to the node that raised the alert")
     _add_deployment(console)
+    console.add_argument("--config", metavar="CONFIG",
+                         help="the deployment's config: its [keys] data_key opens the alert "
+                         "pictures (default: the data.key lfr nats-config wrote beside the "
+                         "console's credentials; without a key the pictures stay sealed), its "
+                         "data_dir and [audit] settings hold the console's audit log")
+    console.add_argument("--data-dir", metavar="DIR",
+                         help="where the console keeps its own audit log (logins, decisions "
+                         "asked; default: the config's data_dir/CONSOLE with --config, else "
+                         "lfr-data/DEPLOYMENT/CONSOLE; CONSOLE: its credentials' user name)")
     console.add_argument("--dashboard", action="store_true",
                          help="the terminal dashboard (log in as an lfr user first)")
     console.add_argument("--web", metavar="HOST:PORT",

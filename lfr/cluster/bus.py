@@ -15,12 +15,19 @@ One deployment, one stream and two key-value buckets, all named from the deploym
 - bucket ``lfr_<name>_watchlist`` (the version in use) and object store ``lfr_<name>_bundles``
   (the bundles): lfr.cluster.watchlist.
 
-Nothing about a face that did not match is ever published; alerts cross without their images
-(the crop and the watchlist picture stay in the node's sealed outbox).
+- stream ``LFR_<name>_PICTURES`` with subjects ``lfrpic.<name>.<node>.<alert id>.<field>``: an
+  alert's camera crop and watchlist picture, a sighting's crop, each as sealed in the node's
+  outbox (AES-256-GCM with the deployment's data key, bound to the alert id and field:
+  lfr.cluster.pictures). It keeps one message per subject and ages them out after
+  ``privacy.alert_retention_days`` (its ``max_age``), as a node's retention blanks them in its
+  outbox, while the records stream above keeps the facts for the audit.
+
+Nothing about a face that did not match is ever published; a matched face crosses sealed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
 # Stream, bucket and subject tokens: letters, digits, '-' and '_' (a '.' separates subject tokens).
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 ALERT, DECISION, AUDIT, SIGHTING = "alert", "decision", "audit", "sighting"
+
+log = logging.getLogger("lfr.cluster.bus")
 
 
 class BusError(Exception):
@@ -64,6 +73,7 @@ class Names:
         self.watchlist_bucket = f"lfr_{deployment}_watchlist"
         self.bundles_store = f"lfr_{deployment}_bundles"
         self.open_alerts_bucket = f"lfr_{deployment}_open"
+        self.pictures_stream = f"LFR_{deployment}_PICTURES"
 
     def subject(self, what: str, node: str) -> str:
         return f"lfr.{self.deployment}.{what}.{node}"
@@ -74,6 +84,18 @@ class Names:
     @property
     def subjects(self) -> str:
         return f"lfr.{self.deployment}.>"
+
+    def picture(self, node: str, alert_id: str, field: str) -> str:
+        """Where ``node`` publishes one sealed image of one of its alerts or sightings (outside
+        the records stream's subjects: its own stream ages them out)."""
+        return f"lfrpic.{self.deployment}.{node}.{alert_id}.{field}"
+
+    def pictures_of(self, node: str) -> str:
+        return f"lfrpic.{self.deployment}.{node}.>"
+
+    @property
+    def pictures(self) -> str:
+        return f"lfrpic.{self.deployment}.>"
 
     def decide(self, node: str) -> str:
         """Where a console asks ``node`` to record a decision (request/reply, outside the
@@ -150,8 +172,13 @@ class Bus:
         self.watchlist: KeyValue | None = None
         self.bundles: ObjectStore | None = None
         self.open_alerts: KeyValue | None = None
+        self.has_pictures = False  # the pictures stream exists (a console binds it if so)
 
-    async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0) -> Bus:
+    async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0,
+                   pictures_max_age_s: float | None = 31 * 86400.0) -> Bus:
+        """The stream and buckets, created when missing; ``pictures_max_age_s``: how long the
+        pictures stream keeps an image (a node's ``privacy.alert_retention_days``: the first
+        node sets it); None (a console, which knows no retention): not created."""
         from nats.js.api import StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
@@ -161,6 +188,24 @@ class Bus:
             await self.js.add_stream(StreamConfig(
                 name=self.names.stream, subjects=[self.names.subjects], storage=StorageType.FILE,
                 num_replicas=replicas, duplicate_window=duplicate_window_s))
+        try:
+            info = await self.js.stream_info(self.names.pictures_stream)
+            self.has_pictures = True
+            kept = info.config.max_age
+            if pictures_max_age_s is not None and kept and abs(kept - pictures_max_age_s) > 1:
+                log.warning("deployment %s keeps alert pictures %.4g days; this node's "
+                            "privacy.alert_retention_days is %.4g (the first node's applies; "
+                            "an administrator changes it with `nats stream edit %s "
+                            "--max-age`)", self.names.deployment, kept / 86400,
+                            pictures_max_age_s / 86400, self.names.pictures_stream)
+        except NotFoundError:
+            if pictures_max_age_s is not None:
+                await self.js.add_stream(StreamConfig(
+                    name=self.names.pictures_stream, subjects=[self.names.pictures],
+                    storage=StorageType.FILE, num_replicas=replicas, max_age=pictures_max_age_s,
+                    max_msgs_per_subject=1,  # a replay after the duplicate window replaces it
+                    duplicate_window=min(duplicate_window_s, pictures_max_age_s)))
+                self.has_pictures = True
         self.cameras = await self.js.create_key_value(
             bucket=self.names.cameras_bucket, history=1, replicas=replicas)
         self.nodes = await self.js.create_key_value(
@@ -187,6 +232,11 @@ class Bus:
         except (NotFoundError, BucketNotFoundError):
             raise BusError(f"no deployment {self.names.deployment!r} on this NATS server "
                            "(no node of it has started)") from None
+        try:  # started by nodes from before pictures crossed: alerts without pictures
+            await self.js.stream_info(self.names.pictures_stream)
+            self.has_pictures = True
+        except NotFoundError:
+            self.has_pictures = False
         return self
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:

@@ -6,10 +6,11 @@ The console follows the deployment rather than polling it: ordered consumers on 
 late shows what came before) and watchers on the nodes' and cameras' buckets. Each update is
 folded in by the same functions ``lfr status`` and ``lfr alerts`` use (lfr.cluster.status), so
 the console and those commands agree; records are folded as they arrive, so drawing the console
-costs no pass over the whole stream. It creates nothing on the server and publishes nothing
-to the stream: a decision goes to the node that raised the alert (request/reply on
-``lfrctl.<name>.decide.<node>``), which records it in its outbox and audit log and publishes
-it; the console sees it come back on the stream.
+costs no pass over the whole stream. Alert pictures are not followed: the console fetches one
+from the pictures stream when a user asks for it (lfr.cluster.pictures). It creates nothing on
+the server and publishes nothing to the stream: a decision goes to the node that raised the
+alert (request/reply on ``lfrctl.<name>.decide.<node>``), which records it in its outbox and
+audit log and publishes it; the console sees it come back on the stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from lfr.audit import AuditLog, Kind
 from lfr.cluster.bus import ALERT, DECISION, SIGHTING, Bus, Names
 from lfr.cluster.status import AlertFold, nodes_and_cameras
 
@@ -45,6 +47,9 @@ class ConsoleModel:
         self.heartbeats: dict[str, bytes] = {}
         self.leases: dict[str, bytes] = {}
         self.fold = AlertFold()  # folded as they arrive: a view costs no pass over them all
+        # Alert or sighting id -> (the node that published it, its pictures in the pictures
+        # stream): where the console fetches them (lfr.cluster.pictures), never keeping one.
+        self.pictures: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._by_time: list[tuple[str, str]] = []  # (time, alert id) of every alert, in order
         self.revision = 0
         self.errors = 0  # records that could not be read (counted, not shown as alerts)
@@ -68,6 +73,10 @@ class ConsoleModel:
         except KeyError:  # an alert without an id, a decision without its alert's
             self.errors += 1
             return
+        if what in (ALERT, SIGHTING) and record.get("node") and record.get("id"):
+            fields = record.get("pictures")
+            self.pictures.setdefault(str(record["id"]), (str(record["node"]), tuple(
+                str(f) for f in fields) if isinstance(fields, list) else ()))
         if len(self.fold.alerts) > known:  # a new alert (not a duplicate record of one)
             bisect.insort(self._by_time, (str(record.get("time") or ""), str(record["id"])))
         self._bump()
@@ -113,9 +122,24 @@ class ConsoleModel:
         fold = self.fold
         newest = [alert_id for _, alert_id in reversed(self._by_time[-RECENT_ALERTS:])]
         return {"deployment": self.names.deployment, "bus": self.bus, "nodes": nodes,
-                "cameras": cameras, "alerts": [fold.entry(a) for a in newest],
+                "cameras": cameras, "alerts": [self._with_pictures(fold.entry(a))
+                                               for a in newest],
                 "stream_records": fold.alert_records,
                 "duplicates": fold.alert_records - len(fold.alerts)}
+
+    def _with_pictures(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """An alert entry with the pictures published of it and of each of its sightings."""
+        def fields(item_id: str) -> list[str]:
+            return list(self.pictures.get(item_id, ("", ()))[1])
+
+        return {**entry, "pictures": fields(entry["id"]),
+                "sightings": [{**s, "pictures": fields(str(s["id"]))}
+                              for s in entry["sightings"]]}
+
+    def picture_source(self, item_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """(the node that published it, its pictures) of an alert or sighting id; None when
+        the stream has no such record."""
+        return self.pictures.get(item_id)
 
     def raised_by(self, alert_id: str) -> str | None:
         """The node that raised ``alert_id``, as the stream says."""
@@ -181,3 +205,47 @@ async def request_decision(nc: Client, names: Names, node: str, alert_id: str, d
                        "can be recorded once it is back") from None
     answer: dict[str, Any] = msgspec.json.decode(reply.data)
     return answer
+
+
+class ConsoleAudit:
+    """The console's own audit log (lfr.audit.AuditLog in its data dir, like a node's under
+    ``data_dir/<console>/``): each login to it, refused ones too, and each decision a person
+    asked of a node through it, with who asked and the node's answer. The decision itself is
+    audited by the node that records it; this log says who asked it from where."""
+
+    def __init__(self, log: AuditLog, console: str) -> None:
+        self._log, self.console = log, console
+
+    def record_login(self, name: str, role: str | None, via: str, refused: str = "") -> None:
+        """A login as ``name`` at the console (``via`` "web" or "dashboard"), ``refused`` why
+        not; blocking (the terminal's login comes before the event loop)."""
+        self._log.append(Kind.CONSOLE_LOGIN, {
+            "user": name, "role": role, "via": via, "ok": not refused, "refused": refused,
+            "console": self.console})
+
+    async def login(self, name: str, user: Principal | None, via: str, refused: str = ""
+                    ) -> None:
+        await anyio.to_thread.run_sync(self.record_login, name, user.role if user else None,
+                                       via, refused)
+
+    async def decision_request(self, node: str, alert_id: str, decision: str, by: Principal,
+                               note: str, outcome: str) -> None:
+        """``outcome``: "recorded", or why not (the node's refusal, the node away)."""
+        # fsynced: off the event loop
+        await anyio.to_thread.run_sync(self._log.append, Kind.DECISION_REQUEST, {
+            "alert_id": alert_id, "decision": decision, "requested_by": by.name,
+            "role": by.role, "auth": by.auth, "node": node, "note": note, "outcome": outcome,
+            "console": self.console})
+
+    async def decide(self, nc: Client, names: Names, node: str, alert_id: str, decision: str,
+                     by: Principal, note: str = "") -> dict[str, Any]:
+        """request_decision, audited with its outcome (NodeAway too, then raised again)."""
+        try:
+            reply = await request_decision(nc, names, node, alert_id, decision, by, note)
+        except Exception as exc:  # the node away, the server away: not recorded anywhere
+            await self.decision_request(node, alert_id, decision, by, note,
+                                        f"not recorded: {exc or type(exc).__name__}")
+            raise
+        outcome = "recorded" if reply.get("ok") else f"refused: {reply.get('error')}"
+        await self.decision_request(node, alert_id, decision, by, note, outcome)
+        return reply

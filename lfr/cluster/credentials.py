@@ -1,13 +1,14 @@
 """The bus locked: one NATS user per node and per console, each known by its own nkey (an Ed25519
 key pair) and allowed only the subjects its role needs, and the nats-server config that says so.
 
-- A node publishes its own records only (``lfr.<name>.{alert,decision,audit,sighting}.<node>``)
+- A node publishes its own records only (``lfr.<name>.{alert,decision,audit,sighting}.<node>``
+  and its alerts' sealed pictures, ``lfrpic.<name>.<node>.>``)
   and its own heartbeat (``$KV.lfr_<name>_nodes.<node>``); it writes camera leases (any camera:
   it may have to take one over), open alerts (any person: lfr.cluster.sightings) and the
   watchlist (the first node publishes the config's).
 - A console (``lfr status``, ``lfr alerts``, ``lfr decide``, ``lfr watchlist publish|destroy
   --nats``) reads, writes the watchlist and asks a node to record a decision; it cannot publish
-  an alert, a decision or an audit record itself.
+  an alert, a decision, a picture or an audit record itself.
 - Nobody may delete, purge or reconfigure a stream or delete one of its messages.
 - Replies come to an inbox of the user's own (``_INBOX_<user>.``): nobody reads another's.
 
@@ -19,12 +20,14 @@ Each user's credentials (its seed) go to lfr's key directory (``nats/<deployment
 0600), where ``lfr node`` and the console commands find them. A client without credentials, or
 whose seed is not the one of the key it names, is refused at connect.
 
-The deployment's data key (lfr.sealed: it seals each published bundle's own key, and the
-nodes' outboxes) is written beside the credentials as ``data.key`` (0600, lfr.keys format): the
-key of whoever runs ``lfr nats-config`` (or ``--data-key FILE``), the one their bundles are
-sealed with. It reaches a node once, at provisioning, with that node's credentials, never over
-the bus; the object store holds bundles sealed as on disk. A node on a locked bus uses it unless
-its config names a ``[keys] data_key`` of its own (with_deployment_key).
+The deployment's data key (lfr.sealed: it seals each published bundle's own key, the nodes'
+outboxes and the alert pictures they publish) is written beside the credentials as ``data.key``
+(0600, lfr.keys format): the key of whoever runs ``lfr nats-config`` (or ``--data-key FILE``),
+the one their bundles are sealed with. It reaches a node once, at provisioning, with that node's
+credentials, never over the bus; the object store holds bundles sealed as on disk. A node on a
+locked bus uses it unless its config names a ``[keys] data_key`` of its own
+(with_deployment_key). A console opens the alert pictures with it (console_data_key); without it
+the pictures stay sealed.
 """
 
 from __future__ import annotations
@@ -167,6 +170,34 @@ def with_deployment_key(config: Config, node_credentials: Path | None) -> Config
     return msgspec.structs.replace(config, keys=keys)
 
 
+def console_data_key(config_key: Path | None, console_credentials: Path | None,
+                     deployment_key_id: str = "") -> tuple[DataKey | None, str]:
+    """The key a console opens alert pictures with (lfr.cluster.pictures), and why there is
+    none: ``config_key`` (a config's ``[keys] data_key``), else the ``data.key`` lfr
+    nats-config wrote beside the console's credentials, else, on an unlocked bus, the user's
+    own key (the one its nodes then use) when it exists. A key other than the deployment's
+    (``deployment_key_id``, from the credentials) is refused, naming both. KeyFileError for a
+    key file that cannot be read."""
+    from lfr.cluster.pictures import SEALED_NO_KEY
+    from lfr.keys import DATA_KEY_NAME, key_dir, load_data_key
+
+    if config_key is not None:
+        key = load_data_key(config_key)
+    elif console_credentials is not None:
+        beside = console_credentials.parent / DEPLOYMENT_KEY_NAME
+        if not beside.is_file():
+            return None, f"{SEALED_NO_KEY}: none at {beside}"
+        key = load_data_key(beside)
+    elif (key_dir() / DATA_KEY_NAME).is_file():
+        key = load_data_key()
+    else:
+        return None, SEALED_NO_KEY
+    if deployment_key_id and key.fingerprint != deployment_key_id:
+        return None, (f"pictures sealed (the data key {key.fingerprint}, {key.source}, is not the "
+                      f"deployment's {deployment_key_id})")
+    return key, ""
+
+
 def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
     d = names.deployment
     shared = [f"$KV.{names.watchlist_bucket}.>", f"$O.{names.bundles_store}.>",
@@ -174,6 +205,7 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
     subscribe = [f"_INBOX_{user}.>"]
     if role == "node":
         own = [names.subject(what, user) for what in (ALERT, DECISION, AUDIT, SIGHTING)]
+        own.append(names.pictures_of(user))  # its alerts' sealed images (lfr.cluster.pictures)
         publish = [*own, f"$KV.{names.cameras_bucket}.>", f"$KV.{names.nodes_bucket}.{user}",
                    f"$KV.{names.open_alerts_bucket}.>", *shared]
         deny = _DENIED_API
@@ -181,7 +213,7 @@ def permissions(names: Names, role: Role, user: str) -> dict[str, Any]:
         subscribe.append(names.viewer(user))  # browsers' video offers for its cameras
     else:
         publish = [*shared, names.decide("*"), names.viewer("*")]
-        deny = [*_DENIED_API, f"lfr.{d}.>"]
+        deny = [*_DENIED_API, f"lfr.{d}.>", names.pictures]
     # allow_responses: a node answers the consoles' requests, and nothing else of theirs.
     return {"publish": {"allow": publish, "deny": deny}, "subscribe": {"allow": subscribe},
             "allow_responses": role == "node"}

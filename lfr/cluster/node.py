@@ -129,7 +129,8 @@ class Node:
                            on_state=self._bus_state)
         try:
             bus = await Bus(nc, self.names).open(
-                replicas=settings.replicas, duplicate_window_s=settings.duplicate_window_s)
+                replicas=settings.replicas, duplicate_window_s=settings.duplicate_window_s,
+                pictures_max_age_s=self.config.privacy.alert_retention_days * 86400.0)
             self.data_dir.mkdir(parents=True, exist_ok=True)
             leases = CameraLeases(bus, self.name, camera_names(self.config), settings)
             await leases.register()

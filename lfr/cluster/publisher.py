@@ -9,7 +9,9 @@ joins another's open alert is published as a sighting of it (subject ``sighting`
 never delivered to a notifier (lfr.cluster.gate) and gets a ``sighting`` audit record; the
 officer's decision on a raised alert closes it.
 Audit records are published in order from the last one the stream has of this node (message id
-``<node>:<seq>``), so the stream holds every node's chain. Alerts cross without their images.
+``<node>:<seq>``), so the stream holds every node's chain. An alert's images (its camera crop
+and watchlist picture; a sighting's crop) go to the pictures stream first, sealed as the outbox
+keeps them (lfr.cluster.pictures), and its record lists the ones published (``pictures``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import anyio
 import msgspec
 
 from lfr.cluster.bus import ALERT, AUDIT, DECISION, SIGHTING, Bus
+from lfr.cluster.pictures import ALERT_FIELDS, SIGHTING_FIELDS, publish_pictures
 from lfr.cluster.sightings import OpenAlerts, sighting_message
 
 if TYPE_CHECKING:
@@ -43,12 +46,15 @@ class PublisherStats(msgspec.Struct):
     last_error: str = ""
 
 
-def alert_message(alert: Alert, node: str) -> dict[str, Any]:
-    """What the stream holds of an alert: no image, no box."""
+def alert_message(alert: Alert, node: str, pictures: list[str] | None = None
+                  ) -> dict[str, Any]:
+    """What the records stream holds of an alert: no image, no box; ``pictures``: the sealed
+    images of it in the pictures stream."""
     return {"id": alert.id, "person_id": alert.person_id, "name": alert.name,
             "score": round(alert.score, 4), "threshold": alert.threshold,
             "camera": alert.camera, "node": node, "time": alert.time,
-            "frame_index": alert.frame_index, "category": alert.category}
+            "frame_index": alert.frame_index, "category": alert.category,
+            "pictures": pictures or []}
 
 
 def decision_message(adjudication: Adjudication, node: str) -> dict[str, Any]:
@@ -104,12 +110,17 @@ class Publisher:
         while alerts := await anyio.to_thread.run_sync(self._outbox.unpublished_alerts):
             for alert in alerts:
                 into = await self._belongs_to(alert)
+                # Its pictures first: a console that has the record finds them.
                 if into == alert.id:
-                    await self._publish(ALERT, alert_message(alert, self.node), alert.id)
+                    pictures = await publish_pictures(self._bus, self.node, alert, ALERT_FIELDS)
+                    await self._publish(ALERT, alert_message(alert, self.node, pictures),
+                                        alert.id)
                     self.stats.alerts += 1
                 else:
-                    await self._publish(SIGHTING, sighting_message(alert, into, self.node),
-                                        alert.id)
+                    pictures = await publish_pictures(self._bus, self.node, alert,
+                                                      SIGHTING_FIELDS)
+                    await self._publish(SIGHTING, sighting_message(alert, into, self.node,
+                                                                   pictures), alert.id)
                     self.stats.sightings += 1
                 await anyio.to_thread.run_sync(self._outbox.mark_published, "alert", [alert.id])
 

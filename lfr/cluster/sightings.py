@@ -132,9 +132,11 @@ class OpenAlerts:
         raise ClaimLost(f"person key of alert {alert_id} kept changing: closed later")
 
 
-def sighting_message(alert: Alert, into: str, node: str) -> dict[str, Any]:
-    """What the stream holds of a sighting: like an alert's, no image and no box, with the
-    open alert it joined."""
+def sighting_message(alert: Alert, into: str, node: str, pictures: list[str] | None = None
+                     ) -> dict[str, Any]:
+    """What the records stream holds of a sighting: like an alert's, no image and no box, with
+    the open alert it joined; ``pictures``: its sealed images in the pictures stream
+    (lfr.cluster.pictures)."""
     return {"id": alert.id, "alert_id": into, "person_id": alert.person_id,
             "score": round(alert.score, 4), "camera": alert.camera, "node": node,
-            "time": alert.time, "wall_time": alert.wall_time}
+            "time": alert.time, "wall_time": alert.wall_time, "pictures": pictures or []}

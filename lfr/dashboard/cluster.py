@@ -57,6 +57,9 @@ class ConsoleView(msgspec.Struct, frozen=True, kw_only=True):
     selected: str | None = None
     operator: str = ""
     status: str = ""
+    # "available" (the console opens the alert pictures: lfr console --web shows them), or why
+    # they stay sealed, e.g. "pictures sealed (no data key)".
+    pictures: str = ""
 
 
 def _clock(iso: str | None) -> str:
@@ -142,6 +145,9 @@ def render_console(view: ConsoleView, width: int, height: int) -> RenderableType
         _pair("pending", str(sum(1 for a in state["alerts"] if not a["decision"])),
               "bold yellow"),
         _pair("stream duplicates", str(state["duplicates"])),
+        *([_pair("pictures", view.pictures.removeprefix("pictures "),
+                 "bold green" if view.pictures == "available" else "bold yellow")]
+          if view.pictures else []),
     ], width)
     footer_items = [Text.assemble((key, "bold cyan"), " ", what) for key, what in HELP]
     if view.status:
@@ -180,13 +186,15 @@ class ConsoleDashboard:
     terminal it takes the alternate screen and reads keys; ``keys`` replaces them (tests)."""
 
     def __init__(self, user: Principal, decide: Decide, console: Console | None = None,
-                 keys: AsyncIterator[str] | None = None, refresh_s: float = 1.0) -> None:
+                 keys: AsyncIterator[str] | None = None, refresh_s: float = 1.0,
+                 pictures: str = "") -> None:
         if not user.may("decide"):
             raise ValueError(f"{user.name} is an {user.role}: the console decides on alerts, "
                              "for operators and supervisors (auditors: lfr alerts, lfr report)")
         self.user, self._decide = user, decide
         self.console = console if console is not None else Console(stderr=True)
         self.keys, self.refresh_s = keys, refresh_s
+        self.pictures = pictures  # PictureReader.status: the terminal shows no picture itself
         self.selected: str | None = None
         self.status = ""
         self.logs = LogCapture()
@@ -200,7 +208,7 @@ class ConsoleDashboard:
         if ids and self.selected not in ids:
             self.selected = ids[0]
         return ConsoleView(state=state, selected=self.selected, operator=self.user.name,
-                           status=self.status)
+                           status=self.status, pictures=self.pictures)
 
     async def handle_key(self, key: str, model: ConsoleModel) -> None:
         ids = [a["id"] for a in model.view()["alerts"]]

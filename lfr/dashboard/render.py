@@ -68,6 +68,9 @@ class DashboardView(msgspec.Struct, frozen=True, kw_only=True):
     snapshot: Snapshot
     alerts: tuple[Alert, ...] = ()  # newest first
     decisions: dict[str, str] = msgspec.field(default_factory=dict)  # alert id -> decision
+    # A node's alerts that joined another's open alert as a further sighting of the same person
+    # (lfr.cluster.sightings): alert id -> the alert it joined. Shown as sightings, not decided.
+    sightings: dict[str, str] = msgspec.field(default_factory=dict)
     selected: str | None = None  # alert id
     flows: dict[str, CameraFlow] = msgspec.field(default_factory=dict)  # camera -> flow
     log: tuple[LogLine, ...] = ()  # oldest first
@@ -211,6 +214,7 @@ DECISION_STYLES = {
     "confirmed": "bold red",
     "false_alert": "green",
     "no_action": "dim",
+    "sighting": "cyan",
 }
 
 
@@ -236,15 +240,29 @@ def _pair(label: str, value: str, value_style: str = "bold") -> Text:
     return Text.assemble((label + " ", "dim"), (value, value_style))
 
 
+def _decision_of(view: DashboardView, alert: Alert) -> tuple[str, str]:
+    """(style key, label) of an alert's decision cell: its decision, pending, or, for a
+    sighting, the alert it joined (decided there)."""
+    into = view.sightings.get(alert.id)
+    if into is not None:
+        return "sighting", f"sighting of {into[:8]}"
+    decision = view.decisions.get(alert.id, "pending")
+    return decision, DECISION_LABELS.get(decision, decision)
+
+
 def counter_items(view: DashboardView) -> list[Text]:
     snap, c = view.snapshot, view.snapshot.counters
+    # A sighting waits for no decision here: the alert it joined is decided.
+    sightings = sum(1 for a in view.sightings if a not in view.decisions)
+    pending = max(0, c.pending - sightings)
     return [
         _pair("faces", f"{c.faces:,}"),
-        _pair("alerts", f"{c.alerts:,}"),
+        _pair("alerts", f"{c.alerts - sightings:,}"),
+        *([_pair("sightings", f"{sightings:,}", "bold cyan")] if sightings else []),
         _pair("confirmed", f"{c.confirmed:,}", "bold red"),
         _pair("false alerts", f"{c.false_alerts:,}"),
         _pair("no action", f"{c.no_action:,}"),
-        _pair("pending", f"{c.pending:,}", "bold yellow" if c.pending else "bold"),
+        _pair("pending", f"{pending:,}", "bold yellow" if pending else "bold"),
         _pair("false alerts per 1,000 faces", f"{c.false_alerts_per_1000_faces:.2f}"),
         _pair("watchlist", f"{snap.watchlist_size:,}"),
         _pair("threshold", f"{snap.threshold:.3f}"),
@@ -466,7 +484,7 @@ def alerts_table(view: DashboardView, width: int, rows: int) -> RenderableType:
     selected = _selected_index(view)
     start = 0 if selected is None else max(0, selected - room + 1)  # keep the selection in view
     for i, alert in enumerate(view.alerts[start : start + room], start):
-        decision = view.decisions.get(alert.id, "pending")
+        decision, label = _decision_of(view, alert)
         person = alert.name or alert.person_id
         if not compact and alert.name and alert.name != alert.person_id:
             person = f"{alert.name} ({alert.person_id})"
@@ -476,14 +494,16 @@ def alerts_table(view: DashboardView, width: int, rows: int) -> RenderableType:
             safe_text(alert.camera),
             safe_text(person),
             f"{alert.score:.3f}",
-            Text(DECISION_LABELS.get(decision, decision), style=DECISION_STYLES.get(decision, "")),
+            Text(label, style=DECISION_STYLES.get(decision, "")),
             style="reverse" if i == selected else "",
         )
     return table
 
 
-def preview(alert: Alert, decision: str, px: int | None) -> RenderableType:
-    """The selected alert: the camera crop beside the watchlist picture, then its details."""
+def preview(alert: Alert, decision: str, px: int | None, label: str | None = None
+            ) -> RenderableType:
+    """The selected alert: the camera crop beside the watchlist picture, then its details;
+    ``label``: what its decision cell says (default: the decision's label)."""
     parts: list[RenderableType] = []
     if px:
         grid = Table.grid(padding=(0, 2))
@@ -508,7 +528,8 @@ def preview(alert: Alert, decision: str, px: int | None) -> RenderableType:
             (f" ≥ {alert.threshold:.3f}  ", "dim"),
             plain(alert.camera),
             f" {_clock(alert)}  ",
-            (DECISION_LABELS.get(decision, decision), DECISION_STYLES.get(decision, "")),
+            (plain(label) if label is not None else DECISION_LABELS.get(decision, decision),
+             DECISION_STYLES.get(decision, "")),
             no_wrap=True,
             overflow="ellipsis",
         )
@@ -622,7 +643,7 @@ def _alerts_section(view: DashboardView, width: int, lines: int) -> Layout:
     if alert is None:
         section.update(_panel(alerts_table(view, width, lines - 3), title, "red"))
         return section
-    decision = view.decisions.get(alert.id, "pending")
+    decision, label = _decision_of(view, alert)
     side = width >= WIDE
     # Beside the list the preview may use the full height; below it, the list keeps ALERTS_MIN.
     room = lines if side else lines - ALERTS_MIN
@@ -638,7 +659,8 @@ def _alerts_section(view: DashboardView, width: int, lines: int) -> Layout:
     if not side and prev_h > room:
         section.update(_panel(alerts_table(view, width, lines - 3), title, "red"))
         return section
-    prev = _panel(preview(alert, decision, px), f"Selected alert {alert.id[:8]}", "red")
+    what = "sighting" if alert.id in view.sightings else "alert"
+    prev = _panel(preview(alert, decision, px, label), f"Selected {what} {alert.id[:8]}", "red")
     if side:
         prev_w = preview_width(px) if px else 50
         list_panel = _panel(alerts_table(view, width - prev_w, lines - 3), title, "red")

@@ -98,6 +98,7 @@ class DashboardService:
             snapshot=snapshot,
             alerts=alerts,
             decisions={k: v.decision for k, v in deployment.decisions().items()},
+            sightings=deployment.sightings(),
             selected=self.selected,
             flows=flows(snapshot),
             log=tuple(self.logs.lines),

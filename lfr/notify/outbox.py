@@ -28,7 +28,7 @@ from lfr.messages import Adjudication, Alert
 from lfr.sealed import DataKey, WrongKeyError
 
 DB_NAME = "outbox.sqlite"
-_IMAGE_FIELDS = ("crop_jpeg", "watchlist_jpeg")
+IMAGE_FIELDS = ("crop_jpeg", "watchlist_jpeg")
 _SEALED_VERSION = 1  # PRAGMA user_version from which every stored image is sealed
 
 _SCHEMA = """
@@ -87,6 +87,12 @@ def undelivered_in(data_dir: Path) -> int | None:
     finally:
         db.close()
     return int(undelivered)
+
+
+def image_context(alert_id: str, field: str) -> str:
+    """What an alert's sealed image is bound to (lfr.sealed's associated data): its alert and
+    field. The deployment's stream carries these blobs as sealed here (lfr.cluster.pictures)."""
+    return f"lfr alert {alert_id} {field}"
 
 
 class OutboxCounts(msgspec.Struct, frozen=True):
@@ -164,15 +170,15 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _seal(self, alert: Alert) -> Alert:
-        sealed = {f: self._key.seal(image, f"lfr alert {alert.id} {f}")
-                  for f in _IMAGE_FIELDS if (image := getattr(alert, f))}
+        sealed = {f: self._key.seal(image, image_context(alert.id, f))
+                  for f in IMAGE_FIELDS if (image := getattr(alert, f))}
         return msgspec.structs.replace(alert, **sealed) if sealed else alert
 
     def _open(self, payload: bytes) -> Alert:
         alert = _decoder.decode(payload)
-        opened = {f: self._key.open(image, f"lfr alert {alert.id} {f}",
+        opened = {f: self._key.open(image, image_context(alert.id, f),
                                     f"alert {alert.id}'s {f} in {self.path}")
-                  for f in _IMAGE_FIELDS if (image := getattr(alert, f))}
+                  for f in IMAGE_FIELDS if (image := getattr(alert, f))}
         return msgspec.structs.replace(alert, **opened) if opened else alert
 
     def _write(self, *statements: tuple[str, Any]) -> list[int]:
@@ -311,7 +317,7 @@ class Outbox:
 
     def unpublished_alerts(self, limit: int = 100) -> list[Alert]:
         """Alerts the stream has not acknowledged yet, oldest first, their images left sealed
-        (the stream gets none)."""
+        (they are published as sealed here: lfr.cluster.pictures)."""
         rows = self._read(
             "SELECT payload FROM alerts WHERE id NOT IN"
             " (SELECT id FROM published WHERE kind = 'alert') ORDER BY rowid LIMIT ?", (limit,))
@@ -352,6 +358,17 @@ class Outbox:
         found = self.merged_into(alert_id)
         assert found is not None
         return found
+
+    def joined_alerts(self, alert_ids: list[str]) -> dict[str, str]:
+        """Of ``alert_ids``, those that joined another's open alert as a further sighting:
+        alert id -> the id it joined (lfr.cluster.sightings). One query: a dashboard asks at
+        every refresh."""
+        if not alert_ids:
+            return {}
+        places = ",".join("?" * len(alert_ids))
+        rows = self._read(f"SELECT alert_id, into_id FROM merged WHERE alert_id != into_id"
+                          f" AND alert_id IN ({places})", tuple(alert_ids))
+        return {str(alert_id): str(into) for alert_id, into in rows}
 
     def unaudited_sightings(self) -> list[tuple[Alert, str]]:
         """Alerts that joined another's and whose ``sighting`` audit record is not written

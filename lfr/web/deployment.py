@@ -5,8 +5,11 @@ It is the single-node viewer's server (lfr.web.server.WebService) with other pag
 listening (lfr.listening), TLS rule, named users, login, sessions, security headers and
 same-origin checks; what it shows comes from the console's model of the bus
 (lfr.cluster.console), and a decision, the logged-in user's, goes to the node that raised the
-alert, which records and publishes it. Alert images stay on their node (the stream carries
-none), so the page lists alerts without pictures. A camera plays from the node that runs it:
+alert, which records and publishes it. Each alert shows its camera crop beside the watchlist
+picture, and each sighting its crop: the console fetches them sealed from the deployment's
+pictures stream and opens them with the deployment's data key when a logged-in user's page asks
+(lfr.cluster.pictures); without the key the page says "pictures sealed (no data key)". A camera
+plays from the node that runs it:
 the browser's WebRTC offer goes over NATS to that node (lfr.cluster.viewer) and the media
 straight from the node to the browser.
 """
@@ -21,7 +24,8 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from lfr.cluster.console import ConsoleModel, NodeAway
+from lfr.cluster.console import ConsoleAudit, ConsoleModel, NodeAway
+from lfr.cluster.pictures import SEALED_NO_KEY, WHICH, PicturesSealed, PictureUnavailable
 from lfr.config import WebConfig
 from lfr.messages import DECISIONS
 from lfr.users import Principal, UserStore
@@ -44,6 +48,9 @@ MIN_PUSH_S = 0.2  # a burst of records: one state, not one each
 Decide = Callable[[str, str, str, Principal, str], Awaitable[dict[str, Any]]]
 # Carry a viewer request (lfr.cluster.viewer.ViewerRequest's fields) to a node: its reply.
 Signal = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Fetch and open one picture: (node, alert or sighting id, field) -> the JPEG
+# (lfr.cluster.pictures.PictureReader.get on the console's bus).
+Picture = Callable[[str, str, str], Awaitable[bytes]]
 
 
 class ConsoleWeb(WebService):
@@ -60,11 +67,15 @@ class ConsoleWeb(WebService):
         self.model: ConsoleModel | None = None
         self._decide: Decide | None = None
         self._signal: Signal | None = None
+        self._picture: Picture | None = None
+        self.audit: ConsoleAudit | None = None  # the console's own log: its logins
+        self.pictures_status = SEALED_NO_KEY  # "available" once run with a key
         self._viewer_nodes: dict[str, str] = {}  # viewer id -> the node that streams it
 
     def console_state(self, principal: Principal | None) -> dict[str, Any]:
         model = self._model()
-        return {**model.view(), "user": msgspec.to_builtins(principal) if principal else None}
+        return {**model.view(), "user": msgspec.to_builtins(principal) if principal else None,
+                "pictures": self.pictures_status}
 
     def _model(self) -> ConsoleModel:
         if self.model is None:
@@ -123,6 +134,31 @@ class ConsoleWeb(WebService):
             return _error(409, f"{node}: {reply.get('error')}")
         return _json({**reply["decision"], "node": node})
 
+    async def on_login(self, name: str, principal: Principal | None, refused: str) -> None:
+        if self.audit is not None:
+            await self.audit.login(name, principal, "web", refused)
+
+    async def _console_picture(self, request: web.Request) -> web.Response:
+        """An alert's or a sighting's picture (``crop`` or ``watchlist``), fetched sealed from
+        the pictures stream and opened here; nothing is kept."""
+        item_id, which = request.match_info["alert_id"], request.match_info["which"]
+        source = self._model().picture_source(item_id)
+        if source is None:
+            return _error(404, f"no alert or sighting {item_id!r} in the stream")
+        node, fields = source
+        field = WHICH[which]
+        if field not in fields:
+            return _error(404, f"{node} published no {which} picture of {item_id}")
+        if self._picture is None:
+            return _error(503, self.pictures_status)
+        try:
+            data = await self._picture(node, item_id, field)
+        except PicturesSealed as exc:
+            return _error(503, str(exc))
+        except PictureUnavailable as exc:
+            return _error(404, str(exc))
+        return web.Response(body=data, content_type="image/jpeg")
+
     async def _console_offer(self, request: web.Request) -> web.Response:
         """The browser's WebRTC offer for a camera, carried over NATS to the node that runs it;
         the node's answer back. The media then flows from that node to the browser."""
@@ -178,15 +214,23 @@ class ConsoleWeb(WebService):
         app.router.add_get("/api/state", self._console_state)
         app.router.add_get("/api/events", self._console_events)
         app.router.add_post(f"/api/alerts/{{alert_id:{_ID}}}/decision", self._console_decision)
+        app.router.add_get(f"/api/alerts/{{alert_id:{_ID}}}/{{which:crop|watchlist}}.jpg",
+                           self._console_picture)
         app.router.add_post("/offer", self._console_offer)
         app.router.add_post(f"/api/viewers/{{viewer_id:{_ID}}}/close", self._console_close)
         return app
 
     async def run(self, model: ConsoleModel, decide: Decide,  # type: ignore[override]
-                  signal: Signal | None = None) -> None:
+                  signal: Signal | None = None, picture: Picture | None = None,
+                  pictures_status: str = SEALED_NO_KEY, audit: ConsoleAudit | None = None
+                  ) -> None:
         """Serve ``model`` until cancelled; ``signal`` carries video offers to nodes (None:
-        no live video)."""
+        no live video); ``picture`` fetches and opens alert pictures (None: they stay sealed,
+        ``pictures_status`` says why); ``audit``: the console's log, where logins go (its
+        ``decide`` audits the decisions asked)."""
         self.model, self._decide, self._signal = model, decide, signal
+        self._picture, self.pictures_status = picture, pictures_status
+        self.audit = audit
         runner = web.AppRunner(self.make_app(), access_log_class=_AccessLogger,
                                access_log=logging.getLogger("lfr.web.access"),
                                shutdown_timeout=2.0)

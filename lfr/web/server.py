@@ -29,7 +29,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from lfr.audit import Kind
 from lfr.config import WebConfig
-from lfr.decisions import AlreadyDecided, NotAllowed
+from lfr.decisions import AlreadyDecided, JoinedAlert, NotAllowed
 from lfr.listening import Listening
 from lfr.runtime.broadcast import Subscription
 from lfr.users import AuthError, Principal, UsersFileError, UserStore
@@ -343,8 +343,12 @@ class WebService:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.discard(send)
 
-    def _alert_json(self, alert: Alert) -> dict[str, Any]:
+    def _alert_json(self, alert: Alert, sightings: Mapping[str, str] | None = None
+                    ) -> dict[str, Any]:
+        """``sightings``: DeploymentView.sightings(), asked once for a list of alerts (a new
+        alert has not been placed yet: the state events say so once it is)."""
         data = alert.summary()
+        data["sighting_of"] = (sightings or {}).get(alert.id)
         data["category"] = alert.category
         decided = self.deployment.decision(alert.id) if self.deployment else None
         data["decision"] = decided.decision if decided else None
@@ -375,6 +379,12 @@ class WebService:
                 }
             )
         counters = msgspec.to_builtins(snap.counters)
+        decisions = deployment.decisions()
+        sightings = deployment.sightings()
+        # A sighting waits for no decision here: the alert it joined (on another node) does.
+        undecided_sightings = sum(1 for a in sightings if a not in decisions)
+        counters["pending"] = max(0, counters["pending"] - undecided_sightings)
+        counters["alerts"] -= undecided_sightings
         counters["false_alerts_per_1000_faces"] = round(
             snap.counters.false_alerts_per_1000_faces, 3
         )
@@ -392,7 +402,8 @@ class WebService:
             "counters": counters,
             "cameras": cameras,
             "viewers": msgspec.to_builtins(self.statistics().viewers),
-            "decisions": {k: v.decision for k, v in deployment.decisions().items()},
+            "decisions": {k: v.decision for k, v in decisions.items()},
+            "sightings": sightings,  # alert id -> the open alert it joined (lfr.cluster)
         }
 
     # -- handlers ----------------------------------------------------------------------------
@@ -492,6 +503,7 @@ class WebService:
                     self.users.authenticate, body["name"], body["password"])
             except AuthError as exc:
                 log.warning("web: login refused for %r: %s", body["name"][:64], exc)
+                await self.on_login(body["name"][:64], None, str(exc))
                 return _error(401, str(exc))
             except UsersFileError as exc:
                 log.error("web: %s", exc)
@@ -505,10 +517,15 @@ class WebService:
         lifetime_s = self.config.session_minutes * 60
         self._sessions[session_id] = _Session(principal, now + lifetime_s)
         log.info("web: %s (%s) logged in", principal.name, principal.role)
+        await self.on_login(principal.name, principal, "")
         response = _json(msgspec.to_builtins(principal))
         response.set_cookie(SESSION_COOKIE, session_id, max_age=lifetime_s, path="/",
                             httponly=True, samesite="Strict", secure=self.config.tls)
         return response
+
+    async def on_login(self, name: str, principal: Principal | None, refused: str) -> None:
+        """A login attempt as ``name``: ``principal`` when it succeeded, else None and why it
+        was ``refused``. Logged only here; the deployment console audits it."""
 
     async def _logout(self, request: web.Request) -> web.Response:
         self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
@@ -532,7 +549,9 @@ class WebService:
 
     async def _alerts(self, request: web.Request) -> web.Response:
         deployment = self._running()
-        return _json([self._alert_json(a) for a in reversed(deployment.recent_alerts())])
+        sightings = deployment.sightings()
+        return _json([self._alert_json(a, sightings)
+                      for a in reversed(deployment.recent_alerts())])
 
     async def _find_alert(self, alert_id: str) -> Alert | None:
         # From the outbox, not the in-memory recent alerts: it is where retention blanks images.
@@ -568,7 +587,7 @@ class WebService:
             )
         except NotAllowed as exc:
             return _error(403, str(exc))
-        except AlreadyDecided as exc:
+        except (AlreadyDecided, JoinedAlert) as exc:
             return _error(409, str(exc))
         except ValueError as exc:
             return _error(400, str(exc))
@@ -653,8 +672,9 @@ class WebService:
         try:
             with receive:
                 await response.write(b"retry: 2000\n\n" + _sse("state", self.state(principal)))
+                sightings = deployment.sightings()
                 for alert in deployment.recent_alerts():
-                    await response.write(_sse("alert", self._alert_json(alert)))
+                    await response.write(_sse("alert", self._alert_json(alert, sightings)))
                 while not self._closing:
                     message = None
                     with anyio.move_on_after(STATE_EVERY_S):

@@ -64,6 +64,12 @@ function renderState(s) {
     const entry = alerts.get(id);
     if (entry && !entry.data.decision) { entry.data.decision = decision; renderAlert(entry.data); }
   }
+  // A node's alert placed (just after it arrived) as a further sighting of another node's open
+  // alert: shown as a sighting of that alert, which is the one decided.
+  for (const [id, joined] of Object.entries(s.sightings || {})) {
+    const entry = alerts.get(id);
+    if (entry && entry.data.sighting_of !== joined) { entry.data.sighting_of = joined; renderAlert(entry.data); }
+  }
   const viewers = new Map((s.viewers || []).map((v) => [v.id, v]));
   for (const [, player] of players) {
     const v = viewers.get(player.viewer);
@@ -166,7 +172,8 @@ const DECISIONS = [["confirmed", "Confirm"], ["false_alert", "False alert"], ["n
 function renderAlert(data) {
   let entry = alerts.get(data.id);
   const mayDecide = !state || !state.user || state.user.role !== "auditor";
-  const element = el("li", { class: data.decision ? "alert decided" : "alert", dataset: { id: data.id } }, [
+  const joined = data.sighting_of;
+  const element = el("li", { class: joined ? "alert sighting" : data.decision ? "alert decided" : "alert", dataset: { id: data.id } }, [
     el("div", { class: "images" }, [
       el("figure", {}, [el("img", { src: data.crop_url, alt: `camera crop, ${data.camera}` }),
         el("figcaption", { text: "camera" })]),
@@ -177,7 +184,9 @@ function renderAlert(data) {
     el("div", { class: "meta", text: `score ${data.score.toFixed(3)} (threshold ${data.threshold})` +
       (data.category ? ` · ${data.category}` : "") }),
     el("div", { class: "meta", text: `${data.camera} · ${new Date(data.time).toLocaleTimeString()}` }),
-    data.decision
+    joined
+      ? el("div", { class: "decision", text: `sighting of alert ${joined.slice(0, 8)}: the same person, raised first; decide that alert` })
+      : data.decision
       ? el("div", { class: "decision", text: data.decision.replace("_", " ") + (data.operator ? ` by ${data.operator}` : "") })
       : !mayDecide ? el("div", { class: "decision", text: "pending" })
       : el("div", { class: "actions" }, DECISIONS.map(([decision, label]) =>

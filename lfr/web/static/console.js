@@ -4,7 +4,11 @@
 
 const $ = (id) => document.getElementById(id);
 let user = null;
+let pictures = "available"; // or why the console cannot open them ("pictures sealed (no data key)")
 const players = new Map(); // camera -> {pc, viewer, figure}
+// Picture URL -> its <img>, kept across renders: a state event redraws the list, and a new <img>
+// would fetch the same picture again from the stream.
+let images = new Map();
 
 async function api(path, options = {}) {
   const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
@@ -33,6 +37,7 @@ const LABELS = { confirmed: "confirmed", false_alert: "false alert", no_action: 
 
 function render(s) {
   user = s.user;
+  pictures = s.pictures;
   $("deployment").textContent = s.deployment;
   document.title = `lfr – ${s.deployment}`;
   if (s.user) $("user").textContent = `${s.user.name} (${s.user.role})`;
@@ -58,13 +63,36 @@ function render(s) {
     ...(watches && c.state === "running" && !players.has(c.name)
       ? [el("button", { type: "button", text: "Play", onclick: () => play(c.name) })] : []),
   ])));
-  $("alerts").replaceChildren(...s.alerts.map(renderAlert));
+  const shown = new Map();
+  $("alerts").replaceChildren(...s.alerts.map((a) => renderAlert(a, shown)));
+  images = shown; // pictures of alerts no longer listed are let go
 }
 
-function renderAlert(a) {
+function picture(id, which, caption, shown) {
+  const url = `api/alerts/${encodeURIComponent(id)}/${which}.jpg`;
+  const img = images.get(url) || el("img", { src: url, alt: caption, loading: "lazy" });
+  shown.set(url, img);
+  return el("figure", {}, [img, el("figcaption", { text: caption })]);
+}
+
+// The camera crop beside the watchlist picture, then each sighting's crop: what the officer
+// compares before deciding.
+function renderPictures(a, shown) {
+  if (pictures !== "available") return el("div", { class: "meta sealed", text: pictures });
+  const figures = [];
+  if (a.pictures.includes("crop_jpeg")) figures.push(picture(a.id, "crop", `camera ${a.node}/${a.camera}`, shown));
+  if (a.pictures.includes("watchlist_jpeg")) figures.push(picture(a.id, "watchlist", "watchlist", shown));
+  for (const x of a.sightings) {
+    if (x.pictures.includes("crop_jpeg")) figures.push(picture(x.id, "crop", `sighting ${x.node}/${x.camera} ${clock(x.time)}`, shown));
+  }
+  return el("div", { class: "images" }, figures);
+}
+
+function renderAlert(a, shown) {
   const person = a.name && a.name !== a.person_id ? `${a.name} (${a.person_id})` : (a.name || a.person_id);
   const seen = a.sightings.map((x) => `${x.node}/${x.camera} ${clock(x.time)}`).join(", ");
   const children = [
+    renderPictures(a, shown),
     el("div", { class: "who", text: person }),
     el("div", { class: "meta", text: `${clock(a.time)} ${a.node}/${a.camera}, score ${a.score.toFixed(3)}` }),
   ];
