@@ -108,6 +108,25 @@ def test_a_track_settled_as_not_listed_reopens_for_a_larger_or_better_face() -> 
     assert planner.plan(4, [walker(4, quality=0.61)]) == [True]  # turned to the camera
 
 
+def test_someone_walking_out_from_behind_a_settled_person_is_embedded_again() -> None:
+    """The planner links by boxes only: a face that steps out from behind a settled person at
+    the same place and size continues that person's planner track. The person tracker links
+    by embeddings and puts it on a track of its own: the planner starts its track afresh."""
+    settings = EmbeddingSettings(interval=50, settle_faces=2, margin=0.05)
+    planner = EmbeddingPlanner(settings, THRESHOLD)
+    assert embedded_frames(planner, range(3), quality=0.9) == [0]
+    planner.news([TrackNews(1, walker(1).box, False, True, 2, 0.2, track_id=7)])  # not listed
+    assert embedded_frames(planner, range(3, 6), quality=0.9) == []  # settled
+    # Frame 6's face (embedded as the frame's only new evidence) was put on track 8.
+    planner.news([TrackNews(5, walker(5).box, False, True, 2, 0.2, track_id=7)])
+    assert embedded_frames(planner, range(6, 8), quality=0.9) == []
+    planner.news([TrackNews(7, walker(7).box, False, True, 1, 0.45, track_id=8)])  # promising
+    assert embedded_frames(planner, range(8, 11), quality=0.9) == [8, 9, 10]
+    # News without a track id (an older matcher) changes nothing.
+    planner.news([TrackNews(10, walker(10).box, True, True, 3, 0.7)])
+    assert embedded_frames(planner, range(11, 13), quality=0.9) == []
+
+
 def test_a_cut_or_a_face_of_another_size_starts_a_new_track() -> None:
     settings = EmbeddingSettings(interval=50, cut_difference=20.0)
     planner = EmbeddingPlanner(settings, THRESHOLD)

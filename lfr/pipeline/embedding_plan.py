@@ -21,8 +21,10 @@ embedding until it changes: a face ``regrow`` times larger than when it settled,
 twice ``margin`` in quality (turned to the camera), reopens a track settled as not listed (with a
 fresh budget); a decided track, which decides nothing more, reopens only for a face ``regrow``
 squared larger (to check it is still the same person); a person lost and found again, or seen
-after a cut, is a new track. The matcher's news arrives some frames late, so the planner keeps
-each track's recent boxes to find the track the news is about.
+after a cut, is a new track, and so is a planner track whose face the person tracker (which links
+by embeddings) puts on another of its tracks: someone who walked out from behind the person the
+track had settled on, at the same place and size. The matcher's news arrives some frames late,
+so the planner keeps each track's recent boxes to find the track the news is about.
 
 The planner knows nothing of who anyone is: a face it skips still goes to the person tracker
 (without an embedding, linked by its box), and is never written anywhere.
@@ -88,6 +90,10 @@ class TrackNews(msgspec.Struct, frozen=True):
     judged: bool  # its largest face is big enough to be judged (decision_px)
     evidence: int  # faces with an embedding it has fused
     best_score: float  # its best single-face score against the watchlist (-1: none yet)
+    # The person tracker's track (0: not said). It links faces by their embeddings, so another
+    # id on a planner track's face means another person now stands where the planner's box
+    # continued (one walked out from behind another): whatever settled the track is void.
+    track_id: int = 0
 
 
 class _Track:
@@ -105,6 +111,14 @@ class _Track:
         self.promising = False  # judged, its best score near or over the threshold
         self.settled_size = 0.0
         self.settled_quality = 0.0
+        self.person_track = 0  # the person tracker's track its faces last belonged to
+
+    def another_person(self, news: TrackNews) -> None:
+        """The person tracker put this track's face on another track: start it afresh, with
+        what that track has had so far."""
+        self.settled = self.decided = self.promising = False
+        self.embedded = news.evidence
+        self.best_quality = -1.0
 
     def predicted(self, frame_index: int) -> Box:
         gap = frame_index - self.last_frame
@@ -189,13 +203,17 @@ class EmbeddingPlanner:
         """Mark the tracks the policy has settled: decided, or not listed beyond doubt."""
         s = self.settings
         for item in items:
+            track = self._track_at(item.frame_index, item.box)
+            if track is not None and item.track_id:
+                if track.person_track and track.person_track != item.track_id:
+                    track.another_person(item)
+                track.person_track = item.track_id
             settled = item.decided or (
                 item.judged and item.evidence >= s.settle_faces
                 and item.best_score < self.threshold - s.settle_gap)
             promising = item.judged and item.best_score >= self.threshold - s.settle_gap
             if not settled and not promising:
                 continue
-            track = self._track_at(item.frame_index, item.box)
             if track is not None and not settled:
                 track.promising = True
             elif track is not None and not track.settled:

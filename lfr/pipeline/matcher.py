@@ -161,8 +161,9 @@ class MatcherActor(Actor):
         if self.news is not None and self.news.wants(camera):
             self.news.post(camera, [
                 TrackNews(item.frame.index, face.detection.box, s.decided, s.judged, s.evidence,
-                          s.best_score)
-                for face, s in zip(item.faces, step.states, strict=True)])
+                          s.best_score, track_id)
+                for face, s, track_id in zip(item.faces, step.states, step.track_ids,
+                                             strict=True)])
         return step
 
     def _flush(self, now: float) -> list[Verdict]:
