@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+import msgspec
 import pytest
 from paths import LFW, REPO
 from walks import SMALL_WALK
@@ -72,6 +73,27 @@ def test_scoring_on_a_hand_made_truth() -> None:
     assert [(f.person_id, f.passer) for f in r.false] == [("Ann", "Cid"), ("Dee", None)]
     assert r.missed == ["Bob", "Dee"]
     assert r.time_to_alert_s.median == pytest.approx(0.8)
+
+
+def test_an_alert_belongs_to_the_visible_face_not_the_one_hidden_behind_it() -> None:
+    """In a crowd one face passes behind another: both truth boxes hold the alert's centre, and
+    the hidden one's centre may be the nearer. The detector saw the visible face."""
+    front = passer("p1", "Fay", True, 0, 20, (100, 100, 120, 150))
+    behind = msgspec.structs.replace(
+        passer("p2", "Gus", False, 0, 20, (115, 125, 90, 115)),
+        boxes=[(f, 115, 125, 90, 115, 0) for f in range(21)])
+    truth = msgspec.structs.replace(TRUTH, passers=[front, behind])
+    on_front = alert("Fay", 10, (104, 104, 112, 150), decided=12)
+    r = score_video(truth, [on_front], frames=100, threshold=0.5, fusion="frame")
+    assert (r.identified, r.false_alerts) == (1, 0)
+    # Where both are visible, the box the alert overlaps most is the face it shows.
+    both = msgspec.structs.replace(behind, boxes=[(f, 115, 125, 90, 115, 1) for f in range(21)])
+    truth = msgspec.structs.replace(TRUTH, passers=[front, both])
+    r = score_video(truth, [on_front], frames=100, threshold=0.5, fusion="frame")
+    assert (r.identified, r.false_alerts) == (1, 0)
+    on_behind = alert("Fay", 10, (116, 126, 88, 112), decided=12)
+    r = score_video(truth, [on_behind], frames=100, threshold=0.5, fusion="frame")
+    assert (r.identified, r.false_alerts) == (0, 1) and r.false[0].passer == "Gus"
 
 
 def test_truth_errors_name_the_file(tmp_path) -> None:

@@ -33,7 +33,7 @@ from lfr.eval.tables import metric_table
 from lfr.matching import configured_matcher, configured_watchlist
 from lfr.messages import Face
 from lfr.policy import AlertPolicy
-from lfr.tracking import Search, TrackerSettings, Verdict
+from lfr.tracking import Search, TrackerSettings, Verdict, iou
 
 
 class TruthError(ValueError):
@@ -138,17 +138,19 @@ def _delay(values: Sequence[float]) -> Delay:
 
 
 def _owner(
-    truth_boxes: dict[int, list[tuple[int, tuple[float, ...]]]], alert: VideoAlert
+    truth_boxes: dict[int, list[tuple[int, tuple[float, ...], bool]]], alert: VideoAlert
 ) -> int | None:
-    """Index of the passer whose face box at the evidence frame holds the alert box's centre."""
+    """Index of the passer whose face the alert's evidence box shows: of the face boxes at the
+    evidence frame that hold the box's centre, a visible face before a hidden one (a face
+    behind someone closer is not what the detector saw), then the one it overlaps most."""
     x, y, w, h = alert.box
     cx, cy = x + w / 2, y + h / 2
-    best, best_d = None, float("inf")
-    for i, (bx, by, bw, bh) in truth_boxes.get(alert.frame_index, []):
+    best, best_key = None, (False, -1.0)
+    for i, (bx, by, bw, bh), visible in truth_boxes.get(alert.frame_index, []):
         if bx <= cx <= bx + bw and by <= cy <= by + bh:
-            d = (bx + bw / 2 - cx) ** 2 + (by + bh / 2 - cy) ** 2
-            if d < best_d:
-                best, best_d = i, d
+            key = (visible, iou((bx, by, bw, bh), (x, y, w, h)))
+            if key > best_key:
+                best, best_key = i, key
     return best
 
 
@@ -162,10 +164,10 @@ def score_video(
     min_face_px: float = 24.0,
 ) -> VideoReport:
     """Person-level figures of these alerts against the truth (see the module docstring)."""
-    boxes: dict[int, list[tuple[int, tuple[float, ...]]]] = {}
+    boxes: dict[int, list[tuple[int, tuple[float, ...], bool]]] = {}
     for i, p in enumerate(truth.passers):
-        for frame, x, y, w, h, _visible in p.boxes:
-            boxes.setdefault(frame, []).append((i, (x, y, w, h)))
+        for frame, x, y, w, h, visible in p.boxes:
+            boxes.setdefault(frame, []).append((i, (x, y, w, h), bool(visible)))
     listed = [i for i, p in enumerate(truth.passers) if p.watchlist_id]
     hits: dict[int, list[VideoAlert]] = {}
     false: list[FalseAlert] = []
