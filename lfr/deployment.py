@@ -386,6 +386,8 @@ class Deployment:
         if not self._cameras_change:
             raise RuntimeError("this deployment runs a fixed set of cameras "
                                "(Deployment(cameras_change=True) adds and removes them)")
+        if self._audit is None:
+            raise RuntimeError("the deployment is not running: no camera can be added")
         name = str(getattr(settings, "name", ""))
         await self._upstream_ready.wait()  # the pipeline has started (or stopped)
         settings = camera_settings(self.config, settings, self._once)

@@ -250,8 +250,10 @@ class Node:
                     failed.add(name)
                 except RuntimeError:  # the deployment is stopping
                     return
-            self._running = set(deployment.camera_names()) - deployment.ended_cameras()
-            self._beat_now.set()  # the heartbeat says so at once
+            running = set(deployment.camera_names()) - deployment.ended_cameras()
+            if running != self._running:
+                self._running = running
+                self._beat_now.set()  # the heartbeat says so at once
             with anyio.move_on_after(settings.heartbeat_s):
                 await self._changed.wait()
         view.stop()
