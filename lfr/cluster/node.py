@@ -239,9 +239,10 @@ class Node:
             async with anyio.create_task_group() as stopping:
                 for name in sorted(held - wanted):
                     stopping.start_soon(deployment.remove_camera, name)
+            await leases.release(leases.surplus() - set(deployment.camera_names()))
             for name in held - wanted:
                 ended.pop(name, None)
-            await leases.release(leases.surplus() - set(deployment.camera_names()))
+                await self._viewers.close_camera(name)
             for name in sorted(wanted - held - failed):
                 try:
                     await deployment.add_camera(sources[name])
