@@ -16,6 +16,7 @@ script wraps ``lfr node``): it writes the wall time of every frame its cameras e
 - kill_to_first_frame_s: from the SIGKILL to that first frame (the lease is its floor).
 - pause_s: per camera the survivors were running already, the longest gap between two of its
   frames from the kill until 10 s after the last take; its normal gap is 1/--fps.
+- restarted: those cameras that were started again meanwhile (their frame index went back).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def run_instrumented_node(events: Path, argv: list[str]) -> int:
 
     async def timed_emit(self: SourceActor, frame: Any) -> None:
         await emit(self, frame)
-        out.write(json.dumps({"t": time.time(), "frame": self.name}) + "\n")
+        out.write(json.dumps({"t": time.time(), "frame": self.name, "index": frame.index})
+                  + "\n")
 
     SourceActor._emit = timed_emit  # type: ignore[method-assign]
 
@@ -166,11 +168,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         takes.setdefault(e["take"], e["t"])
             window_end = max(takes.values()) + 10.0
             pauses: dict[str, float] = {}
+            restarted: list[str] = []
             for name in survivors:
                 mine = [e for e in events(name) if e.get("frame") in before[name]]
                 for camera in before[name]:
-                    times = [e["t"] for e in mine if e["frame"] == camera
-                             and killed_at - 2.0 <= e["t"] <= window_end]
+                    seen = [e for e in mine if e["frame"] == camera
+                            and killed_at - 2.0 <= e["t"] <= window_end]
+                    times = [e["t"] for e in seen]
+                    # A camera started again reads its file from the start: its index drops.
+                    if any(b["index"] < a["index"] for a, b in itertools.pairwise(seen)):
+                        restarted.append(camera)
                     # A camera that never came back counts until the window's end.
                     pauses[camera] = max(b - a for a, b in itertools.pairwise(
                         [*times, window_end]))
@@ -192,6 +199,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "kill_to_first_frame_s": {c: round(first[c] - killed_at, 2) for c in sorted(lost)},
         "pause_s": {c: round(p, 2) for c, p in sorted(pauses.items())},
         "pause_max_s": round(max(pauses.values()), 2),
+        "restarted": sorted(restarted),
         "normal_gap_s": round(1 / args.fps, 2),
     }
 
