@@ -328,7 +328,7 @@ class Deployment:
         self.pipeline = wire(parts, cfg, outbox=outbox, audit=audit, alerts=self.alerts,
                              frames=self.frames, offline=self._offline, photos=self._photos,
                              cameras_change=self._cameras_change)
-        if self._stop.is_set() and self.pipeline.wiring is not None:
+        if self._cameras_change and self._stop.is_set() and self.pipeline.wiring is not None:
             self.pipeline.wiring.close()  # stopped while starting
         self.retention.purge(outbox)  # images past their retention, left by earlier runs
         self._started = time.monotonic()
