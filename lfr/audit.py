@@ -62,6 +62,10 @@ class Kind(StrEnum):
     # A node's alert that joined another's open alert for the same person (lfr.cluster).
     SIGHTING = "sighting"
     WORKER_STUCK = "worker_stuck"  # the watchdog restarted an actor whose call hung
+    # A camera started in, or stopped from, a deployment whose cameras change while it runs
+    # (a node's leases): with the config record and deployment_stop they say when each ran.
+    CAMERA_START = "camera_start"
+    CAMERA_STOP = "camera_stop"
     # The web viewer as it listens (command-line overrides applied): address, TLS, plain HTTP
     # beyond loopback, named users or the demo token.
     WEB_SETTINGS = "web_settings"

@@ -12,6 +12,7 @@ any notifier sees them; faces that do not match are forgotten in the matcher.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -21,23 +22,34 @@ from typing import Any
 
 import anyio
 import msgspec
+from anyio.abc import TaskGroup
 
 from lfr.audit import AuditLog, Kind, audit_records
 from lfr.config import Config, resolve_backends
 from lfr.decisions import DecisionLog
 from lfr.keys import load_data_key
-from lfr.messages import Adjudication, Alert, Decision
+from lfr.messages import Adjudication, Alert, CameraStopped, Decision
 from lfr.notify.base import NotifierStats
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.matcher import FrameReport, LatencyMs, MatcherStats
-from lfr.pipeline.wiring import KNOCK_ON, Parts, Pipeline, build_parts, wire
-from lfr.plugins import BackendError, Registry, SkippedPlugin
+from lfr.pipeline.wiring import (
+    KNOCK_ON,
+    CameraLine,
+    Parts,
+    Pipeline,
+    backend_origin,
+    build_parts,
+    camera_settings,
+    wire,
+)
+from lfr.plugins import BackendError, BackendSettings, BuildContext, Registry, SkippedPlugin
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
 from lfr.runtime.broadcast import Broadcast, Subscription
 from lfr.runtime.channels import ChannelStats
 from lfr.runtime.supervisor import RestartPolicy, Supervisor, SupervisorEvent, SupervisorStats
+from lfr.sources.base import redact_url
 from lfr.sources.stills import StillsStats
 from lfr.users import Principal
 from lfr.vision.analyzer import FaceAnalyzer
@@ -199,6 +211,12 @@ class DeploymentView:
 Service = Callable[[DeploymentView], Coroutine[Any, Any, None]]
 
 
+class CameraError(Exception):
+    """A camera that cannot be added to a running deployment (its source failed to build, or
+    one of its name runs already); the message names it. The other cameras go on."""
+
+
+
 class Deployment:
     """One node's pipeline: built from a config, run supervised, stopped in order.
 
@@ -211,8 +229,18 @@ class Deployment:
     def __init__(self, config: Config, registry: Registry, *, offline: bool = False,
                  once: bool = False, photos: Sequence[Path] = (),
                  analyzer: FaceAnalyzer | None = None,
-                 watchlist_version: int | None = None) -> None:
+                 watchlist_version: int | None = None, cameras_change: bool = False) -> None:
         self.config, self._registry = config, registry
+        # Cameras are added and taken out while it runs (add_camera, remove_camera; a node's
+        # leases): it runs until stop(), idle while it has none, and audits each camera's start
+        # and stop. Otherwise (lfr run) it runs the config's cameras and ends with them.
+        self._cameras_change = cameras_change
+        self._upstream: TaskGroup | None = None  # where cameras added later run
+        self._upstream_ready = anyio.Event()
+        self._camera_done: dict[str, anyio.Event] = {}
+        self._taking_out: set[str] = set()  # cameras remove_camera is stopping
+        # Cameras taken out: their figures at the end, added up per name (one may come back).
+        self._retired: dict[str, dict[str, Any]] = {}
         # The version of a watchlist published to a deployment's store (lfr.cluster), audited.
         self._watchlist_version = watchlist_version
         self._offline, self._once, self._photos = offline, once, list(photos)
@@ -243,7 +271,7 @@ class Deployment:
 
     def camera_names(self) -> tuple[str, ...]:
         if self.parts is not None:
-            return tuple(source.name for source in self.parts.cameras)
+            return tuple(self.pipeline.lines)  # the cameras now (not the stills)
         return tuple(c.name for c in self.config.cameras)  # not built yet: lfr's own
 
     def _audit_stuck(self, event: SupervisorEvent) -> None:
@@ -262,6 +290,9 @@ class Deployment:
             stop = getattr(source, "stop", None)
             if stop is not None:
                 stop()
+        if self._cameras_change and self.pipeline.wiring is not None:
+            self.pipeline.wiring.close()  # no camera comes any more: the matcher may end
+        self._upstream_ready.set()  # an add_camera waiting for the start gives up
         self._drain_notifiers()
 
     def _drain_notifiers(self) -> None:
@@ -305,7 +336,10 @@ class Deployment:
         audit.append(Kind.PRIVACY_SETTING, {"blur_non_matches": cfg.privacy.blur_non_matches})
         self._audit_unrecorded_alerts(outbox, audit)
         self.pipeline = wire(parts, cfg, outbox=outbox, audit=audit, alerts=self.alerts,
-                             frames=self.frames, offline=self._offline, photos=self._photos)
+                             frames=self.frames, offline=self._offline, photos=self._photos,
+                             cameras_change=self._cameras_change)
+        if self._cameras_change and self._stop.is_set() and self.pipeline.wiring is not None:
+            self.pipeline.wiring.close()  # stopped while starting
         self.retention.purge(outbox)  # images past their retention, left by earlier runs
         self._started = time.monotonic()
         async with anyio.create_task_group() as tg:
@@ -320,7 +354,7 @@ class Deployment:
             async with anyio.create_task_group() as pipeline:
                 for notifier in self.pipeline.notifiers:
                     self.supervisor.start_soon(pipeline, notifier)
-                pipeline.start_soon(self._run_upstream, self.pipeline.upstream)
+                pipeline.start_soon(self._run_upstream, self.pipeline)
             tg.cancel_scope.cancel()  # services and the signal watcher
         # Synchronous, like the stop record: a cancelled caller still gets both.
         self._undelivered = outbox.counts().undelivered
@@ -330,13 +364,146 @@ class Deployment:
                                             "failures": summary.failures})
         return summary
 
-    async def _run_upstream(self, actors: list[Actor]) -> None:
+    async def _run_upstream(self, pipeline: Pipeline) -> None:
         """Every actor before the notifiers; once they have all ended no alert comes any more,
-        and the notifiers get ``notify.drain_timeout_s`` for what is left (a --once run)."""
+        and the notifiers get ``notify.drain_timeout_s`` for what is left (a --once run). When
+        cameras change, each camera's actors run as one line that starts and stops on its own,
+        and cameras added later join this group."""
+        actors: list[Actor] = pipeline.upstream
         async with anyio.create_task_group() as upstream:
+            if self._cameras_change:
+                lines = list(pipeline.lines.values())
+                in_lines = {id(a) for line in lines for a in (line.source, line.detector)}
+                actors = [a for a in actors if id(a) not in in_lines]
+                for line in lines:
+                    self._camera_done[line.name] = anyio.Event()
+                    upstream.start_soon(self._run_line, line)
+                self._upstream = upstream
+                self._upstream_ready.set()
             for actor in actors:
                 self.supervisor.start_soon(upstream, actor)
+        self._upstream = None
         self._drain_notifiers()
+
+    # -- cameras that come and go ------------------------------------------------------------
+
+    async def add_camera(self, settings: BackendSettings) -> None:
+        """Start a camera (a ``[[cameras]]`` entry's settings, as resolved through the registry)
+        beside the others, which go on undisturbed: its source and detector under the
+        supervisor, its frames into the shared faces channel. Audited (``camera_start``).
+        CameraError, naming it, when its source cannot be built or it runs already; RuntimeError
+        when the deployment is not running or its cameras are fixed."""
+        if not self._cameras_change:
+            raise RuntimeError("this deployment runs a fixed set of cameras "
+                               "(Deployment(cameras_change=True) adds and removes them)")
+        if self._audit is None:
+            raise RuntimeError("the deployment is not running: no camera can be added")
+        name = str(getattr(settings, "name", ""))
+        await self._upstream_ready.wait()  # the pipeline has started (or stopped)
+        settings = camera_settings(self.config, settings, self._once)
+
+        def build() -> Any:
+            cfg = self.config
+            context = BuildContext(data_dir=cfg.resolved_data_dir(),
+                                   threads=cfg.pipeline.threads, config_dir=cfg.config_dir())
+            return self._registry.create("source", settings, context)
+
+        self._check_can_add(name)
+        try:  # a plugin's factory may block
+            source = await anyio.to_thread.run_sync(build)
+        except Exception as exc:
+            origin = backend_origin(self._registry, "source", settings)
+            raise CameraError(f"camera {name!r} cannot start: {origin}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self._check_can_add(name)  # again: the deployment may have stopped meanwhile
+        assert self.pipeline.wiring is not None and self._upstream is not None
+        line = self.pipeline.wiring.camera_line(source, getattr(settings, "min_face_px", None))
+        self.pipeline.add_line(line)
+        self._camera_done[name] = anyio.Event()
+        if self._audit is not None:
+            url = getattr(settings, "url", None)
+            self._audit.append(Kind.CAMERA_START, {
+                "camera": name,
+                "source": msgspec.to_builtins(self._registry.origin("source", settings)),
+                **({"url": redact_url(url)} if isinstance(url, str) else {})})
+        log.info("camera %s started", name)
+        self._upstream.start_soon(self._run_line, line)
+
+    def ended_cameras(self) -> set[str]:
+        """Cameras whose source ended or failed by itself (not taken out): they stay listed
+        until remove_camera, and may then be added again."""
+        return {name for name, done in self._camera_done.items()
+                if done.is_set() and name in self.pipeline.lines}
+
+    def _check_can_add(self, name: str) -> None:
+        if self._stop.is_set() or self._upstream is None:
+            raise RuntimeError("the deployment is not running: no camera can be added")
+        if name in self.pipeline.lines:
+            raise CameraError(f"camera {name!r} runs already")
+
+    async def remove_camera(self, name: str) -> None:
+        """Stop a camera and return once it has: its source stops, its detector drains what
+        the source had sent and ends, the matcher ends its tracks after its last frame (they
+        decide with what they have). The others go on. Audited (``camera_stop``). KeyError for
+        a camera that does not run here."""
+        line = self.pipeline.lines.get(name)
+        done = self._camera_done.get(name)
+        if line is None or done is None:
+            raise KeyError(f"no camera {name!r} runs here")
+        self._taking_out.add(name)
+        stop = getattr(line.source, "stop", None)
+        if stop is not None:
+            stop()
+        await done.wait()
+        if self.pipeline.lines.get(name) is line:  # not taken out by a call beside this one
+            self._retire(self.pipeline.remove_line(name))
+            self._camera_done.pop(name, None)
+            self._taking_out.discard(name)
+
+    async def _run_line(self, line: CameraLine) -> None:
+        """One camera's source and detector, supervised; at their end (taken out, stopping,
+        or the source ended or failed by itself) the matcher hears that the camera stopped,
+        after its last frame, and the stop is audited."""
+        why = "cancelled"
+        try:
+            async with anyio.create_task_group() as camera:
+                self.supervisor.start_soon(camera, line.source)
+                self.supervisor.start_soon(camera, line.detector)
+            # Both have ended: every frame of the camera is in the faces channel already.
+            if line.end is not None:
+                # The matcher gone (cancelled): nothing to end.
+                with line.end as end, contextlib.suppress(anyio.BrokenResourceError,
+                                                          anyio.ClosedResourceError):
+                    await end.send(CameraStopped(line.name))
+            why = ("removed" if line.name in self._taking_out
+                   else "stopping" if self._stop.is_set() else "ended")
+        finally:
+            if self.pipeline.wiring is not None:
+                self.pipeline.wiring.news.remove(line.name)
+            if why == "ended":
+                log.warning("camera %s stopped by itself (%s)", line.name,
+                            getattr(line.source.statistics(), "last_error", "")
+                            or "its source ended")
+            if self._audit is not None:
+                self._audit.append(Kind.CAMERA_STOP, {
+                    "camera": line.name, "why": why,
+                    **camera_stop_fields({line.name: self._camera_figures(line)}).get(
+                        line.name, {})})
+            done = self._camera_done.get(line.name)
+            if done is not None:
+                done.set()
+
+    @staticmethod
+    def _camera_figures(line: CameraLine) -> dict[str, Any]:
+        figures: dict[str, Any] = msgspec.to_builtins(line.source.statistics())
+        figures["dropped_frames"] = line.frames.channel.statistics().dropped
+        return figures
+
+    def _retire(self, line: CameraLine) -> None:
+        """Keep a camera's figures once it is taken out, for the run's summary."""
+        figures = self._camera_figures(line)
+        earlier = self._retired.get(line.name)
+        self._retired[line.name] = figures if earlier is None else _add_up(earlier, figures)
 
     def _counts(self, summary: RunSummary) -> dict[str, Any]:
         """What deployment_stop and checkpoint records hold: counts only, never a face."""
@@ -417,6 +584,10 @@ class Deployment:
                    if a.kind == "camera" and a.writes and a.writes[0] in channels}
         for name, n in dropped.items():
             cameras.setdefault(name, {})["dropped_frames"] = n
+        for name, figures in self._retired.items():  # cameras taken out while it ran
+            earlier = cameras.get(name)
+            cameras[name] = dict(figures) if earlier is None else _add_up(figures, earlier)
+            dropped[name] = cameras[name].get("dropped_frames", 0)
         for name, decided in (matcher.cameras if matcher else {}).items():
             if name in cameras:  # cameras, not stills
                 cameras[name]["latency_ms"] = msgspec.to_builtins(decided.latency_ms)
@@ -457,6 +628,17 @@ class Deployment:
         if broken and all(reason is not None for reason in broken):
             failures.append("every camera failed: " + "; ".join(r for r in broken if r))
         return failures
+
+
+# A camera's figures that add up over its runs in one deployment (taken out, then back).
+_COUNTS = ("processed", "errors", "restarts", "frames_decoded", "frames_skipped", "frames_emitted",
+           "reconnects", "dropped_frames")
+
+
+def _add_up(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """A camera's figures over two of its runs: the later run's, with the counts added up."""
+    return {**later, **{k: int(earlier.get(k) or 0) + int(later.get(k) or 0)
+                        for k in _COUNTS if k in earlier or k in later}}
 
 
 def backends_in_use(config: Config, registry: Registry) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -48,17 +49,36 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is cut by the umask and ignored for an existing folder
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file that only its owner may read: 0600 from its creation, replaced atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _private_tmp(path: Path, data: bytes) -> Path:
+    """``data`` in a 0600 file beside ``path``, named for this writer alone (processes writing
+    the same file at once do not share a temporary file)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file that only its owner may read: 0600 from its creation, replaced atomically."""
+    os.replace(_private_tmp(path, data), path)
+
+
+def create_private(path: Path, data: bytes) -> bool:
+    """Like write_private, but only where ``path`` does not exist yet: False when another
+    writer got there first (nodes started together creating the key they share)."""
+    tmp = _private_tmp(path, data)
+    try:
+        os.link(tmp, path)  # atomic, and never over an existing file
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def load_signing_key(path: Path | None = None) -> Ed25519PrivateKey:
@@ -70,11 +90,12 @@ def load_signing_key(path: Path | None = None) -> Ed25519PrivateKey:
         if not path.exists():
             _private_dir(directory)
             key = Ed25519PrivateKey.generate()
-            write_private(path, key.private_bytes(serialization.Encoding.PEM,
-                                                  serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-            write_private(directory / PUBLIC_KEY_NAME, public_pem(key.public_key()))
-            return key
+            if create_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                                      serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption())):
+                write_private(directory / PUBLIC_KEY_NAME, public_pem(key.public_key()))
+                return key
+            # Another process created it meanwhile: that one is the key.
     try:
         loaded = serialization.load_pem_private_key(_read_private(path, "signing key"),
                                                      password=None)
@@ -104,8 +125,9 @@ def load_data_key(path: Path | None = None) -> DataKey:
         if not path.exists():
             _private_dir(directory)
             key = DataKey.generate(f"the user's key {path}")
-            write_data_key(path, key)
-            return key
+            if create_private(path, _data_key_text(key)):
+                return key
+            # Another process created it meanwhile: that one is the key.
         source = f"the user's key {path}"
     else:
         source = f"[keys] data_key {path}"
@@ -121,8 +143,12 @@ def load_data_key(path: Path | None = None) -> DataKey:
 
 def write_data_key(path: Path, key: DataKey) -> None:
     """Save a data key (0600): to share one user's key with another machine, copy this file."""
-    text = f"{_DATA_KEY_BEGIN}\n{base64.b64encode(key.secret).decode()}\n{_DATA_KEY_END}\n"
-    write_private(path, text.encode("ascii"))
+    write_private(path, _data_key_text(key))
+
+
+def _data_key_text(key: DataKey) -> bytes:
+    secret = base64.b64encode(key.secret).decode()
+    return f"{_DATA_KEY_BEGIN}\n{secret}\n{_DATA_KEY_END}\n".encode("ascii")
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:

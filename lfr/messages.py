@@ -65,6 +65,17 @@ class FrameFaces(msgspec.Struct, frozen=True):
     rejected: tuple[Detection, ...] = ()
 
 
+class CameraStopped(msgspec.Struct, frozen=True):
+    """On the faces channel after the last frame of a camera taken out of a running
+    deployment: the matcher ends that camera's tracks (they decide with what they have)."""
+
+    camera: str
+
+
+# What the matcher reads: every camera's faces, and the end of a camera taken out.
+MatcherInput = FrameFaces | CameraStopped
+
+
 class Candidate(msgspec.Struct, frozen=True):
     person_id: str
     score: float  # cosine similarity

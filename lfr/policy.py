@@ -101,11 +101,12 @@ class AlertPolicy:
         return PolicyStep(track_ids=outcome.track_ids, persons=outcome.persons,
                           verdicts=verdicts, matches=matches, states=outcome.states)
 
-    def flush(self, capture_time: float) -> list[Verdict]:
-        """The input has ended: every open track ends, and those that never decided decide
-        with what they have, admitted as of ``capture_time`` (the last frame's)."""
+    def flush(self, capture_time: float, camera: str | None = None) -> list[Verdict]:
+        """The input has ended (or ``camera``'s has: it was taken out): every open track (of
+        that camera) ends, and those that never decided decide with what they have, admitted
+        as of ``capture_time`` (the last frame's)."""
         self.cooldown.start(capture_time)
-        return self._admit(self.tracker.flush(), capture_time)
+        return self._admit(self.tracker.flush(camera), capture_time)
 
     def _rank(self, faces: Sequence[Face]) -> list[list[Candidate]]:
         """Per face, the watchlist's best persons; none for a face without an embedding."""

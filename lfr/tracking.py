@@ -283,11 +283,12 @@ class PersonTracker:
             out += self._end(camera, lambda t: mono_time - t.last_mono > self.settings.max_age_s)
         return out
 
-    def flush(self) -> list[Verdict]:
-        """End every track (the input has ended); tracks that never decided decide now."""
+    def flush(self, camera: str | None = None) -> list[Verdict]:
+        """End every track (the input has ended), or every track of ``camera`` (taken out of
+        the deployment); tracks that never decided decide now."""
         out: list[Verdict] = []
-        for camera in list(self.tracks):
-            out += self._end(camera, lambda t: True)
+        for name in list(self.tracks) if camera is None else [camera]:
+            out += self._end(name, lambda t: True)
         return out
 
     # -- internals ---------------------------------------------------------------------------

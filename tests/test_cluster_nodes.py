@@ -199,22 +199,31 @@ def _when(iso: str) -> float:
 
 def camera_intervals(data_dir: Path, killed_at: float | None = None
                      ) -> list[tuple[str, float, float]]:
-    """(camera, from, to) for every run of the node, from its audit log: from the run's config
-    record (before any camera started) to its stop record (after every camera stopped); a run
+    """(camera, from, to) for every time a camera ran on the node, from its audit log: from its
+    ``camera_start`` record (written before its source starts; for the cameras a run starts
+    with, the run's config record) to its ``camera_stop`` record (written once its source and
+    detector have stopped) or else its run's stop record (after every camera stopped); a run
     that was killed ends at ``killed_at`` (or now)."""
-    found = []
-    open_run: tuple[list[str], float] | None = None
+    found: list[tuple[str, float, float]] = []
+    running: dict[str, float] = {}  # camera -> since
+
+    def end_all(at: float) -> None:
+        found.extend((camera, since, at) for camera, since in running.items())
+        running.clear()
+
     for record in audit_records(data_dir):
+        when = _when(record.time)
         if record.kind == "config":
-            open_run = ([c["name"] for c in record.data["cameras"]], _when(record.time))
-        elif record.kind == "deployment_stop" and open_run is not None:
-            found += [(c, open_run[1], _when(record.time)) for c in open_run[0]]
-            open_run = None
-        elif record.kind == "seal" and record.data.get("reason") == "resume" and open_run:
-            found += [(c, open_run[1], killed_at or time.time()) for c in open_run[0]]
-            open_run = None
-    if open_run is not None:
-        found += [(c, open_run[1], killed_at or time.time()) for c in open_run[0]]
+            running.update({c["name"]: when for c in record.data["cameras"]})
+        elif record.kind == "camera_start":
+            running[record.data["camera"]] = when
+        elif record.kind == "camera_stop" and record.data["camera"] in running:
+            found.append((record.data["camera"], running.pop(record.data["camera"]), when))
+        elif record.kind == "deployment_stop":
+            end_all(when)
+        elif record.kind == "seal" and record.data.get("reason") == "resume":
+            end_all(killed_at or time.time())
+    end_all(killed_at or time.time())
     return found
 
 
@@ -227,6 +236,26 @@ def assert_no_camera_on_two_nodes(intervals: dict[str, list[tuple[str, float, fl
                 for camera2, start2, end2 in other_runs:
                     assert not (camera == camera2 and start < end2 and start2 < end), (
                         f"{camera} ran on {node} ({start}-{end}) and {other} ({start2}-{end2})")
+
+
+def assert_cameras_ran_on(nodes: Nodes, before: dict[str, str], lost: set[str],
+                          killed_at: float, moved_at: float) -> None:
+    """The surviving nodes took the lost cameras beside the ones they ran: none of those
+    stopped or started again, and their deployment was not restarted."""
+    taken = set()
+    for name in set(before.values()) - {before[c] for c in lost}:
+        records = [r for r in audit_records(nodes.data_dir(name))
+                   if killed_at <= _when(r.time) <= moved_at]
+        restarts = [(r.kind, r.data.get("camera")) for r in records
+                    if r.kind in ("camera_stop", "deployment_stop", "deployment_start")]
+        assert not restarts, f"{name} stopped or restarted cameras taking over: {restarts}"
+        taken |= {r.data["camera"] for r in records if r.kind == "camera_start"}
+        kept = {c for c, n in before.items() if n == name}
+        runs = camera_intervals(nodes.data_dir(name))
+        for camera in kept:  # one run from before the kill, still on
+            spans = [(start, end) for c, start, end in runs if c == camera and end >= moved_at]
+            assert len(spans) == 1 and spans[0][0] < killed_at, (name, camera, spans)
+    assert taken == lost
 
 
 @pytest.mark.timeout(420)
@@ -262,6 +291,7 @@ def test_three_nodes_share_six_cameras_and_survive_a_sigkill(
         took = wait_until(moved, LEASE_S + 40, "node2's cameras on the others", nodes)
         assert took <= LEASE_S + 20, f"node2's cameras took {took:.1f} s to move"
         print(f"node2's cameras ran on the others {took:.1f} s after SIGKILL")
+        assert_cameras_ran_on(nodes, victim, lost, killed_at, time.time())
         status = read_status(nodes)
         alive = {n["name"]: n["alive"] for n in status["nodes"]}
         assert alive == {"node0": True, "node1": True, "node2": False}

@@ -4,9 +4,10 @@ A node joins the deployment's bus (lfr.cluster.bus), holds its share of the came
 (lfr.cluster.leases), runs them as an ordinary ``Deployment`` over just those cameras, with its
 records under ``data_dir/<node>/``, and publishes its alerts, decisions and audit records
 (lfr.cluster.publisher), one alert per person across the deployment (lfr.cluster.sightings).
-When the cameras it holds change (a node died, one joined, a lease ran out) the running
-deployment is stopped, drained and started again over the new set, with the models loaded once
-for the node's life. Cameras it gives up are released only after they have stopped.
+When the cameras it holds change (a node died, one joined, a lease ran out) the camera taken
+starts, or the camera lost stops, in the running deployment; its other cameras run on
+undisturbed. A new watchlist version restarts the deployment over it, with the models loaded
+once for the node's life. Cameras it gives up are released only after they have stopped.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from lfr.cluster.publisher import Publisher
 from lfr.cluster.sightings import OpenAlerts
 from lfr.cluster.viewer import NodeViewers
 from lfr.cluster.watchlist import Version
-from lfr.config import Config, WatchlistConfig
-from lfr.deployment import Deployment, DeploymentView, RunSummary
+from lfr.config import Config, WatchlistConfig, resolve_backends
+from lfr.deployment import CameraError, Deployment, DeploymentView, RunSummary
 from lfr.keys import load_data_key
 from lfr.messages import Decision
 from lfr.notify.outbox import Outbox
-from lfr.plugins import Registry
+from lfr.plugins import BackendSettings, Registry
 from lfr.sealed import DataKey
 from lfr.users import Role
 from lfr.vision.analyzer import FaceAnalyzer
@@ -169,46 +170,95 @@ class Node:
             await nc.close()
 
     async def _run_cameras(self, leases: CameraLeases, registry: Registry) -> None:
-        """Run the cameras held, again whenever that set or the watchlist changes; notifiers
-        (through ``registry``) deliver an alert only once the stream holds it."""
+        """Run the cameras held in one deployment while the watchlist stays the same: a camera
+        taken or given up starts or stops on its own, the others run on (``_follow_leases``).
+        A new watchlist version restarts the deployment over it. Notifiers (through
+        ``registry``) deliver an alert only once the stream holds it."""
+        sources = {str(getattr(s, "name", "")): s
+                   for s in resolve_backends(self.config, registry).sources}
         while not self._stop.is_set():
             self._changed = anyio.Event()
             if self._destroyed is not None:
                 await anyio.to_thread.run_sync(self._record_destroyed)
-            wanted = leases.running()
-            if not wanted or self._bundle is None:
+            bundle = self._bundle
+            if bundle is None:
                 await self._changed.wait()
                 continue
-            self._running = set(wanted)
             self._deployment = None
-            config = with_cameras(self.config, wanted, self.data_dir)
+            config = with_cameras(self.config, (), self.data_dir)
             config = msgspec.structs.replace(config, watchlist=WatchlistConfig(
-                bundle=str(self._bundle)))
+                bundle=str(bundle)))
             deployment = Deployment(config, registry, analyzer=self._analyzer,
                                     watchlist_version=self._version.version
-                                    if self._version else None)
-            log.info("%s: running cameras %s", self.name, sorted(wanted))
+                                    if self._version else None, cameras_change=True)
             self._deployment = deployment
             if self._version is not None:  # what the heartbeat says this node runs
                 self._watchlist = {"version": self._version.version,
                                    "sha256": self._version.sha256,
                                    "people": self._version.people}
-            self._beat_now.set()
+
+            async def follow(view: DeploymentView, deployment: Deployment = deployment,
+                             bundle: Path = bundle) -> None:
+                await self._follow_leases(view, deployment, leases, sources, bundle)
+
             try:
-                summary = await deployment.run(
-                    handle_signals=False, services=[self._until_changed, self._viewers.feed])
+                summary = await deployment.run(handle_signals=False,
+                                               services=[follow, self._viewers.feed])
             finally:
                 self._deployment = None
             self._running = set()
             self.summaries.append(summary)
-            if not self._changed.is_set():
-                # It ended by itself (files played out, every camera failed): not again at once.
-                log.warning("%s: cameras %s ended by themselves%s", self.name, sorted(wanted),
+            if not self._stop.is_set() and self._bundle is bundle:
+                # It ended by itself (its matcher failed for good): not again at once.
+                log.warning("%s: its deployment ended by itself%s", self.name,
                             f" ({'; '.join(summary.failures)})" if summary.failures else "")
                 with anyio.move_on_after(self.config.cluster.lease_s):
                     await self._changed.wait()
             # What was given up has stopped now: other nodes may take it.
             await leases.release(leases.surplus())
+
+    async def _follow_leases(self, view: DeploymentView, deployment: Deployment,
+                             leases: CameraLeases, sources: dict[str, BackendSettings],
+                             bundle: Path) -> None:
+        """A service of the node's deployment: starts the cameras whose lease it takes and
+        stops those it loses or gives up, each on its own, until the node stops or the
+        watchlist changes (then it stops the deployment). A surplus lease is released once
+        its camera has stopped. A camera that cannot start is logged and not tried again while
+        its lease is held; one whose source ended by itself is started again a lease later."""
+        failed: set[str] = set()
+        ended: dict[str, float] = {}  # camera -> when it was first seen ended
+        settings = self.config.cluster
+        while not self._stop.is_set() and self._bundle is bundle:
+            self._changed = anyio.Event()
+            wanted = leases.running()
+            failed &= wanted
+            now = time.monotonic()
+            for name in deployment.ended_cameras():
+                if now - ended.setdefault(name, now) >= settings.lease_s:
+                    wanted.discard(name)  # stopped below, started again next round
+            held = set(deployment.camera_names())
+            async with anyio.create_task_group() as stopping:
+                for name in sorted(held - wanted):
+                    stopping.start_soon(deployment.remove_camera, name)
+            await leases.release(leases.surplus() - set(deployment.camera_names()))
+            for name in held - wanted:
+                ended.pop(name, None)
+                await self._viewers.close_camera(name)
+            for name in sorted(wanted - held - failed):
+                try:
+                    await deployment.add_camera(sources[name])
+                except CameraError as exc:
+                    log.error("%s: %s", self.name, exc)
+                    failed.add(name)
+                except RuntimeError:  # the deployment is stopping
+                    return
+            running = set(deployment.camera_names()) - deployment.ended_cameras()
+            if running != self._running:
+                self._running = running
+                self._beat_now.set()  # the heartbeat says so at once
+            with anyio.move_on_after(settings.heartbeat_s):
+                await self._changed.wait()
+        view.stop()
 
     # -- the watchlist ---------------------------------------------------------------------
 
@@ -326,10 +376,6 @@ class Node:
         except RuntimeError:  # stopping or not started yet
             return False
         return True
-
-    async def _until_changed(self, view: DeploymentView) -> None:
-        await self._changed.wait()
-        view.stop()
 
     async def _keep_leases(self, bus: Bus, leases: CameraLeases, outbox: Outbox) -> None:
         # One heartbeat before the first take: nodes started together see each other first.

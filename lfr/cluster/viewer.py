@@ -66,6 +66,14 @@ class NodeViewers:
                 for viewer in list(self.web._peers):
                     await self.web.close_viewer(viewer)
 
+    async def close_camera(self, camera: str) -> None:
+        """A camera this node stopped (it moved to another node): its viewers are closed, so
+        their browsers ask again of the node that runs it now, and its last frame is let go."""
+        feed = self.web._feeds.pop(camera, None)
+        for viewer in list(feed.viewers) if feed is not None else []:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self.web.close_viewer(viewer)
+
     async def answer(self, msg: Any) -> None:
         """A console's request: ``{"status", ...}`` with the answer ``{sdp, type, viewer}``
         (status 200), ``{"closed"}``, or ``{"error"}`` and an HTTP-like status."""

@@ -12,7 +12,7 @@ import cv2
 import msgspec
 import numpy as np
 
-from lfr.messages import Face, Frame, FrameFaces
+from lfr.messages import Face, Frame, FrameFaces, MatcherInput
 from lfr.pipeline.embedding_plan import (
     EmbeddingPlanner,
     PlannedFace,
@@ -74,7 +74,7 @@ class DetectorActor(Actor):
     supervisor's watchdog: a hung one restarts this actor, which reads on from its input.
     """
 
-    def __init__(self, name: str, frames: Receiver[Frame], out: Sender[FrameFaces],
+    def __init__(self, name: str, frames: Receiver[Frame], out: Sender[MatcherInput],
                  analyzer: FaceAnalyzer, detect_limiter: anyio.CapacityLimiter,
                  embed_limiter: anyio.CapacityLimiter, planner: EmbeddingPlanner | None = None,
                  news: TrackNewsBoard | None = None, overlap: int = 1,

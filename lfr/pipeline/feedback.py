@@ -25,6 +25,16 @@ class TrackNewsBoard:
         self._waiting: dict[str, list[TrackNews]] = {camera: [] for camera in cameras}
         self._lock = threading.Lock()
 
+    def add(self, camera: str) -> None:
+        """A camera that joined the running deployment: its planner reads its news from now."""
+        with self._lock:
+            self._waiting.setdefault(camera, [])
+
+    def remove(self, camera: str) -> None:
+        """A camera taken out: its news is no longer kept."""
+        with self._lock:
+            self._waiting.pop(camera, None)
+
     def wants(self, camera: str) -> bool:
         """Whether a planner reads this camera's news (other cameras' news is not kept)."""
         return camera in self._waiting
@@ -33,7 +43,9 @@ class TrackNewsBoard:
         if not items or camera not in self._waiting:
             return
         with self._lock:
-            waiting = self._waiting[camera]
+            waiting = self._waiting.get(camera)
+            if waiting is None:  # taken out meanwhile
+                return
             waiting.extend(items)
             if len(waiting) > MAX_WAITING:
                 del waiting[:len(waiting) - MAX_WAITING]

@@ -14,7 +14,7 @@ import numpy as np
 
 from lfr.audit import AuditLog
 from lfr.matching import MatchResult
-from lfr.messages import Alert, FrameFaces, utc_iso
+from lfr.messages import Alert, CameraStopped, FrameFaces, MatcherInput, utc_iso
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.embedding_plan import TrackNews
 from lfr.pipeline.feedback import TrackNewsBoard
@@ -101,7 +101,7 @@ class MatcherActor(Actor):
     track, in memory, and go with it.
     """
 
-    def __init__(self, faces: Receiver[FrameFaces], notifier_outs: Sequence[Sender[Alert]],
+    def __init__(self, faces: Receiver[MatcherInput], notifier_outs: Sequence[Sender[Alert]],
                  policy: AlertPolicy, watchlist: Watchlist, outbox: Outbox, audit: AuditLog,
                  notifier_names: Sequence[str], alerts: Broadcast[Alert] | None = None,
                  frames: Broadcast[FrameReport] | None = None,
@@ -127,6 +127,9 @@ class MatcherActor(Actor):
         self.state = ActorState.RUNNING
         await self._hold_recent_alerts()
         async for item in self.faces:
+            if isinstance(item, CameraStopped):
+                await self._end_camera(item.camera)
+                continue
             self.frame_count += 1
             now = self._last_mono = item.frame.mono_time
             # In a worker thread, watched: a plugin index whose search hangs is reported and the
@@ -166,9 +169,16 @@ class MatcherActor(Actor):
                                              strict=True)])
         return step
 
-    def _flush(self, now: float) -> list[Verdict]:
+    def _flush(self, now: float, camera: str | None = None) -> list[Verdict]:
         with self._deciding:
-            return self.policy.flush(now)
+            return self.policy.flush(now, camera)
+
+    async def _end_camera(self, camera: str) -> None:
+        """A camera taken out of the deployment has sent its last frame: its tracks end now,
+        as every track does when the input ends, on the capture clock of the latest frame."""
+        now = self._last_mono if self._last_mono is not None else time.monotonic()
+        for verdict in await self.call_in_worker(self._flush, now, camera, what="search"):
+            await self._raise(self._make_alert(verdict, now))
 
     async def _hold_recent_alerts(self) -> None:
         """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``

@@ -28,7 +28,7 @@ from lfr.api import BackendError, Notifier, Source
 from lfr.audit import AuditLog
 from lfr.config import Backends, Config, resolve_backends
 from lfr.matching import Matcher, configured_matcher, configured_watchlist
-from lfr.messages import Alert, Frame, FrameFaces
+from lfr.messages import Alert, Frame, MatcherInput
 from lfr.notify.base import NotifierActor
 from lfr.notify.outbox import Outbox
 from lfr.pipeline.camera import SourceActor
@@ -196,6 +196,20 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
 
 
 @dataclass
+class CameraLine:
+    """One camera's actors: its source, its frame channel (the send end, for statistics) and
+    its detector. Started and stopped on its own in a deployment whose cameras change."""
+
+    name: str
+    source: Actor
+    frames: Sender[Frame]
+    detector: DetectorActor
+    # Where its end goes after its last frame (lfr.messages.CameraStopped), when the cameras of
+    # its deployment change: the matcher then ends its tracks.
+    end: Sender[MatcherInput] | None = None
+
+
+@dataclass
 class Pipeline:
     """One node's actors and the channels between them (their send ends, for statistics)."""
 
@@ -204,6 +218,8 @@ class Pipeline:
     matcher: MatcherActor | None = None
     notifiers: list[NotifierActor] = field(default_factory=list)
     channels: list[Sender[Any]] = field(default_factory=list)
+    lines: dict[str, CameraLine] = field(default_factory=dict)  # the cameras (not the stills)
+    wiring: CameraWiring | None = None  # how a camera added later is wired
 
     @property
     def upstream(self) -> list[Actor]:
@@ -214,6 +230,19 @@ class Pipeline:
     @property
     def actors(self) -> list[Actor]:
         return [*self.upstream, *self.notifiers]
+
+    def add_line(self, line: CameraLine) -> None:
+        self.lines[line.name] = line
+        self.sources.append(line.source)
+        self.detectors.append(line.detector)
+        self.channels.append(line.frames)
+
+    def remove_line(self, name: str) -> CameraLine:
+        line = self.lines.pop(name)
+        self.sources.remove(line.source)
+        self.detectors.remove(line.detector)
+        self.channels.remove(line.frames)
+        return line
 
 
 def is_live(source: object) -> bool:
@@ -227,41 +256,79 @@ def frame_overflow(live: bool, offline: bool) -> Overflow:
     return Overflow.DROP_OLDEST if live and not offline else Overflow.BLOCK
 
 
-def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
-         alerts: Broadcast[Alert], frames: Broadcast[FrameReport], offline: bool = False,
-         photos: Sequence[Path] = ()) -> Pipeline:
-    """The actors of ``parts`` connected by bounded channels (see the module docstring)."""
-    pipe, pipeline = config.pipeline, Pipeline()
-    # One session per model: one camera's embedding overlaps another's detection.
-    detect_limiter, embed_limiter = anyio.CapacityLimiter(1), anyio.CapacityLimiter(1)
-    faces_send: Sender[FrameFaces]
-    faces_recv: Receiver[FrameFaces]
-    faces_send, faces_recv = open_channel("faces", pipe.face_queue)
-    pipeline.channels.append(faces_send)
-    makers: list[tuple[str, bool, Callable[[Sender[Frame]], Actor]]] = [
-        (source.name, is_live(source), partial(SourceActor, source)) for source in parts.cameras]
-    if photos:
-        makers.append(("photos", False, partial(StillsSource, list(photos), name="photos")))
-    # Each camera's planner chooses the faces worth embedding; the matcher tells it which tracks
-    # have settled. The stills are photos of their own: every face is embedded.
-    news = TrackNewsBoard([source.name for source in parts.cameras])
-    threshold = config.matching.threshold
-    for i, (name, live, make_source) in enumerate(makers):
+class CameraWiring:
+    """What every camera's actors share with the rest of the node: the faces channel (each
+    detector writes through a clone of its send end), one limiter per model session (one
+    camera's embedding overlaps another's detection), the board on which the matcher posts
+    track news for the cameras' embedding planners. ``wire`` wires the cameras a deployment
+    starts with through it; a deployment whose cameras change wires each camera it adds."""
+
+    def __init__(self, parts: Parts, config: Config, faces: Sender[MatcherInput],
+                 news: TrackNewsBoard, offline: bool, cameras_change: bool = False) -> None:
+        self._analyzer, self._config, self._offline = parts.analyzer, config, offline
+        self._cameras_change = cameras_change
+        self.faces, self.news = faces, news
+        self._detect_limiter, self._embed_limiter = (anyio.CapacityLimiter(1),
+                                                     anyio.CapacityLimiter(1))
+
+    def line(self, name: str, live: bool, make_source: Callable[[Sender[Frame]], Actor],
+             camera: bool = True, min_face_px: float | None = None) -> CameraLine:
+        """A camera's source, frame channel and detector; ``camera`` False for the stills,
+        which are photos of their own: every face is embedded, no track news."""
+        pipe = self._config.pipeline
         frames_send: Sender[Frame]
         frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
-                                                frame_overflow(live, offline))
-        pipeline.channels.append(frames_send)
-        pipeline.sources.append(make_source(frames_send))
-        is_camera = i < len(parts.cameras)
-        planner = (EmbeddingPlanner(pipe.embedding, threshold,
-                                    config.matching.tracking.decision_px)
-                   if is_camera else None)
-        pipeline.detectors.append(DetectorActor(
-            f"detect:{name}", frames_recv, faces_send.clone(), parts.analyzer, detect_limiter,
-            embed_limiter, planner=planner, news=news if is_camera else None,
-            overlap=pipe.embed_queue,
-            min_face_px=parts.min_face_px[i] if is_camera and parts.min_face_px else None))
-    faces_send.close()  # each detector holds its own clone
+                                                frame_overflow(live, self._offline))
+        planner = (EmbeddingPlanner(pipe.embedding, self._config.matching.threshold,
+                                    self._config.matching.tracking.decision_px)
+                   if camera else None)
+        if camera:
+            self.news.add(name)
+        detector = DetectorActor(
+            f"detect:{name}", frames_recv, self.faces.clone(), self._analyzer,
+            self._detect_limiter, self._embed_limiter, planner=planner,
+            news=self.news if camera else None, overlap=pipe.embed_queue,
+            min_face_px=min_face_px)
+        end = self.faces.clone() if camera and self._cameras_change else None
+        return CameraLine(name, make_source(frames_send), frames_send, detector, end)
+
+    def camera_line(self, source: Source, min_face_px: float | None = None) -> CameraLine:
+        return self.line(source.name, is_live(source), partial(SourceActor, source),
+                         min_face_px=min_face_px)
+
+    def close(self) -> None:
+        """No camera is wired any more: once every detector's clone is closed too, the faces
+        channel ends and the matcher with it."""
+        self.faces.close()
+
+
+def wire(parts: Parts, config: Config, *, outbox: Outbox, audit: AuditLog,
+         alerts: Broadcast[Alert], frames: Broadcast[FrameReport], offline: bool = False,
+         photos: Sequence[Path] = (), cameras_change: bool = False) -> Pipeline:
+    """The actors of ``parts`` connected by bounded channels (see the module docstring).
+    ``cameras_change``: cameras are added later (``pipeline.wiring``), so the faces channel
+    stays open until ``pipeline.wiring.close()``, with or without cameras."""
+    pipe, pipeline = config.pipeline, Pipeline()
+    faces_send: Sender[MatcherInput]
+    faces_recv: Receiver[MatcherInput]
+    faces_send, faces_recv = open_channel("faces", pipe.face_queue)
+    pipeline.channels.append(faces_send)
+    # Each camera's planner chooses the faces worth embedding; the matcher tells it which tracks
+    # have settled.
+    news = TrackNewsBoard([])
+    wiring = pipeline.wiring = CameraWiring(parts, config, faces_send, news, offline,
+                                            cameras_change)
+    for i, source in enumerate(parts.cameras):
+        pipeline.add_line(wiring.camera_line(
+            source, parts.min_face_px[i] if parts.min_face_px else None))
+    if photos:
+        stills = wiring.line("photos", False, partial(StillsSource, list(photos), name="photos"),
+                             camera=False)
+        pipeline.sources.append(stills.source)
+        pipeline.detectors.append(stills.detector)
+        pipeline.channels.append(stills.frames)
+    if not cameras_change:
+        wiring.close()  # each detector holds its own clone
     outs: list[Sender[Alert]] = []
     for notifier in parts.notifiers:
         send: Sender[Alert]

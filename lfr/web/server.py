@@ -263,9 +263,12 @@ class WebService:
         the boxes only (no face crop or embedding); the drawing happens when a viewer takes it.
         """
         item, results = report.faces, report.persons
-        if self._cameras is not None and item.frame.camera not in self._cameras:
-            return
         deployment = self.deployment
+        if self._cameras is not None and item.frame.camera not in self._cameras:
+            # A camera that joined the running deployment (a node's lease) is let in.
+            self._cameras = frozenset(deployment.cameras) if deployment else self._cameras
+            if item.frame.camera not in self._cameras:
+                return
         marks = []
         for i, face in enumerate(item.faces):
             result = results[i] if i < len(results) else None
