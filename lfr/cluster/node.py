@@ -32,7 +32,7 @@ from lfr.cluster.sightings import OpenAlerts
 from lfr.cluster.viewer import NodeViewers
 from lfr.cluster.watchlist import Version
 from lfr.config import Config, WatchlistConfig
-from lfr.deployment import Deployment, DeploymentView, RunSummary
+from lfr.deployment import Deployment, DeploymentView, RunSummary, WatchlistSwitchError
 from lfr.keys import load_data_key
 from lfr.messages import Decision
 from lfr.notify.outbox import Outbox
@@ -105,6 +105,7 @@ class Node:
         self._version: Version | None = None
         self._bundle: Path | None = None
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
+        self._refused = 0  # the latest version the running cameras could not switch to
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
@@ -240,17 +241,42 @@ class Node:
             raise BusError(str(exc)) from None
 
     async def _follow_watchlist(self, bus: Bus) -> None:
-        """Every heartbeat: a newer version is loaded, then the cameras switch to it."""
+        """Every heartbeat: a newer version is loaded, then the running cameras switch to it
+        between two frames (none stops); with none running, the next start runs it."""
         while True:
             await anyio.sleep(self.config.cluster.heartbeat_s)
             try:
                 version, _ = await watchlists.current(bus)
-                if version is not None and (self._version is None
-                                            or version.version > self._version.version):
+                newest = max(self._version.version if self._version else 0, self._refused)
+                if version is not None and version.version > newest:
+                    previous = self._bundle, self._version
                     await self._load(bus, version)
-                    self._changed.set()
+                    if not await self._switch_running():
+                        self._bundle, self._version = previous
+                        self._refused = version.version
             except Exception as exc:  # the server away, a bad upload: keep the one in use
                 log.warning("%s: watchlist not updated: %s", self.name, exc)
+
+    async def _switch_running(self) -> bool:
+        """The running deployment switches to the version just loaded, and the heartbeat says
+        so once it has; False when it refused it (it runs the old one on). A destroyed version
+        stops the cameras; a deployment not running (yet) starts on the new one."""
+        deployment, version, bundle = self._deployment, self._version, self._bundle
+        if deployment is None or version is None or version.destroyed or bundle is None:
+            self._changed.set()
+            return True
+        try:
+            await deployment.switch_watchlist(bundle, version.version)
+        except WatchlistSwitchError as exc:
+            log.error("%s: watchlist version %d refused: %s", self.name, version.version, exc)
+            return False
+        except RuntimeError:  # starting or stopping: started again, on the new one
+            self._changed.set()
+            return True
+        self._watchlist = {"version": version.version, "sha256": version.sha256,
+                           "people": version.people}
+        self._beat_now.set()
+        return True
 
     async def _load(self, bus: Bus, version: Version) -> None:
         if version.destroyed:
