@@ -378,6 +378,8 @@ class Deployment:
             record = {**self._watchlist_record(),
                       "switched": {"after_frames": point.last_frames, "frames": point.frames,
                                    "load_s": round(loaded_s, 3)}}
+            if self._audit is not audit:  # the run ended meanwhile: its log is closed
+                raise RuntimeError("the deployment stopped while switching watchlists")
             await anyio.to_thread.run_sync(audit.append, Kind.WATCHLIST_LOADED, record)
             log.info("watchlist %s in use from the next frame (loaded in %.2f s)", bundle,
                      loaded_s)
