@@ -366,8 +366,9 @@ class Deployment:
                 new = await anyio.to_thread.run_sync(load_new_watchlist, self.config,
                                                      self._registry, bundle, parts.analyzer)
             except Exception as exc:
+                why = str(exc) if str(bundle) in str(exc) else f"watchlist {bundle}: {exc}"
                 raise WatchlistSwitchError(
-                    f"watchlist {bundle} not switched to ({exc}); the one in use (sha256 "
+                    f"{why}; not switched to: the watchlist in use (sha256 "
                     f"{parts.watchlist.digest()[:12]}) stays") from exc
             loaded_s = time.monotonic() - started
             point = await matcher.switch_watchlist(new.watchlist, new.matcher.rank)

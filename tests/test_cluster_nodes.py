@@ -450,6 +450,9 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         (smaller / person.name).symlink_to(person)
     second = tmp_path / "bundle2"
     build_watchlist(smaller, second, default_analyzer())
+    # Embedded without the flip: no node can search it against its cameras' embeddings.
+    unusable = tmp_path / "bundle-no-flip"
+    build_watchlist(smaller, unusable, default_analyzer(flip=False))
 
     config = write_config(tmp_path, bundle, cameras=2)
     nodes = Nodes(config, nats_server.url)
@@ -482,6 +485,22 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
         assert len(holders(nodes)) == 2
 
+        # A version the nodes cannot run is refused, naming it; version 2 runs on.
+        assert main(["watchlist", "publish", str(unusable), "--nats", nodes.url,
+                     "--deployment", "site", "--operator", "sup", "--json"]) == 0
+
+        def log_text(name: str) -> str:  # the log wraps long lines: compared without spaces
+            return "".join((tmp_path / f"{name}.log").read_text().split())
+
+        wait_until(lambda: all("watchlistversion3refused" in log_text(n) for n in names), 60,
+                   "version 3 refused", nodes)
+        assert "node0/watchlists/v3:builtwithembedder" in log_text("node0")
+        assert versions() == {"node0": 2, "node1": 2} and len(holders(nodes)) == 2
+        for name in names:
+            loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
+            assert loaded[-1]["version"] == 2
+        assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
+
         assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",
                      "--operator", "sup", "--json"]) == 0
         wait_until(lambda: all(audit_data(nodes.data_dir(n), "watchlist_destroyed")
@@ -490,7 +509,7 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
             copies = nodes.data_dir(name) / "watchlists"
             assert not any(copies.iterdir())
             (record,) = audit_data(nodes.data_dir(name), "watchlist_destroyed")
-            assert record["version"] == 3 and record["operator"] == "sup"
+            assert record["version"] == 4 and record["operator"] == "sup"
         assert read_status(nodes)["watchlist"]["destroyed"] is True
         wait_until(lambda: not holders(nodes), 30, "no camera running without a watchlist",
                    nodes)
