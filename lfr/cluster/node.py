@@ -106,6 +106,7 @@ class Node:
         self._bundle: Path | None = None
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
         self._refused = 0  # the latest version the running cameras could not switch to
+        self._published = anyio.Event()  # the store's current version changed
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
@@ -241,10 +242,28 @@ class Node:
             raise BusError(str(exc)) from None
 
     async def _follow_watchlist(self, bus: Bus) -> None:
-        """Every heartbeat: a newer version is loaded, then the running cameras switch to it
-        between two frames (none stops); with none running, the next start runs it."""
+        """A newer version is loaded as soon as the store says one was published (and at every
+        heartbeat, should that word be lost with the server), then the running cameras switch
+        to it between two frames (none stops); with none running, the next start runs it."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_published, bus)
+            await self._follow_versions(bus)
+
+    async def _watch_published(self, bus: Bus) -> None:
+        assert bus.watchlist is not None
+        try:
+            watcher = await bus.watchlist.watch(watchlists.CURRENT)
+            async for entry in watcher:
+                if entry is not None:  # None: the end of what was there when the watch began
+                    self._published.set()
+        except Exception as exc:  # no watch: the heartbeat's look at the store still comes
+            log.debug("%s: not watching the watchlist store: %s", self.name, exc)
+
+    async def _follow_versions(self, bus: Bus) -> None:
         while True:
-            await anyio.sleep(self.config.cluster.heartbeat_s)
+            with anyio.move_on_after(self.config.cluster.heartbeat_s):
+                await self._published.wait()
+            self._published = anyio.Event()
             try:
                 version, _ = await watchlists.current(bus)
                 newest = max(self._version.version if self._version else 0, self._refused)
