@@ -13,6 +13,7 @@ any notifier sees them; faces that do not match are forgotten in the matcher.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -40,6 +41,8 @@ from lfr.pipeline.wiring import (
     backend_origin,
     build_parts,
     camera_settings,
+    load_new_watchlist,
+    row_offsets,
     wire,
 )
 from lfr.plugins import BackendError, BackendSettings, BuildContext, Registry, SkippedPlugin
@@ -89,6 +92,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     # Totals that outlive the bounded event list: restarts, failed actors, stuck workers.
     supervisor: SupervisorStats = msgspec.field(
         default_factory=lambda: SupervisorStats(0, (), 0, 0))
+    # The published version of the watchlist in use (lfr.cluster); None: a bundle of the config.
+    watchlist_version: int | None = None
 
 
 class RunSummary(msgspec.Struct, frozen=True):
@@ -116,12 +121,18 @@ class RunSummary(msgspec.Struct, frozen=True):
     failures: list[str] = msgspec.field(default_factory=list)
     # Plugins that failed to load, each with its whole error; the run went on without them.
     plugins_skipped: list[SkippedPlugin] = msgspec.field(default_factory=list)
+    # The watchlist in use at the end (another after a switch): digest, persons, version.
+    watchlist: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 # Buffers of the viewers' broadcast channels: a viewer that falls behind loses its oldest items,
 # never delays the matcher. Alerts keep a history so a new viewer sees the recent ones.
 VIEW_BUFFER = 64
 RECENT_ALERTS = 200
+
+
+class WatchlistSwitchError(Exception):
+    """A watchlist a running deployment could not switch to; the one in use stays."""
 
 
 class DeploymentView:
@@ -172,8 +183,13 @@ class DeploymentView:
         return outbox.joined_alerts([a.id for a in self.recent_alerts()])
 
     def person_name(self, person_id: str) -> str:
+        """Their name on the watchlist in use; the id itself for a person not (or no longer:
+        a frame decided just before a switch) on it."""
         watchlist = self._deployment.watchlist
-        return watchlist.name(person_id) if watchlist is not None else person_id
+        try:
+            return watchlist.name(person_id) if watchlist is not None else person_id
+        except KeyError:
+            return person_id
 
     def get_alert(self, alert_id: str) -> Alert | None:
         """The stored alert (images as retention left them); blocking: call it in a thread."""
@@ -262,6 +278,7 @@ class Deployment:
         self._undelivered: int | None = None  # counted in the outbox once the run has ended
         self._started = time.monotonic()
         self._stop = anyio.Event()
+        self._switching = anyio.Lock()  # one watchlist switch at a time
         # Always on: alert images are blanked after privacy.alert_retention_days.
         self.retention = RetentionService(config.privacy.alert_retention_days)
 
@@ -327,12 +344,7 @@ class Deployment:
                                              "operator": cfg.operator_name()})
         audit.append(Kind.CONFIG, redacted(cfg))
         audit.append(Kind.BACKENDS, backends_in_use(cfg, self._registry))
-        audit.append(Kind.WATCHLIST_LOADED, {"digest": parts.watchlist.digest(),
-                                             "persons": len(parts.watchlist.persons),
-                                             "images": len(parts.watchlist.labels),
-                                             "threshold": cfg.matching.threshold,
-                                             **({"version": self._watchlist_version}
-                                                if self._watchlist_version is not None else {})})
+        audit.append(Kind.WATCHLIST_LOADED, self._watchlist_record())
         audit.append(Kind.PRIVACY_SETTING, {"blur_non_matches": cfg.privacy.blur_non_matches})
         self._audit_unrecorded_alerts(outbox, audit)
         self.pipeline = wire(parts, cfg, outbox=outbox, audit=audit, alerts=self.alerts,
@@ -363,6 +375,54 @@ class Deployment:
                                             "undelivered": summary.undelivered,
                                             "failures": summary.failures})
         return summary
+
+    def _watchlist_record(self) -> dict[str, Any]:
+        """The watchlist in use, as its ``watchlist_loaded`` record says: no name, no face."""
+        watchlist = self.watchlist
+        assert watchlist is not None
+        return {"digest": watchlist.digest(), "persons": len(watchlist.persons),
+                "images": len(watchlist.labels), "threshold": self.config.matching.threshold,
+                **({"version": self._watchlist_version}
+                   if self._watchlist_version is not None else {})}
+
+    async def switch_watchlist(self, bundle: Path, version: int | None = None
+                               ) -> dict[str, Any]:
+        """Decide on the watchlist of ``bundle`` (published ``version``, lfr.cluster) from the
+        next frame on, without stopping a camera, detector or notifier. The bundle is loaded and
+        checked against the running embedder, and its search built, in a worker thread while
+        the old list keeps deciding; then the matcher switches between two frames (its tracks
+        and the cameras' embedding plans start again, the cooldown stays) and the cameras' flip
+        gets the new rows. Audited (``watchlist_loaded`` with ``switched``: per camera the last
+        frame decided on the old list); returns that record. WatchlistSwitchError naming the
+        bundle when it cannot run (the old list stays), RuntimeError when not running."""
+        async with self._switching:
+            parts, matcher, audit = self.parts, self.pipeline.matcher, self._audit
+            if parts is None or matcher is None or audit is None or self._stop.is_set():
+                raise RuntimeError("the deployment is not running")
+            started = time.monotonic()
+            try:
+                new = await anyio.to_thread.run_sync(load_new_watchlist, self.config,
+                                                     self._registry, bundle, parts.analyzer)
+            except Exception as exc:
+                why = str(exc) if str(bundle) in str(exc) else f"watchlist {bundle}: {exc}"
+                raise WatchlistSwitchError(
+                    f"{why}; not switched to: the watchlist in use (sha256 "
+                    f"{parts.watchlist.digest()[:12]}) stays") from exc
+            loaded_s = time.monotonic() - started
+            point = await matcher.switch_watchlist(new.watchlist, new.matcher.rank)
+            if parts.flip is not None:
+                parts.flip.use(new.watchlist.vectors, row_offsets(new.watchlist, new.matcher))
+            self.parts = dataclasses.replace(parts, watchlist=new.watchlist)
+            self.config, self._watchlist_version = new.config, version
+            record = {**self._watchlist_record(),
+                      "switched": {"after_frames": point.last_frames, "frames": point.frames,
+                                   "load_s": round(loaded_s, 3)}}
+            if self._audit is not audit:  # the run ended meanwhile: its log is closed
+                raise RuntimeError("the deployment stopped while switching watchlists")
+            await anyio.to_thread.run_sync(audit.append, Kind.WATCHLIST_LOADED, record)
+            log.info("watchlist %s in use from the next frame (loaded in %.2f s)", bundle,
+                     loaded_s)
+            return record
 
     async def _run_upstream(self, pipeline: Pipeline) -> None:
         """Every actor before the notifiers; once they have all ended no alert comes any more,
@@ -570,6 +630,7 @@ class Deployment:
             counters=self._counters(matcher),
             operator=self.config.operator_name(),
             supervisor=self.supervisor.statistics(),
+            watchlist_version=self._watchlist_version,
         )
 
     def summary(self) -> RunSummary:
@@ -610,6 +671,7 @@ class Deployment:
             abandoned_threads=sup.abandoned_threads, photo_errors=photo_errors, cameras=cameras,
             undelivered=undelivered, failures=self._failures(snap, sup.failed),
             plugins_skipped=self._registry.skipped(),
+            watchlist=self._watchlist_record() if self.watchlist is not None else {},
         )
 
     @staticmethod

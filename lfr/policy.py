@@ -90,6 +90,14 @@ class AlertPolicy:
     def open_tracks(self) -> int:
         return self.tracker.open_tracks()
 
+    def switch_search(self, search: Search) -> None:
+        """Another watchlist from the next frame on. Every open track starts again: its evidence
+        was scored against the old list, and a person taken off it must never be alerted from
+        those scores (nor a person just added be missed for a track settled without them). The
+        (camera, person) cooldown is kept: nobody is announced again because the list changed."""
+        self.search = search
+        self.tracker.restart(search)
+
     def observe(self, camera: str, faces: Sequence[Face], capture_time: float) -> PolicyStep:
         """THE decide step: one frame of ``camera``, captured at ``capture_time`` (monotonic).
         Tracks of every camera unseen for the tracker's ``max_age_s`` end here too."""

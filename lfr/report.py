@@ -131,10 +131,16 @@ class _Run:
         self.start = rec.time
         self.end = rec.time
         self.data = rec.data
-        self.watchlist: dict[str, Any] | None = None
+        # Every list the run decided on, in order: a running deployment may switch lists.
+        self.watchlists: list[dict[str, Any]] = []
         self.stop: dict[str, Any] | None = None
         self.checkpoint: dict[str, Any] | None = None  # the latest, for a run killed before stop
         self.alerts = 0
+
+    @property
+    def watchlist(self) -> dict[str, Any] | None:
+        """The list in use at the end of the run."""
+        return self.watchlists[-1] if self.watchlists else None
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -158,7 +164,7 @@ def _runs(records: Iterable[AuditRecord], sink: dict[str, Any]) -> list[_Run]:
         elif rec.kind == Kind.CHECKPOINT and current is not None:
             current.checkpoint = rec.data
         elif rec.kind == Kind.WATCHLIST_LOADED and current is not None:
-            current.watchlist = rec.data
+            current.watchlists.append(rec.data)
         elif rec.kind == Kind.ALERT:
             sink["alerts"].add(str(rec.data.get("id")))
             if current is not None:
@@ -245,13 +251,13 @@ def build_report(
     false_alerts = decisions.count("false_alert")
     watchlists = _distinct(
         WatchlistUse(
-            digest=str(r.watchlist.get("digest", "")),
-            persons=int(r.watchlist.get("persons") or 0),
-            images=int(r.watchlist.get("images") or 0),
-            threshold=r.watchlist.get("threshold"),
+            digest=str(w.get("digest", "")),
+            persons=int(w.get("persons") or 0),
+            images=int(w.get("images") or 0),
+            threshold=w.get("threshold"),
         )
         for r in runs
-        if r.watchlist is not None
+        for w in r.watchlists
     )
     return DeploymentReport(
         data_dir=data_dir,

@@ -228,6 +228,13 @@ class PersonTracker:
     def open_tracks(self) -> int:
         return sum(len(t) for t in self.tracks.values())
 
+    def restart(self, search: Search) -> None:
+        """Search ``search`` from now on; every open track ends without a verdict (its evidence
+        was ranked by the old search). Track ids go on counting."""
+        self.search = search
+        self.tracks.clear()
+        self.steps.clear()
+
     def update(
         self,
         camera: str,

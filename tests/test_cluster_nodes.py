@@ -480,6 +480,9 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         (smaller / person.name).symlink_to(person)
     second = tmp_path / "bundle2"
     build_watchlist(smaller, second, default_analyzer())
+    # Embedded without the flip: no node can search it against its cameras' embeddings.
+    unusable = tmp_path / "bundle-no-flip"
+    build_watchlist(smaller, unusable, default_analyzer(flip=False))
 
     config = write_config(tmp_path, bundle, cameras=2)
     nodes = Nodes(config, nats_server.url)
@@ -494,19 +497,39 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         # The first node published the config's bundle as version 1; both run it.
         wait_until(lambda: versions() == {"node0": 1, "node1": 1} and len(holders(nodes)) == 2,
                    120, "both nodes on watchlist version 1", nodes)
+        runs = {n: deployment_starts(nodes.data_dir(n)) for n in names}
         assert main(["watchlist", "publish", str(second), "--nats", nodes.url,
                      "--deployment", "site", "--operator", "sup", "--json"]) == 0
+        # A heartbeat says version 2 once the node's cameras decide on it.
         took = wait_until(lambda: versions() == {"node0": 2, "node1": 2}, 60,
                           "both nodes on version 2", nodes)
         assert took < 30
-        wait_until(lambda: len(holders(nodes)) == 2, 60, "cameras running again", nodes)
         status = read_status(nodes)
         assert status["watchlist"]["version"] == 2 and status["watchlist"]["people"] == 2
-        def audited_v2(name: str) -> bool:
-            loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
-            return bool(loaded) and (loaded[-1]["version"], loaded[-1]["persons"]) == (2, 2)
+        for name in names:
+            # Switched between two frames of the running deployment: its cameras never stopped.
+            (switched,) = [r for r in audit_data(nodes.data_dir(name), "watchlist_loaded")
+                           if "switched" in r]
+            assert (switched["version"], switched["persons"]) == (2, 2)
+            assert set(switched["switched"]["after_frames"]) <= {"cam0", "cam1"}
+        assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
+        assert len(holders(nodes)) == 2
 
-        wait_until(lambda: all(audited_v2(n) for n in names), 30, "version 2 audited", nodes)
+        # A version the nodes cannot run is refused, naming it; version 2 runs on.
+        assert main(["watchlist", "publish", str(unusable), "--nats", nodes.url,
+                     "--deployment", "site", "--operator", "sup", "--json"]) == 0
+
+        def log_text(name: str) -> str:  # the log wraps long lines: compared without spaces
+            return "".join((tmp_path / f"{name}.log").read_text().split())
+
+        wait_until(lambda: all("watchlistversion3refused" in log_text(n) for n in names), 60,
+                   "version 3 refused", nodes)
+        assert "node0/watchlists/v3:builtwithembedder" in log_text("node0")
+        assert versions() == {"node0": 2, "node1": 2} and len(holders(nodes)) == 2
+        for name in names:
+            loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
+            assert loaded[-1]["version"] == 2
+        assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
 
         assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",
                      "--operator", "sup", "--json"]) == 0
@@ -516,7 +539,7 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
             copies = nodes.data_dir(name) / "watchlists"
             assert not any(copies.iterdir())
             (record,) = audit_data(nodes.data_dir(name), "watchlist_destroyed")
-            assert record["version"] == 3 and record["operator"] == "sup"
+            assert record["version"] == 4 and record["operator"] == "sup"
         assert read_status(nodes)["watchlist"]["destroyed"] is True
         wait_until(lambda: not holders(nodes), 30, "no camera running without a watchlist",
                    nodes)

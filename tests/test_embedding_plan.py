@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import anyio
 import msgspec
 import numpy as np
 import pytest
 
 from lfr.config import parse_config
+from lfr.messages import Detection, Frame
+from lfr.pipeline.detector import DetectorActor
 from lfr.pipeline.embedding_plan import (
     EmbeddingPlanner,
     EmbeddingSettings,
@@ -19,6 +22,9 @@ from lfr.pipeline.embedding_plan import (
 )
 from lfr.pipeline.feedback import TrackNewsBoard
 from lfr.plugins import ConfigError
+from lfr.runtime.channels import open_channel
+from lfr.vision.analyzer import AnalyzedFace
+from lfr.vision.quality import QualityReport
 
 THRESHOLD = 0.5
 
@@ -201,6 +207,42 @@ def test_board_hands_each_cameras_news_over_once_across_threads() -> None:
     taken += len(board.take("door"))
     assert taken == 400 and board.take("door") == [] and board.take("elsewhere") == []
     assert not board.wants("elsewhere")
+
+
+def analyzed(face: PlannedFace) -> AnalyzedFace:
+    report = QualityReport(face_px=face.box[2], det_score=0.9, sharpness=100.0,
+                           score=face.quality, passed=face.passed)
+    return AnalyzedFace(Detection(box=face.box, landmarks=(), score=0.9),
+                        np.zeros((112, 112, 3), np.uint8), report)
+
+
+def test_a_watchlist_switch_makes_each_cameras_planner_start_its_tracks_again() -> None:
+    # The detector plans from the board's news; a switch (board.restart) reopens a track its
+    # planner had settled as not listed, whom the new list may hold, and drops news of old tracks.
+    board = TrackNewsBoard(["door", "gate"])
+    frames_send, frames_recv = open_channel("frames:door", 4)
+    faces_send, faces_recv = open_channel("faces", 4)
+    for end in (frames_send, frames_recv, faces_send, faces_recv):
+        end.close()  # only the planning is used
+    detector = DetectorActor("detect:door", frames_recv, faces_send, None,  # type: ignore[arg-type]
+                             anyio.CapacityLimiter(1), anyio.CapacityLimiter(1),
+                             planner=EmbeddingPlanner(EmbeddingSettings(interval=2,
+                                                                        settle_faces=2),
+                                                      THRESHOLD),
+                             news=board)
+    image = np.zeros((360, 640, 3), np.uint8)  # one still view: no cut
+
+    def plan(n: int) -> list[bool]:
+        return detector._plan(Frame("door", n, 0.0, 0.0, image), [analyzed(walker(n))])
+
+    assert [plan(n) for n in range(3)] == [[True], [False], [True]]
+    board.post("door", [TrackNews(2, walker(2).box, False, True, 2, 0.1)])  # not listed
+    assert [plan(n) for n in range(3, 9)] == [[False]] * 6  # settled: no embedding
+    board.post("door", [TrackNews(8, walker(8).box, False, True, 3, 0.1)])
+    board.restart()
+    assert board.take("door") == []  # news of tracks that are gone
+    assert plan(9) == [True]  # a new track: embedded at once
+    assert plan(10) == [False] and board.take_restart("gate") and not board.take_restart("gate")
 
 
 def test_config_section_is_checked() -> None:

@@ -145,3 +145,11 @@ def test_the_mirror_is_embedded_only_for_faces_near_the_threshold(aligned_faces)
     assert (search.faces, search.flipped) == (len(aligned_faces), int(near.sum()))
     with pytest.raises(ValueError, match="flip embedder"):
         NearThresholdFlip(OnnxEmbedder(converted_bundled_model(BUNDLED_EMBEDDER)), gallery, 0.5)
+    # Another watchlist (a running deployment switched lists): its rows decide which faces are
+    # near from the next call on; rows of the wrong shape are refused and the list in use stays.
+    with pytest.raises(ValueError, match="offsets"):
+        search.use(gallery[:1], np.zeros(2))
+    assert np.allclose(search.embed(aligned_faces), vectors, atol=1e-5)
+    search.use(gallery[:1], np.array([-5.0]))
+    # Its offset lifts every face's calibrated score far over the threshold: none near.
+    assert np.allclose(search.embed(aligned_faces), plain, atol=1e-5)

@@ -6,7 +6,7 @@ import ast
 
 import numpy as np
 from paths import REPO
-from test_tracking import LISTED, OTHER, RANK, STRANGER, face, noisy
+from test_tracking import LISTED, OTHER, RANK, STRANGER, face, noisy, ranker
 
 from lfr.messages import Candidate, Face
 from lfr.policy import AlertPolicy
@@ -205,3 +205,37 @@ def test_flush_decides_open_tracks_at_the_end_of_input() -> None:
     assert policy.observe("photo.jpg", [photo], 0.0).verdicts == []
     assert [v.person_id for v in policy.flush(0.0)] == ["listed"]
     assert policy.open_tracks() == 0
+
+
+def test_a_watchlist_switch_alerts_nobody_from_scores_against_the_old_list() -> None:
+    # "listed" is taken off between frames 2 and 3: evidence scored against the old list,
+    # three frames over the threshold with a confirmation of four, must not make an alert.
+    # Score fusion decides on the candidates each face was given when it was searched.
+    settings = TrackerSettings(confirm=4, fusion="score")
+    policy = AlertPolicy(RANK, 0.5, settings, cooldown_s=60.0)
+    frames = walk(LISTED, 12, seed=5)
+    early = [policy.observe("cam", faces, n / 10) for n, faces in enumerate(frames[:3])]
+    assert all(not s.verdicts for s in early) and policy.open_tracks() == 1
+    policy.switch_search(ranker(["other"], OTHER[None, :]))
+    assert policy.open_tracks() == 0  # the track starts again
+    later = [policy.observe("cam", faces, n / 10) for n, faces in enumerate(frames[3:], 3)]
+    verdicts = [v for s in later for v in s.verdicts] + policy.flush(1.2)
+    assert verdicts == []
+    # The same walk on the old list alerts: the switch is what kept it quiet.
+    unchanged = AlertPolicy(RANK, 0.5, settings, cooldown_s=60.0)
+    steps, flushed = observe_all(unchanged, frames)
+    assert [v.person_id for s in steps for v in s.verdicts] + flushed == ["listed"]
+
+
+def test_a_watchlist_switch_alerts_a_person_added_and_keeps_the_cooldown() -> None:
+    policy = AlertPolicy(RANK, 0.5, cooldown_s=60.0)
+    stranger = walk(STRANGER, 6, seed=6)
+    listed = walk(LISTED, 6, seed=7, camera="cam")
+    before = [policy.observe("cam", faces, n / 10) for n, faces in enumerate(listed)]
+    assert [v.person_id for s in before for v in s.verdicts] == ["listed"]
+    # The new list holds the stranger as well; "listed" is still in front of the camera.
+    policy.switch_search(ranker(["listed", "stranger"], np.stack([LISTED, STRANGER])))
+    after = [policy.observe("cam", faces + other, (6 + n) / 10) for n, (faces, other) in
+             enumerate(zip(walk(LISTED, 6, seed=8, start=6), stranger, strict=True))]
+    # Announced once: the stranger now; "listed" not again within the cooldown.
+    assert [v.person_id for s in after for v in s.verdicts] == ["stranger"]

@@ -33,7 +33,7 @@ from lfr.cluster.sightings import OpenAlerts
 from lfr.cluster.viewer import NodeViewers
 from lfr.cluster.watchlist import Version
 from lfr.config import Config, WatchlistConfig, resolve_backends
-from lfr.deployment import CameraError, Deployment, DeploymentView, RunSummary
+from lfr.deployment import CameraError, Deployment, DeploymentView, RunSummary, WatchlistSwitchError
 from lfr.keys import load_data_key
 from lfr.messages import Decision
 from lfr.notify.outbox import Outbox
@@ -105,7 +105,12 @@ class Node:
         # copy; None before the first is loaded, or once destroyed.
         self._version: Version | None = None
         self._bundle: Path | None = None
+        # Counts the watchlist changes the running deployment cannot take by switching (a
+        # destroyed list; none running to switch): each stops it, to start again on the new one.
+        self._restarts = 0
         self._destroyed: Version | None = None  # to audit once the cameras have stopped
+        self._refused = 0  # the latest version the running cameras could not switch to
+        self._published = anyio.Event()  # the store's current version changed
         self._last_bus_state = ""
         self._deployment: Deployment | None = None  # while one runs
         self._beat_now = anyio.Event()
@@ -172,15 +177,16 @@ class Node:
     async def _run_cameras(self, leases: CameraLeases, registry: Registry) -> None:
         """Run the cameras held in one deployment while the watchlist stays the same: a camera
         taken or given up starts or stops on its own, the others run on (``_follow_leases``).
-        A new watchlist version restarts the deployment over it. Notifiers (through
-        ``registry``) deliver an alert only once the stream holds it."""
+        A new watchlist version is switched to between two frames (``_switch_running``); a
+        destroyed one stops the deployment, which starts again on the next version. Notifiers
+        (through ``registry``) deliver an alert only once the stream holds it."""
         sources = {str(getattr(s, "name", "")): s
                    for s in resolve_backends(self.config, registry).sources}
         while not self._stop.is_set():
             self._changed = anyio.Event()
             if self._destroyed is not None:
                 await anyio.to_thread.run_sync(self._record_destroyed)
-            bundle = self._bundle
+            bundle, generation = self._bundle, self._restarts
             if bundle is None:
                 await self._changed.wait()
                 continue
@@ -198,8 +204,8 @@ class Node:
                                    "people": self._version.people}
 
             async def follow(view: DeploymentView, deployment: Deployment = deployment,
-                             bundle: Path = bundle) -> None:
-                await self._follow_leases(view, deployment, leases, sources, bundle)
+                             generation: int = generation) -> None:
+                await self._follow_leases(view, deployment, leases, sources, generation)
 
             try:
                 summary = await deployment.run(handle_signals=False,
@@ -208,7 +214,7 @@ class Node:
                 self._deployment = None
             self._running = set()
             self.summaries.append(summary)
-            if not self._stop.is_set() and self._bundle is bundle:
+            if not self._stop.is_set() and self._restarts == generation:
                 # It ended by itself (its matcher failed for good): not again at once.
                 log.warning("%s: its deployment ended by itself%s", self.name,
                             f" ({'; '.join(summary.failures)})" if summary.failures else "")
@@ -219,16 +225,17 @@ class Node:
 
     async def _follow_leases(self, view: DeploymentView, deployment: Deployment,
                              leases: CameraLeases, sources: dict[str, BackendSettings],
-                             bundle: Path) -> None:
+                             generation: int) -> None:
         """A service of the node's deployment: starts the cameras whose lease it takes and
         stops those it loses or gives up, each on its own, until the node stops or the
-        watchlist changes (then it stops the deployment). A surplus lease is released once
-        its camera has stopped. A camera that cannot start is logged and not tried again while
-        its lease is held; one whose source ended by itself is started again a lease later."""
+        watchlist changes in a way the deployment cannot switch to (then it stops it). A
+        surplus lease is released once its camera has stopped. A camera that cannot start is
+        logged and not tried again while its lease is held; one whose source ended by itself
+        is started again a lease later."""
         failed: set[str] = set()
         ended: dict[str, float] = {}  # camera -> when it was first seen ended
         settings = self.config.cluster
-        while not self._stop.is_set() and self._bundle is bundle:
+        while not self._stop.is_set() and self._restarts == generation:
             self._changed = anyio.Event()
             wanted = leases.running()
             failed &= wanted
@@ -291,17 +298,62 @@ class Node:
             raise BusError(str(exc)) from None
 
     async def _follow_watchlist(self, bus: Bus) -> None:
-        """Every heartbeat: a newer version is loaded, then the cameras switch to it."""
+        """A newer version is loaded as soon as the store says one was published (and at every
+        heartbeat, should that word be lost with the server), then the running cameras switch
+        to it between two frames (none stops); with none running, the next start runs it."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_published, bus)
+            await self._follow_versions(bus)
+
+    async def _watch_published(self, bus: Bus) -> None:
+        assert bus.watchlist is not None
+        try:
+            watcher = await bus.watchlist.watch(watchlists.CURRENT)
+            async for entry in watcher:
+                if entry is not None:  # None: the end of what was there when the watch began
+                    self._published.set()
+        except Exception as exc:  # no watch: the heartbeat's look at the store still comes
+            log.debug("%s: not watching the watchlist store: %s", self.name, exc)
+
+    async def _follow_versions(self, bus: Bus) -> None:
         while True:
-            await anyio.sleep(self.config.cluster.heartbeat_s)
+            with anyio.move_on_after(self.config.cluster.heartbeat_s):
+                await self._published.wait()
+            self._published = anyio.Event()
             try:
                 version, _ = await watchlists.current(bus)
-                if version is not None and (self._version is None
-                                            or version.version > self._version.version):
+                newest = max(self._version.version if self._version else 0, self._refused)
+                if version is not None and version.version > newest:
+                    previous = self._bundle, self._version
                     await self._load(bus, version)
-                    self._changed.set()
+                    if not await self._switch_running():
+                        self._bundle, self._version = previous
+                        self._refused = version.version
             except Exception as exc:  # the server away, a bad upload: keep the one in use
                 log.warning("%s: watchlist not updated: %s", self.name, exc)
+
+    async def _switch_running(self) -> bool:
+        """The running deployment switches to the version just loaded, and the heartbeat says
+        so once it has; False when it refused it (it runs the old one on). A destroyed version
+        stops the cameras; a deployment not running (yet) starts on the new one."""
+        deployment, version, bundle = self._deployment, self._version, self._bundle
+        if deployment is None or version is None or version.destroyed or bundle is None:
+            self._restarts += 1
+            self._changed.set()
+            return True
+        try:
+            await deployment.switch_watchlist(bundle, version.version)
+        except WatchlistSwitchError as exc:
+            log.error("%s: watchlist version %d refused: %s", self.name, version.version, exc)
+            return False
+        except RuntimeError:  # starting or stopping: started again, on the new one
+            self._restarts += 1
+            self._changed.set()
+            return True
+        self._watchlist = {"version": version.version, "sha256": version.sha256,
+                           "people": version.people}
+        self._beat_now.set()
+        return True
 
     async def _load(self, bus: Bus, version: Version) -> None:
         if version.destroyed:

@@ -264,7 +264,8 @@ def counter_items(view: DashboardView) -> list[Text]:
         _pair("no action", f"{c.no_action:,}"),
         _pair("pending", f"{pending:,}", "bold yellow" if pending else "bold"),
         _pair("false alerts per 1,000 faces", f"{c.false_alerts_per_1000_faces:.2f}"),
-        _pair("watchlist", f"{snap.watchlist_size:,}"),
+        _pair("watchlist", f"{snap.watchlist_size:,}" + (
+            f" (v{snap.watchlist_version})" if snap.watchlist_version is not None else "")),
         _pair("threshold", f"{snap.threshold:.3f}"),
     ]
 

@@ -120,6 +120,8 @@ class DetectorActor(Actor):
         if self.planner is None:
             return [f.quality.passed for f in found]
         if self.news is not None:
+            if self.news.take_restart(frame.camera):  # the matcher switched watchlists
+                self.planner.restart()
             self.planner.news(self.news.take(frame.camera))
         grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
         small = thumbnail(cv2.resize(grey, (64, 36), interpolation=cv2.INTER_AREA))

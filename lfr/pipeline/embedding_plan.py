@@ -181,7 +181,7 @@ class EmbeddingPlanner:
             return chosen
         if difference >= s.cut_difference:
             # Another view: a face where a settled one was is someone else until shown otherwise.
-            self.tracks = []
+            self.restart()
         assigned, ambiguous = self._link(frame_index, faces)
         chosen = []
         for face, track, unclear in zip(faces, assigned, ambiguous, strict=True):
@@ -198,6 +198,11 @@ class EmbeddingPlanner:
             chosen.append(embed)
         self.tracks = [t for t in self.tracks if frame_index - t.last_frame <= s.max_missed]
         return chosen
+
+    def restart(self) -> None:
+        """Every track starts again, unsettled, with a fresh budget: after a cut, or when the
+        deployment switched watchlists (a track settled as not listed may be listed now)."""
+        self.tracks = []
 
     def news(self, items: Sequence[TrackNews]) -> None:
         """Mark the tracks the policy has settled: decided, or not listed beyond doubt."""

@@ -4,6 +4,10 @@ The matcher (one thread at a time, in its worker) posts, per frame, where the tr
 face stands (``TrackNews``); the camera's detector takes what has arrived before it plans the
 next frame's embeddings (``lfr.pipeline.embedding_plan``). A lock guards the per-camera lists, as
 the two sides run in different worker threads. Only boxes and counts pass: no face, no name.
+
+When the matcher's tracks start again (the deployment switched watchlists), the board drops the
+news waiting (its tracks are gone) and tells each camera's planner to start its tracks again: a
+track it settled as not listed may be listed now.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class TrackNewsBoard:
 
     def __init__(self, cameras: Sequence[str]) -> None:
         self._waiting: dict[str, list[TrackNews]] = {camera: [] for camera in cameras}
+        self._restart: set[str] = set()  # cameras whose planner has not yet started again
         self._lock = threading.Lock()
 
     def add(self, camera: str) -> None:
@@ -57,3 +62,19 @@ class TrackNewsBoard:
                 return []
             self._waiting[camera] = []
             return items
+
+    def restart(self) -> None:
+        """Every track of every camera starts again: the news waiting is dropped, and each
+        camera's next ``take_restart`` says so."""
+        with self._lock:
+            for waiting in self._waiting.values():
+                waiting.clear()
+            self._restart = set(self._waiting)
+
+    def take_restart(self, camera: str) -> bool:
+        """Whether this camera's planner must start its tracks again (once per ``restart``)."""
+        with self._lock:
+            if camera not in self._restart:
+                return False
+            self._restart.discard(camera)
+            return True

@@ -23,7 +23,7 @@ from lfr.runtime.actor import Actor, ActorState, ActorStats
 from lfr.runtime.broadcast import Broadcast
 from lfr.runtime.channels import Receiver, Sender
 from lfr.runtime.metrics import LatencyWindow, RateMeter
-from lfr.tracking import Verdict
+from lfr.tracking import Search, Verdict
 from lfr.watchlist import Watchlist
 
 log = logging.getLogger("lfr.pipeline")
@@ -71,6 +71,15 @@ class FrameReport(msgspec.Struct, frozen=True):
     track_ids: list[int] = msgspec.field(default_factory=list)
 
 
+class SwitchPoint(msgspec.Struct, frozen=True):
+    """Where a watchlist switch took effect, between two frames: per camera, the index of the
+    last frame decided on the old list (every later frame is decided on the new one), and how
+    many frames the matcher had decided before it."""
+
+    frames: int
+    last_frames: dict[str, int]
+
+
 class _CameraMeters:
     def __init__(self) -> None:
         self.frames = self.faces = self.alerts = 0
@@ -99,6 +108,10 @@ class MatcherActor(Actor):
     publishes it on ``alerts``; every frame goes to ``frames`` for viewers. Both broadcasts
     never wait for their subscribers. Faces of people not on the watchlist live only in their
     track, in memory, and go with it.
+
+    ``switch_watchlist`` puts another watchlist in use between two frames (under the lock every
+    decide step holds): the tracks start again, the cooldown stays, and the cameras' embedding
+    planners are told to start theirs again through ``news``.
     """
 
     def __init__(self, faces: Receiver[MatcherInput], notifier_outs: Sequence[Sender[Alert]],
@@ -122,6 +135,9 @@ class MatcherActor(Actor):
         self._cameras: dict[str, _CameraMeters] = {}
         self._latency = LatencyWindow()
         self._deciding = threading.Lock()
+        # Under that lock: frames decided, and per camera the last frame's index.
+        self._decided = 0
+        self._decided_upto: dict[str, int] = {}
 
     async def run(self) -> None:
         self.state = ActorState.RUNNING
@@ -134,10 +150,10 @@ class MatcherActor(Actor):
             now = self._last_mono = item.frame.mono_time
             # In a worker thread, watched: a plugin index whose search hangs is reported and the
             # matcher restarted, instead of freezing the event loop.
-            step = await self.call_in_worker(self._decide, item, now, what="search")
+            step, watchlist = await self.call_in_worker(self._decide, item, now, what="search")
             self.face_count += len(item.faces)
             self.match_count += step.matches
-            alerts = [self._make_alert(v, now) for v in step.verdicts]
+            alerts = [self._make_alert(v, now, watchlist) for v in step.verdicts]
             for alert in alerts:
                 await self._raise(alert)
             done = time.monotonic()
@@ -151,34 +167,56 @@ class MatcherActor(Actor):
         # The input has ended: tracks still open decide with what they have (on the capture
         # clock, as every other decision: an offline run decides as a live one would).
         now = self._last_mono if self._last_mono is not None else time.monotonic()
-        for verdict in await self.call_in_worker(self._flush, now, what="search"):
-            await self._raise(self._make_alert(verdict, now))
+        verdicts, watchlist = await self.call_in_worker(self._flush, now, what="search")
+        for verdict in verdicts:
+            await self._raise(self._make_alert(verdict, now, watchlist))
 
-    def _decide(self, item: FrameFaces, now: float) -> PolicyStep:
+    def _decide(self, item: FrameFaces, now: float) -> tuple[PolicyStep, Watchlist]:
+        """The frame's step, and the watchlist it was decided on (names its alerts)."""
         # One decide step at a time: a call the watchdog abandoned holds the lock until it
         # returns, so a restarted matcher waits (and is reported again) rather than sharing the
-        # tracks with it.
-        with self._deciding:
-            step = self.policy.observe(item.frame.camera, item.faces, now)
+        # tracks with it. A watchlist switch waits for it too.
         camera = item.frame.camera
-        if self.news is not None and self.news.wants(camera):
-            self.news.post(camera, [
-                TrackNews(item.frame.index, face.detection.box, s.decided, s.judged, s.evidence,
-                          s.best_score, track_id)
-                for face, s, track_id in zip(item.faces, step.states, step.track_ids,
-                                             strict=True)])
-        return step
-
-    def _flush(self, now: float, camera: str | None = None) -> list[Verdict]:
         with self._deciding:
-            return self.policy.flush(now, camera)
+            step = self.policy.observe(camera, item.faces, now)
+            self._decided += 1
+            self._decided_upto[camera] = item.frame.index
+            # Posted under the lock: news of the old list's tracks never follows a switch.
+            if self.news is not None and self.news.wants(camera):
+                self.news.post(camera, [
+                    TrackNews(item.frame.index, face.detection.box, s.decided, s.judged,
+                              s.evidence, s.best_score, track_id)
+                    for face, s, track_id in zip(item.faces, step.states, step.track_ids,
+                                                 strict=True)])
+            return step, self.watchlist
+
+    def _flush(self, now: float, camera: str | None = None
+               ) -> tuple[list[Verdict], Watchlist]:
+        with self._deciding:
+            return self.policy.flush(now, camera), self.watchlist
 
     async def _end_camera(self, camera: str) -> None:
         """A camera taken out of the deployment has sent its last frame: its tracks end now,
         as every track does when the input ends, on the capture clock of the latest frame."""
         now = self._last_mono if self._last_mono is not None else time.monotonic()
-        for verdict in await self.call_in_worker(self._flush, now, camera, what="search"):
-            await self._raise(self._make_alert(verdict, now))
+        verdicts, watchlist = await self.call_in_worker(self._flush, now, camera, what="search")
+        for verdict in verdicts:
+            await self._raise(self._make_alert(verdict, now, watchlist))
+
+    async def switch_watchlist(self, watchlist: Watchlist, search: Search) -> SwitchPoint:
+        """Decide on ``watchlist`` (searched by ``search``) from the next frame on; where it took
+        effect. Waits for the decide step in progress, never for a frame to come: a quiet camera
+        switches at once."""
+        return await anyio.to_thread.run_sync(self._switch, watchlist, search,
+                                              abandon_on_cancel=True)
+
+    def _switch(self, watchlist: Watchlist, search: Search) -> SwitchPoint:
+        with self._deciding:
+            self.policy.switch_search(search)
+            self.watchlist = watchlist
+            if self.news is not None:
+                self.news.restart()
+            return SwitchPoint(self._decided, dict(self._decided_upto))
 
     async def _hold_recent_alerts(self) -> None:
         """The cooldown outlives the process: alerts in the outbox from the last ``cooldown_s``
@@ -195,18 +233,18 @@ class MatcherActor(Actor):
         for seen in recent:
             cooldown.hold(seen.camera, seen.person_id, cooldown.seconds - (now - seen.wall_time))
 
-    def _make_alert(self, verdict: Verdict, decided: float) -> Alert:
+    def _make_alert(self, verdict: Verdict, decided: float, watchlist: Watchlist) -> Alert:
         # The evidence is the track's best face: its crop, box, frame and capture time.
         face, person_id = verdict.face, verdict.person_id
         return Alert(
             id=Alert.new_id(), camera=face.camera, time=utc_iso(face.wall_time),
             wall_time=face.wall_time, person_id=person_id,
-            name=self.watchlist.name(person_id), score=float(verdict.score),
+            name=watchlist.name(person_id), score=float(verdict.score),
             threshold=self.policy.threshold, box=face.detection.box,
             frame_index=face.frame_index, latency_s=max(0.0, time.monotonic() - decided),
             crop_jpeg=encode_jpeg(face.crop),
-            watchlist_jpeg=self.watchlist.thumbnail_jpeg(person_id),
-            category=self.watchlist.category(person_id),
+            watchlist_jpeg=watchlist.thumbnail_jpeg(person_id),
+            category=watchlist.category(person_id),
         )
 
     async def _raise(self, alert: Alert) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from lfr.api import BackendError, Notifier, Source
 from lfr.audit import AuditLog
-from lfr.config import Backends, Config, resolve_backends
+from lfr.config import Backends, Config, WatchlistConfig, resolve_backends
 from lfr.matching import Matcher, configured_matcher, configured_watchlist
 from lfr.messages import Alert, Frame, MatcherInput
 from lfr.notify.base import NotifierActor
@@ -130,6 +130,8 @@ class Parts:
     # Per camera, its smallest face that must be found (its settings' min_face_px); None: the
     # detector's own ([detector] min_face_px).
     min_face_px: list[float | None] = field(default_factory=list)
+    # The cameras' near-threshold flip (its rows follow the watchlist), when the embedder has one.
+    flip: NearThresholdFlip | None = None
 
 
 def camera_settings(config: Config, settings: BackendSettings, once: bool) -> BackendSettings:
@@ -152,8 +154,47 @@ def camera_embedder(embedder: Any, watchlist: Watchlist, matcher: Matcher) -> An
     margin = getattr(embedder, "near_threshold_margin", None)
     if margin is None:
         return embedder
-    offsets = np.array([matcher.offsets.get(label, 0.0) for label in watchlist.labels])
-    return NearThresholdFlip(embedder, watchlist.vectors, matcher.threshold, margin, offsets)
+    return NearThresholdFlip(embedder, watchlist.vectors, matcher.threshold, margin,
+                             row_offsets(watchlist, matcher))
+
+
+def row_offsets(watchlist: Watchlist, matcher: Matcher) -> np.ndarray:
+    """Per watchlist row, what the matcher subtracts from its cosine (its entry's offset)."""
+    return np.array([matcher.offsets.get(label, 0.0) for label in watchlist.labels])
+
+
+def watchlist_search(config: Config, registry: Registry, watchlist: Watchlist, *,
+                     backends: Backends | None = None,
+                     context: BuildContext | None = None) -> Matcher:
+    """A deployment's search of ``watchlist``: the config's index backend, its calls guarded
+    (a crash names the backend and its plugin)."""
+    backends = backends or resolve_backends(config, registry)
+    origin = backend_origin(registry, "index", backends.index)
+    return configured_matcher(config, registry, watchlist, backends=backends, context=context,
+                              wrap=lambda index: GuardedBackend(index, origin,
+                                                                ("build", "search")))
+
+
+@dataclass(frozen=True)
+class NewWatchlist:
+    """Another watchlist for a running deployment, loaded and checked, its search built."""
+
+    bundle: Path
+    watchlist: Watchlist
+    matcher: Matcher
+    config: Config  # the deployment's config, its [watchlist] naming this bundle
+
+
+def load_new_watchlist(config: Config, registry: Registry, bundle: Path,
+                       analyzer: FaceAnalyzer) -> NewWatchlist:
+    """``bundle`` loaded for a deployment of ``config`` already running ``analyzer``: opened with
+    its data key, checked against the running embedder, searched by the same index backend.
+    Blocking (files, an index build): call it in a worker thread. Raises the loader's error
+    (WatchlistError, ConfigError, ...) for a bundle that cannot run."""
+    config = msgspec.structs.replace(config, watchlist=WatchlistConfig(bundle=str(bundle)))
+    watchlist = configured_watchlist(config)
+    check_bundle_embedder(watchlist, analyzer, str(bundle))
+    return NewWatchlist(bundle, watchlist, watchlist_search(config, registry, watchlist), config)
 
 
 def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | None = None,
@@ -174,14 +215,11 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     def origin(kind: BackendKind, settings: BackendSettings) -> str:
         return backend_origin(registry, kind, settings)
 
-    matcher = configured_matcher(
-        config, registry, watchlist, backends=backends, context=context,
-        wrap=lambda index: GuardedBackend(index, origin("index", backends.index),
-                                          ("build", "search")))
+    matcher = watchlist_search(config, registry, watchlist, backends=backends, context=context)
+    embedder = camera_embedder(analyzer.embedder, watchlist, matcher)
     analyzer = FaceAnalyzer(
         GuardedBackend(analyzer.detector, origin("detector", backends.detector), ("detect",)),
-        GuardedBackend(camera_embedder(analyzer.embedder, watchlist, matcher),
-                       origin("embedder", backends.embedder), ("embed",)),
+        GuardedBackend(embedder, origin("embedder", backends.embedder), ("embed",)),
         analyzer.gate)
     notifiers = [registry.create("notifier", s, context) for s in backends.notifiers]
     names = [n.name for n in notifiers]
@@ -192,7 +230,8 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
                for s in backends.sources]
     return Parts(analyzer, AlertPolicy.configured(config.matching, matcher.rank), watchlist,
                  cameras, notifiers,
-                 [getattr(settings, "min_face_px", None) for settings in backends.sources])
+                 [getattr(settings, "min_face_px", None) for settings in backends.sources],
+                 embedder if isinstance(embedder, NearThresholdFlip) else None)
 
 
 @dataclass

@@ -396,6 +396,7 @@ class WebService:
             "location": snap.location,
             "threshold": snap.threshold,
             "watchlist_size": snap.watchlist_size,
+            "watchlist_version": snap.watchlist_version,  # published version (lfr node)
             "running_s": round(snap.running_s, 1),
             "operator": snap.operator,  # who started the deployment
             "user": msgspec.to_builtins(principal) if principal else None,
