@@ -195,8 +195,8 @@ def test_board_hands_each_cameras_news_over_once_across_threads() -> None:
 
     def post() -> None:
         for _ in range(100):
-            board.post("door", [item])
-            board.post("elsewhere", [item])  # no planner reads it: not kept
+            board.post("door", 0, [item])
+            board.post("elsewhere", 0, [item])  # no planner reads it: not kept
 
     threads = [threading.Thread(target=post) for _ in range(4)]
     for t in threads:
@@ -236,9 +236,9 @@ def test_a_watchlist_switch_makes_each_cameras_planner_start_its_tracks_again() 
         return detector._plan(Frame("door", n, 0.0, 0.0, image), [analyzed(walker(n))])
 
     assert [plan(n) for n in range(3)] == [[True], [False], [True]]
-    board.post("door", [TrackNews(2, walker(2).box, False, True, 2, 0.1)])  # not listed
+    board.post("door", 2, [TrackNews(2, walker(2).box, False, True, 2, 0.1)])  # not listed
     assert [plan(n) for n in range(3, 9)] == [[False]] * 6  # settled: no embedding
-    board.post("door", [TrackNews(8, walker(8).box, False, True, 3, 0.1)])
+    board.post("door", 8, [TrackNews(8, walker(8).box, False, True, 3, 0.1)])
     board.restart()
     assert board.take("door") == []  # news of tracks that are gone
     assert plan(9) == [True]  # a new track: embedded at once
@@ -254,3 +254,16 @@ def test_config_section_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"pipeline\.embedding\.policy"):
         parse_config({"name": "x", "pipeline": {"embedding": {"policy": "sometimes"}}}, "x")
     assert msgspec.to_builtins(EmbeddingSettings())["policy"] == "per_person"
+
+
+def test_board_says_when_the_matcher_has_decided_a_frame() -> None:
+    board = TrackNewsBoard(["door"])
+    assert not board.wait_for("door", 0, timeout_s=0.05)  # nothing decided yet
+    board.post("door", 3, [])  # a frame without faces counts too
+    assert board.wait_for("door", 3, timeout_s=0.05) and not board.wait_for("door", 4, 0.05)
+    later = threading.Timer(0.1, board.post, ("door", 4, []))
+    later.start()
+    assert board.wait_for("door", 4, timeout_s=5.0)  # woken by the post from another thread
+    later.join()
+    board.remove("door")  # a camera taken out: nobody waits on it
+    assert board.wait_for("door", 99, timeout_s=0.05)

@@ -201,3 +201,43 @@ def test_eval_video_identifies_people_not_frames(walkpast, capsys, monkeypatch) 
     assert len(recording.alerts) == report["alerts"] >= report["identified"]
     assert replayed == recording.alerts
 
+
+
+@pytest.mark.slow
+def test_an_offline_run_embeds_the_same_faces_however_far_the_detector_runs_ahead(
+        tmp_path, monkeypatch) -> None:
+    """The embedding planner takes the matcher's news of earlier frames. Offline every frame is
+    processed, so each frame is planned on the news of the frame before: a matcher slowed
+    down (a loaded machine) changes neither the faces embedded nor the alerts."""
+    import time
+
+    from lfr.cli.plugins import load_registry
+    from lfr.cli.watchlist import prepare_watchlist
+    from lfr.config import load_config
+    from lfr.eval.video import run_video
+    from lfr.pipeline.matcher import MatcherActor
+
+    make_walkpast(LFW, tmp_path, **{**SMALL_WALK, "passers": 30, "watchlisted": 5, "seed": 8})
+    config = load_config(tmp_path / "walkpast.toml")
+    truth = load_truth(tmp_path / "truth.json")
+    registry = load_registry()
+    analyzer = prepare_watchlist(config, True, registry)
+
+    def run() -> tuple[list[tuple[int, tuple[float, ...]]], list[tuple[str, int, float]]]:
+        report, recording = run_video(config, truth, registry, analyzer=analyzer, record=True)
+        assert recording is not None and report.frames == truth.frames
+        embedded = [(f.index, tuple(face.detection.box)) for f in recording.frames
+                    for face in f.faces if face.embedding is not None]
+        alerts = [(a.person_id, a.frame_index, round(a.score, 5)) for a in recording.alerts]
+        return embedded, alerts
+
+    embedded, alerts = run()
+    decide = MatcherActor._decide
+
+    def slow_decide(self: MatcherActor, *args: Any) -> Any:
+        time.sleep(0.03)  # the detector runs ahead of a matcher this slow
+        return decide(self, *args)
+
+    monkeypatch.setattr(MatcherActor, "_decide", slow_decide)
+    assert run() == (embedded, alerts)
+    assert alerts  # the comparison covers alerts, not only quiet frames

@@ -26,6 +26,9 @@ from lfr.vision.analyzer import AnalyzedFace, FaceAnalyzer
 from lfr.vision.privacy import context_crop
 
 log = logging.getLogger("lfr.pipeline")
+# How long a detector that processes every frame waits for the matcher's decision on the frame
+# before: far beyond a decide step; reached only when that frame never reaches the matcher.
+NEWS_TIMEOUT_S = 10.0
 
 # A face that is not embedded keeps no pixels: it only continues its track by its box.
 NO_CROP = np.zeros((1, 1, 3), np.uint8)
@@ -78,12 +81,17 @@ class DetectorActor(Actor):
                  analyzer: FaceAnalyzer, detect_limiter: anyio.CapacityLimiter,
                  embed_limiter: anyio.CapacityLimiter, planner: EmbeddingPlanner | None = None,
                  news: TrackNewsBoard | None = None, overlap: int = 1,
+                 wait_for_news: bool = False,
                  min_face_px: float | None = None) -> None:
         super().__init__(name, "detector")
         self.frames, self.out, self.analyzer = frames, out, analyzer
         self.reads, self.writes = frames.channel.name, (out.channel.name,)
         self.detect_limiter, self.embed_limiter = detect_limiter, embed_limiter
         self.planner, self.news, self.overlap = planner, news, overlap
+        # Every frame is processed (a blocking frame channel): plan each frame on the news of
+        # the one before, whatever the load (lfr.pipeline.feedback).
+        self.wait_for_news = wait_for_news and planner is not None and news is not None
+        self._planned: int | None = None  # the last frame planned
         self.min_face_px = min_face_px  # this camera's smallest face to find; None: the detector's
         self.frame_count = self.face_count = self.embedded = self.rejected = 0
         self._thumbnail: np.ndarray | None = None  # the last frame's, to notice a cut
@@ -112,9 +120,23 @@ class DetectorActor(Actor):
                     found = await self.call_in_worker(self.analyzer.detect, frame.image, None,
                                                       self.min_face_px,
                                                       limiter=self.detect_limiter, what="detect")
+                    await self._news_of_the_frame_before(frame)
                     await send.send(_Detected(frame, found, self._plan(frame, found)))
+                    self._planned = frame.index
             except Exception as error:
                 failed.append(error)
+
+    async def _news_of_the_frame_before(self, frame: Frame) -> None:
+        """Where every frame is processed, wait (detection of this frame overlapped the
+        embedding of the one before) until the matcher has decided the frame planned before."""
+        if not self.wait_for_news or self._planned is None:
+            return
+        assert self.news is not None
+        camera, before = frame.camera, self._planned
+        if not await anyio.to_thread.run_sync(self.news.wait_for, camera, before,
+                                              NEWS_TIMEOUT_S, abandon_on_cancel=True):
+            log.warning("%s: no decision on frame %d after %.0f s: planning frame %d without "
+                        "its news", self.name, before, NEWS_TIMEOUT_S, frame.index)
 
     def _plan(self, frame: Frame, found: list[AnalyzedFace]) -> list[bool]:
         if self.planner is None:

@@ -183,7 +183,7 @@ class MatcherActor(Actor):
             self._decided_upto[camera] = item.frame.index
             # Posted under the lock: news of the old list's tracks never follows a switch.
             if self.news is not None and self.news.wants(camera):
-                self.news.post(camera, [
+                self.news.post(camera, item.frame.index, [
                     TrackNews(item.frame.index, face.detection.box, s.decided, s.judged,
                               s.evidence, s.best_score, track_id)
                     for face, s, track_id in zip(item.faces, step.states, step.track_ids,

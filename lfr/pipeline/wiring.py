@@ -316,8 +316,8 @@ class CameraWiring:
         which are photos of their own: every face is embedded, no track news."""
         pipe = self._config.pipeline
         frames_send: Sender[Frame]
-        frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue,
-                                                frame_overflow(live, self._offline))
+        overflow = frame_overflow(live, self._offline)
+        frames_send, frames_recv = open_channel(f"frames:{name}", pipe.frame_queue, overflow)
         planner = (EmbeddingPlanner(pipe.embedding, self._config.matching.threshold,
                                     self._config.matching.tracking.decision_px)
                    if camera else None)
@@ -327,7 +327,7 @@ class CameraWiring:
             f"detect:{name}", frames_recv, self.faces.clone(), self._analyzer,
             self._detect_limiter, self._embed_limiter, planner=planner,
             news=self.news if camera else None, overlap=pipe.embed_queue,
-            min_face_px=min_face_px)
+            wait_for_news=overflow is Overflow.BLOCK, min_face_px=min_face_px)
         end = self.faces.clone() if camera and self._cameras_change else None
         return CameraLine(name, make_source(frames_send), frames_send, detector, end)
 
