@@ -97,7 +97,9 @@ class Replay:
             step = policy.observe("walk", faces, n / fps)
             raise_(step.verdicts, n)
             planner.news([TrackNews(n, f.detection.box, s.decided, s.judged, s.evidence,
-                                    s.best_score) for f, s in zip(faces, step.states, strict=True)])
+                                    s.best_score, track_id)
+                          for f, s, track_id in zip(faces, step.states, step.track_ids,
+                                                    strict=True)])
         raise_(policy.flush(len(self.frames) / fps), len(self.frames))
         report = score_video(self.truth, alerts, frames=len(self.frames),
                              threshold=self.threshold, fusion=tracking.fusion)
