@@ -97,7 +97,7 @@ class Replay:
             step = policy.observe("walk", faces, n / fps)
             raise_(step.verdicts, n)
             planner.news([TrackNews(n, f.detection.box, s.decided, s.judged, s.evidence,
-                                    s.best_score, track_id)
+                                    s.best_score, track_id, f.embedding is not None)
                           for f, s, track_id in zip(faces, step.states, step.track_ids,
                                                     strict=True)])
         raise_(policy.flush(len(self.frames) / fps), len(self.frames))

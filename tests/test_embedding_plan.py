@@ -123,10 +123,13 @@ def test_someone_walking_out_from_behind_a_settled_person_is_embedded_again() ->
     assert embedded_frames(planner, range(3), quality=0.9) == [0]
     planner.news([TrackNews(1, walker(1).box, False, True, 2, 0.2, track_id=7)])  # not listed
     assert embedded_frames(planner, range(3, 6), quality=0.9) == []  # settled
-    # Frame 6's face (embedded as the frame's only new evidence) was put on track 8.
     planner.news([TrackNews(5, walker(5).box, False, True, 2, 0.2, track_id=7)])
+    # A face without an embedding the tracker could not link (a new track, no evidence) says
+    # nothing of who it is: the track stays settled.
+    planner.news([TrackNews(6, walker(6).box, False, False, 0, -1.0, track_id=9)])
     assert embedded_frames(planner, range(6, 8), quality=0.9) == []
-    planner.news([TrackNews(7, walker(7).box, False, True, 1, 0.45, track_id=8)])  # promising
+    # Frame 7's face, on track 8 (its own, from before it passed behind): someone else.
+    planner.news([TrackNews(7, walker(7).box, False, True, 1, 0.45, track_id=8)])
     assert embedded_frames(planner, range(8, 11), quality=0.9) == [8, 9, 10]
     # News without a track id (an older matcher) changes nothing.
     planner.news([TrackNews(10, walker(10).box, True, True, 3, 0.7)])

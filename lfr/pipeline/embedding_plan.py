@@ -90,10 +90,14 @@ class TrackNews(msgspec.Struct, frozen=True):
     judged: bool  # its largest face is big enough to be judged (decision_px)
     evidence: int  # faces with an embedding it has fused
     best_score: float  # its best single-face score against the watchlist (-1: none yet)
-    # The person tracker's track (0: not said). It links faces by their embeddings, so another
-    # id on a planner track's face means another person now stands where the planner's box
-    # continued (one walked out from behind another): whatever settled the track is void.
+    # The person tracker's track (0: not said), and whether this face was embedded. The tracker
+    # links embedded faces by their embeddings, and others by their box to a track that had
+    # them: a face on another tracker track than its planner track's earlier faces is another
+    # person where the planner's box went on (one walked out from behind another), and
+    # whatever settled the planner track is void. Only a face without an embedding that the
+    # tracker could link to no track (a new one, with no evidence) says nothing of who.
     track_id: int = 0
+    embedded: bool = False
 
 
 class _Track:
@@ -114,8 +118,8 @@ class _Track:
         self.person_track = 0  # the person tracker's track its faces last belonged to
 
     def another_person(self, news: TrackNews) -> None:
-        """The person tracker put this track's face on another track: start it afresh, with
-        what that track has had so far."""
+        """The person tracker put this settled track's face on another of its tracks: start it
+        afresh, with what that track has had so far."""
         self.settled = self.decided = self.promising = False
         self.embedded = news.evidence
         self.best_quality = -1.0
@@ -210,7 +214,11 @@ class EmbeddingPlanner:
         for item in items:
             track = self._track_at(item.frame_index, item.box)
             if track is not None and item.track_id:
-                if track.person_track and track.person_track != item.track_id:
+                # Only a settled track is blind to a new person: an open one embeds by its
+                # rules anyway (the person tracker splits tracks of one person often enough,
+                # in a crowd of small faces, that reopening each would double the cost).
+                if (track.settled and track.person_track not in (0, item.track_id)
+                        and (item.embedded or item.evidence > 0)):
                     track.another_person(item)
                 track.person_track = item.track_id
             settled = item.decided or (

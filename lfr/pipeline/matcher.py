@@ -185,7 +185,7 @@ class MatcherActor(Actor):
             if self.news is not None and self.news.wants(camera):
                 self.news.post(camera, item.frame.index, [
                     TrackNews(item.frame.index, face.detection.box, s.decided, s.judged,
-                              s.evidence, s.best_score, track_id)
+                              s.evidence, s.best_score, track_id, face.embedding is not None)
                     for face, s, track_id in zip(item.faces, step.states, step.track_ids,
                                                  strict=True)])
             return step, self.watchlist
