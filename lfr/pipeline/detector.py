@@ -137,9 +137,11 @@ class DetectorActor(Actor):
     async def _embed_and_send(self, item: _Detected) -> None:
         frame, found = item.frame, item.found
         chosen = [f for f, c in zip(found, item.chosen, strict=True) if c]
-        embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
-                                                  limiter=self.embed_limiter, what="embed")
-                        if chosen else ())
+        if any(f.embedding is None for f in chosen):
+            embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
+                                                      limiter=self.embed_limiter, what="embed"))
+        else:  # nothing to embed (none chosen, or a replay's faces): no trip to a worker
+            embedded = iter(chosen)
         # A face the planner passed over goes on without an embedding, even one that came with
         # it (a replay detector's faces arrive embedded): the decision sees what a live run sees.
         found = [next(embedded) if c else _unembedded(f)
