@@ -363,7 +363,7 @@ class Node:
                 self._changed.set()
             # On a fixed beat: a slow round is followed by the next one at once.
             next_round = max(next_round + heartbeat_s, time.monotonic())
-            await anyio.sleep(next_round - time.monotonic())
+            await anyio.sleep(max(0.0, next_round - time.monotonic()))
 
     async def _balance_leases(self, bus: Bus, leases: CameraLeases) -> None:
         """Every heartbeat: take or give up cameras towards the fair share; at once when the
