@@ -35,6 +35,8 @@ class FaceAnalyzer:
         self.detector = detector
         self.embedder = embedder
         self.gate = gate or QualityGate()
+        # A replay detector's faces are a table lookup (about 0.1 ms a frame), not a model run.
+        self.replays = getattr(detector, "replayed", None) is not None
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None,
                min_face_px: float | None = None) -> list[AnalyzedFace]:
