@@ -294,6 +294,35 @@ async def test_a_node_late_with_its_own_renewals_takes_nothing(nats_server: Nats
     await nc.close()
 
 
+async def test_a_dead_nodes_cameras_move_even_if_its_heartbeat_never_listed_them(
+        nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=3.0, heartbeat_s=0.3)
+    cameras = [f"cam{i}" for i in range(6)]
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep7")).open()
+    skew = [0.0]
+    survivor, dying = (FakeNode(bus, f"node{i}", cameras, settings) for i in range(2))
+    survivor.leases = CameraLeases(bus, "node0", cameras, settings,
+                                   clock=lambda: time.monotonic() + skew[0])
+    for node in (survivor, dying):
+        await node.beat()
+    await survivor.tick()
+    await dying.leases.balance()  # takes the other three and dies before a heartbeat lists them
+    assert len(dying.leases.held()) == 3
+    # Late (a suspect, still present): the survivor starts reading every camera's lease.
+    await dying.beat(late_s=2 * settings.heartbeat_s)
+    for _ in range(2):
+        await survivor.tick()
+    assert len(survivor.leases.held()) == 3
+    # A lease later it is gone, and the leases it never listed have run out since then.
+    skew[0] = settings.lease_s
+    await survivor.leases.renew()
+    await dying.beat(late_s=settings.lease_s + 3 * settings.heartbeat_s)
+    await survivor.leases.balance()
+    assert survivor.leases.held() == set(cameras)
+    await nc.close()
+
+
 async def test_watchlist_versions_are_checked_and_destroyed(nats_server: NatsServer,
                                                            tmp_path: Path) -> None:
     from lfr.cluster import watchlist

@@ -355,8 +355,13 @@ class CameraLeases:
             if is_present(beat, now, self._settings.lease_s):
                 present += 1
                 others[name] = (len(beat.cameras), beat.capacity)
-            if not is_alive(beat, now) or now - beat.time > 1.5 * beat.heartbeat_s:
+            late_s = now - beat.time
+            if not is_alive(beat, now) or late_s > 1.5 * beat.heartbeat_s:
                 suspects.update(beat.cameras)
+                # Its heartbeat may not list a camera it took just before it died: until its
+                # leases may have expired, every camera's is read.
+                if not beat.stopping and late_s <= self._settings.lease_s + 2 * beat.heartbeat_s:
+                    suspects.update(self.cameras)
         self._suspects, self._others = suspects, others
         self._alive_capacities = capacities
         return alive, present
