@@ -343,6 +343,8 @@ class CameraLeases:
 
         alive, present = 1, 1
         suspects: set[str] = set()
+        on_time: set[str] = set()  # cameras listed by nodes on time with their heartbeat
+        recently_late = False
         others: dict[str, tuple[int, int | None]] = {}
         capacities: list[int | None] = []
         now = time.time()
@@ -359,9 +361,13 @@ class CameraLeases:
             if not is_alive(beat, now) or late_s > 1.5 * beat.heartbeat_s:
                 suspects.update(beat.cameras)
                 # Its heartbeat may not list a camera it took just before it died: until its
-                # leases may have expired, every camera's is read.
-                if not beat.stopping and late_s <= self._settings.lease_s + 2 * beat.heartbeat_s:
-                    suspects.update(self.cameras)
+                # leases may have expired, every camera no node on time lists is a suspect.
+                recently_late |= (not beat.stopping
+                                  and late_s <= self._settings.lease_s + 2 * beat.heartbeat_s)
+            else:
+                on_time.update(beat.cameras)
+        if recently_late:
+            suspects.update(set(self.cameras) - on_time)
         self._suspects, self._others = suspects, others
         self._alive_capacities = capacities
         return alive, present
