@@ -216,7 +216,7 @@ async def watch_settling(bus: Bus, n_cameras: int, window_s: float) -> dict[str,
         for value in (await entries(bus.nodes)).values():
             beat = decode_heartbeat(value)
             if beat is not None and not beat.stopping:
-                renewal_s = max(renewal_s, beat.renewal_s)
+                renewal_s = max(renewal_s, getattr(beat, "renewal_s", 0.0))  # 0: older nodes
         await asyncio.sleep(1.0)
     return {"moves": moves, "misplaced": misplaced, "settled": moves == 0 and misplaced == 0,
             "max_renewal_s": round(renewal_s, 3)}
