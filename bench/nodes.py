@@ -40,6 +40,10 @@ the walk-past, its watchlist bundle and the replay file (made on first use, abou
   camera ran on exactly one live node throughout; renew s: the slowest lease renewal round a
   node's heartbeat reported (a renewal later than lease - heartbeat stops the camera).
 - load: the machine's 1-minute load average at the end of the window.
+
+The nodes' logs are kept in DIR/logs/<deployment>/. Alerts are not merged across cameras
+(``merge = "off"``): the walk-past's dozen listed people would otherwise cap the alerts at a
+dozen per merge window, and the bench measures the stream's load.
 - failover: the last node is killed with SIGKILL; seconds until every camera it ran runs on
   another node (floor: --lease).
 """

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +91,7 @@ file = "{source / REPLAY}"
 threshold = {info['threshold']}
 
 [cluster]
+merge = "off"  # each camera's alert is its own: the stream's load, not the people's count
 lease_s = {args.lease}
 heartbeat_s = {args.heartbeat}
 {cameras}""")
@@ -131,6 +134,7 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
     bus = await Bus(nc, Names(deployment)).open(duplicate_window_s=600)
     share = math.ceil(n_cameras / n_nodes)
     launched = time.monotonic()
+    processes_started = [f"node{i:02d}" for i in range(n_nodes)]
     try:
         for i in range(n_nodes):
             name = f"node{i:02d}"
@@ -185,6 +189,12 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
             except subprocess.TimeoutExpired:
                 process.kill()
         await nc.close()
+        # The nodes' logs outlive the temporary folder: DIR/logs/<deployment>/<node>.log.
+        kept = args.replay.resolve() / "logs" / deployment
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in processes_started:
+            with contextlib.suppress(OSError):
+                shutil.copy(folder / f"{name}.log", kept / f"{name}.log")
     frames_per_s = n_cameras * args.fps
     return {"nodes": n_nodes, "cameras": n_cameras, "spread_s": round(spread_s, 1),
             "alerts_per_s": round((after - before) / elapsed, 1),
