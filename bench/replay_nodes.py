@@ -157,7 +157,7 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
         before = (await read_alerts(bus))["stream_records"]
         pids = [p.pid for p in processes.values()]
         cpu_before, started = cpu_seconds(pids), time.monotonic()
-        watch = await watch_settling(bus, n_cameras, args.window)
+        watch = await watch_settling(bus, n_nodes, n_cameras, args.window)
         elapsed = time.monotonic() - started
         cpu = (cpu_seconds(pids) - cpu_before) / elapsed
         load = os.getloadavg()[0]
@@ -209,7 +209,8 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
             "stream_alerts": len(found["alerts"]), "duplicates": found["duplicates"]}
 
 
-async def watch_settling(bus: Bus, n_cameras: int, window_s: float) -> dict[str, Any]:
+async def watch_settling(bus: Bus, n_nodes: int, n_cameras: int, window_s: float
+                         ) -> dict[str, Any]:
     """Over ``window_s``, once a second: camera moves (a lease changing node), cameras not
     running on exactly one live node, and the slowest lease renewal round a heartbeat
     reported. Settled: no move, and every camera on exactly one node throughout."""
@@ -221,7 +222,8 @@ async def watch_settling(bus: Bus, n_cameras: int, window_s: float) -> dict[str,
     end = time.monotonic() + window_s
     while time.monotonic() < end:
         status = await read_status(bus)
-        if len(status["cameras"]) < n_cameras:  # the bucket's listing came back short
+        if len(status["cameras"]) < n_cameras or len(status["nodes"]) < n_nodes:
+            # A bucket's listing came back short (nats-py's keys() while keys are written).
             short_reads += 1
             await asyncio.sleep(1.0)
             continue
