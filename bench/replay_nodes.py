@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +91,7 @@ file = "{source / REPLAY}"
 threshold = {info['threshold']}
 
 [cluster]
+merge = "off"  # each camera's alert is its own: the stream's load, not the people's count
 lease_s = {args.lease}
 heartbeat_s = {args.heartbeat}
 {cameras}""")
@@ -131,6 +134,7 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
     bus = await Bus(nc, Names(deployment)).open(duplicate_window_s=600)
     share = math.ceil(n_cameras / n_nodes)
     launched = time.monotonic()
+    processes_started = [f"node{i:02d}" for i in range(n_nodes)]
     try:
         for i in range(n_nodes):
             name = f"node{i:02d}"
@@ -149,12 +153,14 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
         await wait_for(spread, 300, "every camera running, spread", processes, folder)
         spread_s = time.monotonic() - launched
 
+        await asyncio.sleep(args.settle)  # the first minutes' churn is not the steady state
         before = (await read_alerts(bus))["stream_records"]
         pids = [p.pid for p in processes.values()]
         cpu_before, started = cpu_seconds(pids), time.monotonic()
-        await asyncio.sleep(args.window)
+        watch = await watch_settling(bus, n_nodes, n_cameras, args.window)
         elapsed = time.monotonic() - started
         cpu = (cpu_seconds(pids) - cpu_before) / elapsed
+        load = os.getloadavg()[0]
         after = (await read_alerts(bus))["stream_records"]
 
         victim = f"node{n_nodes - 1:02d}"
@@ -166,8 +172,11 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
 
         async def moved() -> bool:
             status = await read_status(bus)
-            return all(c["state"] == "running" and c["node"] != victim
-                       for c in status["cameras"] if c["name"] in lost)
+            # Every lost camera named: a listing of the bucket that came back short (a loaded
+            # server) proves nothing.
+            running = {c["name"] for c in status["cameras"]
+                       if c["state"] == "running" and c["node"] != victim}
+            return lost <= running
 
         await wait_for(moved, 120 + args.lease, "the dead node's cameras running elsewhere",
                        processes, folder)
@@ -183,12 +192,53 @@ async def one_size(url: str, folder: Path, source: Path, info: dict[str, Any], n
             except subprocess.TimeoutExpired:
                 process.kill()
         await nc.close()
+        # The nodes' logs outlive the temporary folder: DIR/logs/<deployment>/<node>.log.
+        kept = args.replay.resolve() / "logs" / deployment
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in processes_started:
+            with contextlib.suppress(OSError):
+                shutil.copy(folder / f"{name}.log", kept / f"{name}.log")
+    frames_per_s = n_cameras * args.fps
     return {"nodes": n_nodes, "cameras": n_cameras, "spread_s": round(spread_s, 1),
             "alerts_per_s": round((after - before) / elapsed, 1),
-            "node_cpu_cores": round(cpu, 2), "failover_cameras": len(lost),
+            "nodes_cpu_cores": round(cpu, 2), "node_cpu_cores": round(cpu / n_nodes, 3),
+            "cpu_ms_per_frame": round(1000 * cpu / frames_per_s, 2), **watch,
+            "load_average": round(load, 1), "failover_cameras": len(lost),
             "failover_s": round(failover_s, 1),
             "failover_over_lease": round(failover_s / args.lease, 2),
             "stream_alerts": len(found["alerts"]), "duplicates": found["duplicates"]}
+
+
+async def watch_settling(bus: Bus, n_nodes: int, n_cameras: int, window_s: float
+                         ) -> dict[str, Any]:
+    """Over ``window_s``, once a second: camera moves (a lease changing node), cameras not
+    running on exactly one live node, and the slowest lease renewal round a heartbeat
+    reported. Settled: no move, and every camera on exactly one node throughout."""
+    from lfr.cluster.leases import decode_heartbeat
+    from lfr.cluster.status import entries
+
+    owners: dict[str, str] = {}
+    moves, misplaced, renewal_s, short_reads = 0, 0, 0.0, 0
+    end = time.monotonic() + window_s
+    while time.monotonic() < end:
+        status = await read_status(bus)
+        if len(status["cameras"]) < n_cameras or len(status["nodes"]) < n_nodes:
+            # A bucket's listing came back short (nats-py's keys() while keys are written).
+            short_reads += 1
+            await asyncio.sleep(1.0)
+            continue
+        now = {c["name"]: c["node"] for c in status["cameras"] if c["state"] == "running"}
+        moves += sum(1 for camera, node in now.items() if owners.get(camera, node) != node)
+        owners.update(now)
+        listed = [c for n in status["nodes"] if n["alive"] for c in n["cameras"]]
+        misplaced = max(misplaced, n_cameras - len(now), len(listed) - len(set(listed)))
+        for value in (await entries(bus.nodes)).values():
+            beat = decode_heartbeat(value)
+            if beat is not None and not beat.stopping:
+                renewal_s = max(renewal_s, getattr(beat, "renewal_s", 0.0))  # 0: older nodes
+        await asyncio.sleep(1.0)
+    return {"moves": moves, "misplaced": misplaced, "settled": moves == 0 and misplaced == 0,
+            "max_renewal_s": round(renewal_s, 3), "short_reads": short_reads}
 
 
 async def run_async(args: argparse.Namespace, info: dict[str, Any]) -> list[dict[str, Any]]:

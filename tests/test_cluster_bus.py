@@ -15,7 +15,7 @@ import pytest
 from bundles import vector_bundle
 
 from lfr.cluster.bus import Bus, BusError, Names, connect
-from lfr.cluster.leases import CameraLeases, Heartbeat, fair_share
+from lfr.cluster.leases import CameraLeases, Heartbeat, spread_share
 from lfr.cluster.publisher import Publisher
 from lfr.cluster.status import read_alerts, read_status
 from lfr.config import ClusterConfig, parse_config
@@ -108,11 +108,14 @@ async def test_audit_records_are_published_in_order_once(nats_server: NatsServer
     await nc.close()
 
 
-def test_fair_share() -> None:
-    assert fair_share(6, 3, None) == 2
-    assert fair_share(7, 3, None) == 3
-    assert fair_share(6, 4, 1) == 1
-    assert fair_share(6, 0, None) == 6
+def test_spread_share() -> None:
+    assert spread_share(6, [None] * 3) == 2
+    assert spread_share(7, [None] * 3) == 3
+    assert spread_share(6, []) == 6
+    # Nodes bounded by their capacity leave more to the others, never less than ceil.
+    assert spread_share(6, [None, 1, 1]) == 4
+    assert spread_share(6, [None, 5, 5]) == 2
+    assert spread_share(6, [1, 1]) == 6  # too little capacity anywhere: unbounded
 
 
 def test_cluster_settings_are_checked() -> None:
@@ -134,10 +137,10 @@ class FakeNode:
         self.bus, self.name, self.settings = bus, name, settings
         self.leases = CameraLeases(bus, name, cameras, settings)
 
-    async def beat(self) -> None:
+    async def beat(self, late_s: float = 0.0) -> None:
         assert self.bus.nodes is not None
         await self.bus.nodes.put(self.name, msgspec.json.encode(Heartbeat(
-            node=self.name, time=time.time(), cameras=sorted(self.leases.running()),
+            node=self.name, time=time.time() - late_s, cameras=sorted(self.leases.running()),
             capacity=self.settings.capacity, heartbeat_s=self.settings.heartbeat_s)))
 
     async def tick(self) -> None:
@@ -202,6 +205,121 @@ async def test_capacity_bounds_what_a_node_takes(nats_server: NatsServer) -> Non
     status = await read_status(bus)
     states = sorted(c["state"] for c in status["cameras"])
     assert states == ["running"] * 2 + ["unassigned"] * 4
+    await nc.close()
+
+
+async def test_nodes_of_small_capacity_leave_their_part_to_the_others(
+        nats_server: NatsServer) -> None:
+    cameras = [f"cam{i}" for i in range(6)]
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep4")).open()
+    big = FakeNode(bus, "big", cameras, ClusterConfig(lease_s=1.5, heartbeat_s=0.3))
+    small = [FakeNode(bus, f"small{i}", cameras,
+                      ClusterConfig(lease_s=1.5, heartbeat_s=0.3, capacity=1)) for i in range(2)]
+    nodes = [big, *small]
+    for node in nodes:
+        await node.beat()
+    for _ in range(4):
+        for node in nodes:
+            await node.tick()
+            assert_disjoint(nodes)
+    # ceil(6 / 3) = 2 would leave two cameras unassigned: the unbounded node runs them.
+    assert [len(n.leases.running()) for n in nodes] == [4, 1, 1]
+    settled = [n.leases.held() for n in nodes]
+    for _ in range(3):
+        for node in nodes:
+            await node.tick()
+    assert [n.leases.held() for n in nodes] == settled  # and nothing moves after that
+    await nc.close()
+
+
+async def test_a_node_late_with_its_heartbeat_moves_no_camera(nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=3.0, heartbeat_s=0.3)
+    cameras = [f"cam{i}" for i in range(6)]
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep5")).open()
+    nodes = [FakeNode(bus, f"node{i}", cameras, settings) for i in range(3)]
+    for node in nodes:
+        await node.beat()
+    for _ in range(4):
+        for node in nodes:
+            await node.tick()
+    assert sorted(len(n.leases.running()) for n in nodes) == [2, 2, 2]
+    steady = [n.leases.held() for n in nodes[:2]]
+
+    # node2's heartbeat is late (not alive: over 2 heartbeats) but it still renews, and one of
+    # its cameras is free for a moment. The others, at their share of the nodes present, do not
+    # take it: they would have to give it back as soon as node2 beats on time again.
+    late, freed = nodes[2], sorted(nodes[2].leases.held())[0]
+    await late.leases.release({freed})
+    for _ in range(4):
+        await late.leases.renew()
+        await late.beat(late_s=3 * settings.heartbeat_s)
+        for node in nodes[:2]:
+            await node.tick()
+            assert node.leases.alive_nodes == 2 and node.leases.present_nodes == 3
+        await anyio.sleep(settings.heartbeat_s)
+    assert [n.leases.held() for n in nodes[:2]] == steady
+    await late.tick()  # on time again: it takes the free camera back; nothing else moved
+    assert freed in late.leases.held()
+    for _ in range(2):
+        for node in nodes:
+            await node.tick()
+            assert_disjoint(nodes)
+    assert [n.leases.held() for n in nodes[:2]] == steady
+    await nc.close()
+
+
+async def test_a_node_late_with_its_own_renewals_takes_nothing(nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=3.0, heartbeat_s=0.3)
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep6")).open()
+    skew = [0.0]
+    node = FakeNode(bus, "node0", [f"cam{i}" for i in range(4)], settings)
+    node.leases = CameraLeases(bus, "node0", node.leases.cameras, settings,
+                               clock=lambda: time.monotonic() + skew[0])
+    await node.beat()
+    await node.leases.balance()
+    assert len(node.leases.held()) == 4
+    await node.leases.release({"cam0", "cam1"})
+    # Its renewals are two heartbeats behind (a stalled machine): it may lose what it holds
+    # any moment, so it takes nothing more.
+    skew[0] = 2.5 * settings.heartbeat_s
+    await node.leases.balance()
+    assert node.leases.held() == {"cam2", "cam3"}
+    await node.leases.renew()  # caught up: it takes them again
+    await node.leases.balance()
+    assert node.leases.held() == {"cam0", "cam1", "cam2", "cam3"}
+    assert node.leases.renewal_s >= 0.0
+    await nc.close()
+
+
+async def test_a_dead_nodes_cameras_move_even_if_its_heartbeat_never_listed_them(
+        nats_server: NatsServer) -> None:
+    settings = ClusterConfig(lease_s=3.0, heartbeat_s=0.3)
+    cameras = [f"cam{i}" for i in range(6)]
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("dep7")).open()
+    skew = [0.0]
+    survivor, dying = (FakeNode(bus, f"node{i}", cameras, settings) for i in range(2))
+    survivor.leases = CameraLeases(bus, "node0", cameras, settings,
+                                   clock=lambda: time.monotonic() + skew[0])
+    for node in (survivor, dying):
+        await node.beat()
+    await survivor.tick()
+    await dying.leases.balance()  # takes the other three and dies before a heartbeat lists them
+    assert len(dying.leases.held()) == 3
+    # Late (a suspect, still present): the survivor starts reading every camera's lease.
+    await dying.beat(late_s=2 * settings.heartbeat_s)
+    for _ in range(2):
+        await survivor.tick()
+    assert len(survivor.leases.held()) == 3
+    # A lease later it is gone, and the leases it never listed have run out since then.
+    skew[0] = settings.lease_s
+    await survivor.leases.renew()
+    await dying.beat(late_s=settings.lease_s + 3 * settings.heartbeat_s)
+    await survivor.leases.balance()
+    assert survivor.leases.held() == set(cameras)
     await nc.close()
 
 

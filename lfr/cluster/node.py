@@ -117,6 +117,11 @@ class Node:
         self._cameras_done = False  # stopping: no deployment runs again in this process
         self._data_key: DataKey | None = None  # loaded when the node joins
         self._viewers = NodeViewers(config)  # browsers watching its cameras (lfr console --web)
+        # The outbox's backlog for the heartbeat, counted beside it (a slow count never delays
+        # a renewal), in a thread of its own (never queued behind inference).
+        self._unpublished = 0
+        self._counting = anyio.CapacityLimiter(1)
+        self._audit_key = ""  # the audit log's public key, once published
 
     def _bus_state(self, state: str) -> None:
         """NATS connection news, each once until it changes (a server away is retried
@@ -167,7 +172,8 @@ class Node:
                     await viewers.unsubscribe()
                     # Stopped: give every lease back and publish what is left, briefly.
                     await leases.release(leases.held())
-                    await self._beat(bus, leases, outbox, stopping=True)
+                    self._unpublished = await anyio.to_thread.run_sync(outbox.unpublished_count)
+                    await self._beat(bus, leases, stopping=True)
                     with anyio.move_on_after(settings.heartbeat_s * 2):
                         await publisher.flush()
                     tg.cancel_scope.cancel()
@@ -430,35 +436,72 @@ class Node:
         return True
 
     async def _keep_leases(self, bus: Bus, leases: CameraLeases, outbox: Outbox) -> None:
+        """Renewals on a clock of their own, never behind balancing or anything else; the
+        heartbeat goes out with them."""
         # One heartbeat before the first take: nodes started together see each other first.
-        await self._beat(bus, leases, outbox)
+        self._unpublished = await anyio.to_thread.run_sync(outbox.unpublished_count,
+                                                           limiter=self._counting)
+        await self._beat(bus, leases)
         await anyio.sleep(self.config.cluster.heartbeat_s)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_leases, bus, leases)
+            tg.start_soon(self._count_unpublished, outbox)
+            await self._balance_leases(bus, leases)
+            tg.cancel_scope.cancel()
+
+    async def _renew_leases(self, bus: Bus, leases: CameraLeases) -> None:
+        """Every heartbeat: renew every lease and write the heartbeat, together (one round
+        trip). A lease that could not be renewed for lease_s - heartbeat_s stops its camera."""
+        heartbeat_s = self.config.cluster.heartbeat_s
+        next_round = time.monotonic()
+        while not self._stop.is_set():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(leases.renew)  # a lease not renewed (the server away) runs out
+                tg.start_soon(self._beat_or_log, bus, leases)
+            if leases.running() != self._running:
+                self._changed.set()
+            # On a fixed beat: a slow round is followed by the next one at once.
+            next_round = max(next_round + heartbeat_s, time.monotonic())
+            await anyio.sleep(max(0.0, next_round - time.monotonic()))
+
+    async def _balance_leases(self, bus: Bus, leases: CameraLeases) -> None:
+        """Every heartbeat: take or give up cameras towards the fair share; at once when the
+        cameras running have changed (the heartbeat says so first, without waiting)."""
+        heartbeat_s = self.config.cluster.heartbeat_s
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                await leases.renew()
-                await self._beat(bus, leases, outbox)
                 await leases.balance()
-            except Exception as exc:  # the server away: leases run out by themselves
-                log.debug("%s: lease round failed: %s", self.name, exc)
+            except Exception as exc:  # the server away: the next round retries
+                log.debug("%s: lease balance failed: %s", self.name, exc)
             if leases.running() != self._running:
                 self._changed.set()
-            # The next round at the next heartbeat, or at once when the cameras have changed
-            # (the heartbeat says so without waiting).
-            with anyio.move_on_after(max(0.0, self.config.cluster.heartbeat_s
-                                         - (time.monotonic() - started))):
+            with anyio.move_on_after(max(0.0, heartbeat_s - (time.monotonic() - started))):
                 await self._beat_now.wait()
-            self._beat_now = anyio.Event()
+            if self._beat_now.is_set():
+                self._beat_now = anyio.Event()
+                await self._beat_or_log(bus, leases)
 
-    async def _beat(self, bus: Bus, leases: CameraLeases, outbox: Outbox,
-                    stopping: bool = False) -> None:
+    async def _beat_or_log(self, bus: Bus, leases: CameraLeases) -> None:
+        try:
+            await self._beat(bus, leases)
+        except Exception as exc:  # the server away: the heartbeat simply ages
+            log.debug("%s: heartbeat failed: %s", self.name, exc)
+
+    async def _count_unpublished(self, outbox: Outbox) -> None:
+        while True:
+            await anyio.sleep(self.config.cluster.heartbeat_s)
+            self._unpublished = await anyio.to_thread.run_sync(outbox.unpublished_count,
+                                                               limiter=self._counting)
+
+    async def _beat(self, bus: Bus, leases: CameraLeases, stopping: bool = False) -> None:
         assert bus.nodes is not None
-        unpublished = await anyio.to_thread.run_sync(outbox.unpublished_count)
         beat = Heartbeat(node=self.name, time=time.time(), cameras=sorted(self._running),
                          capacity=self.config.cluster.capacity,
-                         heartbeat_s=self.config.cluster.heartbeat_s, unpublished=unpublished,
-                         watchlist=self._watchlist, stopping=stopping,
-                         audit_public_key=self._public_key())
+                         heartbeat_s=self.config.cluster.heartbeat_s,
+                         unpublished=self._unpublished, watchlist=self._watchlist,
+                         stopping=stopping, audit_public_key=self._public_key(),
+                         renewal_s=round(leases.renewal_s, 4))
         try:
             await bus.nodes.put(self.name, msgspec.json.encode(beat))
         except Exception as exc:
@@ -471,8 +514,10 @@ class Node:
         """The audit log's public key, published beside it once a deployment has run."""
         from lfr.keys import PUBLIC_KEY_NAME
 
-        published = self.data_dir / PUBLIC_KEY_NAME
-        return published.read_text() if published.is_file() else ""
+        if not self._audit_key:  # read once it is there: it does not change
+            published = self.data_dir / PUBLIC_KEY_NAME
+            self._audit_key = published.read_text() if published.is_file() else ""
+        return self._audit_key
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -34,8 +34,11 @@ async def entries(kv: Any) -> dict[str, bytes]:
 async def read_status(bus: Bus) -> dict[str, Any]:
     """``{"deployment", "nodes": [{"name", "alive", "cameras", "last_seen", ...}], "cameras":
     [{"name", "node", "state"}], "watchlist": {...}}`` (see `nodes_and_cameras`)."""
+    # The clock read first: reading hundreds of leases on a loaded machine takes seconds, which
+    # must not age the heartbeats read before them into "not alive".
+    now = time.time()
     nodes, cameras, watchlists = nodes_and_cameras(
-        await entries(bus.nodes), await entries(bus.cameras), time.time())
+        await entries(bus.nodes), await entries(bus.cameras), now)
     from lfr.cluster.watchlist import current
 
     version, _ = await current(bus)

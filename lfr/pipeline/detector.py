@@ -117,9 +117,12 @@ class DetectorActor(Actor):
         async with send:
             try:
                 async for frame in self.frames:
-                    found = await self.call_in_worker(self.analyzer.detect, frame.image, None,
-                                                      self.min_face_px,
-                                                      limiter=self.detect_limiter, what="detect")
+                    if self.analyzer.replays:  # a lookup: cheaper than a trip to a worker
+                        found = self.analyzer.detect(frame.image, None, self.min_face_px)
+                    else:
+                        found = await self.call_in_worker(
+                            self.analyzer.detect, frame.image, None, self.min_face_px,
+                            limiter=self.detect_limiter, what="detect")
                     await self._news_of_the_frame_before(frame)
                     await send.send(_Detected(frame, found, self._plan(frame, found)))
                     self._planned = frame.index
@@ -161,9 +164,11 @@ class DetectorActor(Actor):
     async def _embed_and_send(self, item: _Detected) -> None:
         frame, found = item.frame, item.found
         chosen = [f for f, c in zip(found, item.chosen, strict=True) if c]
-        embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
-                                                  limiter=self.embed_limiter, what="embed")
-                        if chosen else ())
+        if any(f.embedding is None for f in chosen):
+            embedded = iter(await self.call_in_worker(self.analyzer.embed, chosen,
+                                                      limiter=self.embed_limiter, what="embed"))
+        else:  # nothing to embed (none chosen, or a replay's faces): no trip to a worker
+            embedded = iter(chosen)
         # A face the planner passed over goes on without an embedding, even one that came with
         # it (a replay detector's faces arrive embedded): the decision sees what a live run sees.
         found = [next(embedded) if c else _unembedded(f)

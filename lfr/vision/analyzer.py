@@ -13,6 +13,12 @@ from lfr.vision.align import align_face
 from lfr.vision.quality import QualityGate, QualityReport
 from lfr.vision.replay import StoredFace
 
+# A replayed face's aligned picture: it arrives embedded (or rejected by the gate on its stored
+# sharpness), so it is never aligned; aligning it on a blank replay frame was most of a replayed
+# frame's cost. Shared and read-only.
+_NOT_ALIGNED = np.zeros((112, 112, 3), np.uint8)
+_NOT_ALIGNED.flags.writeable = False
+
 
 class AnalyzedFace(msgspec.Struct, frozen=True):
     detection: Detection
@@ -29,6 +35,8 @@ class FaceAnalyzer:
         self.detector = detector
         self.embedder = embedder
         self.gate = gate or QualityGate()
+        # A replay detector's faces are a table lookup (about 0.1 ms a frame), not a model run.
+        self.replays = getattr(detector, "replayed", None) is not None
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None,
                min_face_px: float | None = None) -> list[AnalyzedFace]:
@@ -38,7 +46,7 @@ class FaceAnalyzer:
         ``takes_min_face_px`` (YuNet: lfr.vision.tiling); None: the detector's own setting."""
         replayed = getattr(self.detector, "replayed", None)
         if replayed is not None:
-            return [self._stored(image, face) for face in replayed(image, score_threshold)]
+            return [self._stored(face) for face in replayed(image, score_threshold)]
         if min_face_px is not None and getattr(self.detector, "takes_min_face_px", False):
             found = cast(Any, self.detector).detect(image, score_threshold, min_face_px)
         else:
@@ -50,10 +58,9 @@ class FaceAnalyzer:
                                       quality=self.gate.assess(det, aligned)))
         return faces
 
-    def _stored(self, image: np.ndarray, face: StoredFace) -> AnalyzedFace:
+    def _stored(self, face: StoredFace) -> AnalyzedFace:
         quality = self.gate.judge(face.detection, face.sharpness)
-        return AnalyzedFace(detection=face.detection,
-                            aligned=align_face(image, face.detection.landmarks), quality=quality,
+        return AnalyzedFace(detection=face.detection, aligned=_NOT_ALIGNED, quality=quality,
                             embedding=face.embedding if quality.passed else None)
 
     def embed(self, faces: list[AnalyzedFace]) -> list[AnalyzedFace]:
