@@ -59,6 +59,9 @@ class Kind(StrEnum):
     ALERT = "alert"
     ADJUDICATION = "adjudication"
     WATCHLIST_DESTROYED = "watchlist_destroyed"
+    # A published watchlist version a node would not run (lfr.cluster): which, and why. The
+    # version before it runs on.
+    WATCHLIST_REFUSED = "watchlist_refused"
     # A node's alert that joined another's open alert for the same person (lfr.cluster).
     SIGHTING = "sighting"
     WORKER_STUCK = "worker_stuck"  # the watchdog restarted an actor whose call hung

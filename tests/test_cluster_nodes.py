@@ -529,6 +529,9 @@ def test_a_published_watchlist_reaches_every_node_and_a_destroyed_one_leaves(
         for name in names:
             loaded = audit_data(nodes.data_dir(name), "watchlist_loaded")
             assert loaded[-1]["version"] == 2
+            (refused,) = audit_data(nodes.data_dir(name), "watchlist_refused")
+            assert (refused["version"], refused["operator"], refused["node"]) == (3, "sup", name)
+            assert "built with embedder" in refused["error"]
         assert {n: deployment_starts(nodes.data_dir(n)) for n in names} == runs
 
         assert main(["watchlist", "destroy", "--nats", nodes.url, "--deployment", "site",

@@ -12,6 +12,7 @@ once for the node's life. Cameras it gives up are released only after they have 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -350,6 +351,12 @@ class Node:
         try:
             await deployment.switch_watchlist(bundle, version.version)
         except WatchlistSwitchError as exc:
+            from lfr.audit import Kind
+
+            with contextlib.suppress(RuntimeError):  # stopped meanwhile: the log says why
+                deployment.view.record_setting(Kind.WATCHLIST_REFUSED, {
+                    "version": version.version, "sha256": version.sha256,
+                    "operator": version.by, "node": self.name, "error": str(exc)})
             log.error("%s: watchlist version %d refused: %s", self.name, version.version, exc)
             return False
         except RuntimeError:  # starting or stopping: started again, on the new one
