@@ -232,7 +232,7 @@ async def watch_settling(bus: Bus, n_nodes: int, n_cameras: int, window_s: float
         owners.update(now)
         listed = [c for n in status["nodes"] if n["alive"] for c in n["cameras"]]
         misplaced = max(misplaced, n_cameras - len(now), len(listed) - len(set(listed)))
-        for value in (await entries(bus.nodes)).values():
+        for value in (await entries(bus, bus.names.nodes_bucket)).values():
             beat = decode_heartbeat(value)
             if beat is not None and not beat.stopping:
                 renewal_s = max(renewal_s, getattr(beat, "renewal_s", 0.0))  # 0: older nodes

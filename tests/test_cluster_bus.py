@@ -372,3 +372,37 @@ def test_the_cluster_example_config_is_valid() -> None:
     subset = with_cameras(config, {"yard", "office"}, Path("/tmp/x/van1"))
     assert [c.name for c in subset.cameras] == ["yard", "office"]
     assert subset.resolved_data_dir() == Path("/tmp/x/van1")
+
+
+async def test_status_lists_every_key_while_keys_are_being_written(
+        nats_server: NatsServer) -> None:
+    """`lfr status` and `lfr report --nats` read the buckets while nodes write them: the list
+    of keys comes whole (nats-py's kv.keys() could stop short while keys were written)."""
+    from lfr.cluster.status import entries
+
+    nc = await connect(nats_server.url, "test")
+    bus = await Bus(nc, Names("busy")).open()
+    assert bus.cameras is not None
+    cameras = [f"cam{i:03d}" for i in range(200)]
+    for camera in cameras:
+        await bus.cameras.put(camera, b"node0")
+    await bus.cameras.delete("cam007")  # a key deleted is not listed
+    listed = set(cameras) - {"cam007"}
+    writing = True
+
+    async def keep_writing() -> None:
+        n = 0
+        while writing:
+            await bus.cameras.put(cameras[100 + n % 100], f"node{n % 3}".encode())
+            n += 1
+
+    short = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keep_writing)
+        for _ in range(20):
+            found = await entries(bus, bus.names.cameras_bucket)
+            if set(found) != listed:
+                short.append(len(found))
+        writing = False
+    await nc.close()
+    assert short == []

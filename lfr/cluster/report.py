@@ -59,7 +59,8 @@ async def deployment_report(bus: Bus, data_dir: Path | None) -> dict[str, Any]:
     "stream_records", "duplicates", "sightings", "decisions", "faces", "frames"}``;
     ``data_dir``: where the nodes' folders are (a config's data_dir), to check each node's own
     log too."""
-    keys = {name: beat.audit_public_key for name, value in (await entries(bus.nodes)).items()
+    beats = await entries(bus, bus.names.nodes_bucket)
+    keys = {name: beat.audit_public_key for name, value in beats.items()
             if (beat := decode_heartbeat(value)) is not None}
     by_node: dict[str, list[bytes]] = {}
     for subject, data in await stream_messages(bus, AUDIT):

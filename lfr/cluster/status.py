@@ -15,13 +15,18 @@ from lfr.cluster.leases import decode_heartbeat, decode_lease, is_alive
 from lfr.messages import utc_iso
 
 
-async def entries(kv: Any) -> dict[str, bytes]:
-    from nats.js.errors import KeyNotFoundError, NoKeysError
+async def entries(bus: Bus, bucket: str) -> dict[str, bytes]:
+    """Every key of one of the deployment's buckets (``bus.names.nodes_bucket``, ...) with its
+    value. The keys come from the server's own list of the bucket stream's subjects: nats-py's
+    ``kv.keys()`` reads them through a consumer that can stop short while keys are being
+    written, which on a loaded deployment left nodes or cameras out of `lfr status` (and a
+    node's audit key out of `lfr report --nats`)."""
+    from nats.js.errors import KeyNotFoundError
 
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
+    kv = await bus.js.key_value(bucket)
+    prefix = f"$KV.{bucket}."
+    info = await bus.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    keys = sorted(s[len(prefix):] for s in (info.state.subjects or {}))
     found = {}
     for key in keys:
         try:
@@ -38,7 +43,8 @@ async def read_status(bus: Bus) -> dict[str, Any]:
     # must not age the heartbeats read before them into "not alive".
     now = time.time()
     nodes, cameras, watchlists = nodes_and_cameras(
-        await entries(bus.nodes), await entries(bus.cameras), now)
+        await entries(bus, bus.names.nodes_bucket), await entries(bus, bus.names.cameras_bucket),
+        now)
     from lfr.cluster.watchlist import current
 
     version, _ = await current(bus)
