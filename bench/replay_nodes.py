@@ -223,7 +223,7 @@ async def watch_settling(bus: Bus, n_nodes: int, n_cameras: int, window_s: float
     while time.monotonic() < end:
         status = await read_status(bus)
         if len(status["cameras"]) < n_cameras or len(status["nodes"]) < n_nodes:
-            # A bucket's listing came back short (nats-py's keys() while keys are written).
+            # Not every node or camera has written its key yet (settling, or a node starting).
             short_reads += 1
             await asyncio.sleep(1.0)
             continue
