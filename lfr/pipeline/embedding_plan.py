@@ -21,10 +21,11 @@ embedding until it changes: a face ``regrow`` times larger than when it settled,
 twice ``margin`` in quality (turned to the camera), reopens a track settled as not listed (with a
 fresh budget); a decided track, which decides nothing more, reopens only for a face ``regrow``
 squared larger (to check it is still the same person); a person lost and found again, or seen
-after a cut, is a new track, and so is a planner track whose face the person tracker (which links
-by embeddings) puts on another of its tracks: someone who walked out from behind the person the
-track had settled on, at the same place and size. The matcher's news arrives some frames late,
-so the planner keeps each track's recent boxes to find the track the news is about.
+after a cut, is a new track, and a settled track reopens when the person tracker (which links by
+embeddings) puts its face on another of its tracks, one with evidence: someone who walked out from
+behind the person the track had settled on, at the same place and size. The matcher's news
+arrives some frames late, so the planner keeps each track's recent boxes to find the track the
+news is about.
 
 The planner knows nothing of who anyone is: a face it skips still goes to the person tracker
 (without an embedding, linked by its box), and is never written anywhere.
