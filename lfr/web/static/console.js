@@ -2,35 +2,12 @@
 // server-sent `state` events; a decision is POSTed and recorded by the node that raised the alert.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 let user = null;
 let pictures = "available"; // or why the console cannot open them ("pictures sealed (no data key)")
 const players = new Map(); // camera -> {pc, viewer, figure}
 // Picture URL -> its <img>, kept across renders: a state event redraws the list, and a new <img>
 // would fetch the same picture again from the stream.
 let images = new Map();
-
-async function api(path, options = {}) {
-  const headers = Object.assign({ "Content-Type": "application/json" }, options.headers || {});
-  const response = await fetch(path, Object.assign({ credentials: "same-origin" }, options, { headers }));
-  let body = null;
-  try { body = await response.json(); } catch (e) { body = null; }
-  if (response.status === 401) location.replace("login");
-  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
-  return body;
-}
-
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "text") node.textContent = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
 
 const clock = (iso) => (iso || "").slice(11, 19);
 const LABELS = { confirmed: "confirmed", false_alert: "false alert", no_action: "no action" };
@@ -108,16 +85,6 @@ function renderAlert(a, shown) {
 }
 
 // -- video: the offer goes to the console, which carries it to the node running the camera ----
-
-function gatheringComplete(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = () => {
-      if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", check); resolve(); }
-    };
-    pc.addEventListener("icegatheringstatechange", check);
-  });
-}
 
 async function play(camera) {
   const pc = new RTCPeerConnection();
