@@ -49,12 +49,7 @@ async def test_a_client_without_credentials_is_refused(locked: tuple[NatsServer,
         assert raw.recv(4096).startswith(b"INFO ")
         raw.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB lfr.sec.> 1\r\n'
                     b'PUB lfr.sec.decision.node0 2\r\n{}\r\nPING\r\n')
-        reply = b""
-        while b"\r\n" not in reply:
-            chunk = raw.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = _first_line(raw)
     assert reply.startswith(b"-ERR 'Authorization Violation'"), reply
 
 
@@ -70,12 +65,17 @@ def _login_reply(port: int, public_key: str, seed: str) -> bytes:
         login = {"nkey": public_key, "sig": signature, "verbose": False, "pedantic": False,
                  "protocol": 1}
         raw.sendall(b"CONNECT " + json.dumps(login).encode() + b"\r\nPING\r\n")
-        reply = b""
-        while b"\r\n" not in reply:
-            chunk = raw.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        return _first_line(raw)
+
+
+def _first_line(raw: socket.socket) -> bytes:
+    """The server's first answer line (or what came before it closed the connection)."""
+    reply = b""
+    while b"\r\n" not in reply:
+        chunk = raw.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
     return reply
 
 
