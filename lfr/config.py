@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from lfr.api import validation_message
+from lfr.api import BuildContext, validation_message
 from lfr.pipeline.embedding_plan import EmbeddingSettings
 from lfr.plugins import BackendSettings, ConfigError, Registry
 from lfr.sources.base import SourceSettings, redact_url
@@ -261,6 +261,12 @@ class Config(Section, frozen=True):
         every other path, so a config finds the same audit log and outbox wherever it is run
         from."""
         return self.resolve_path(self.data_dir or f"lfr-data/{self.name}")
+
+    def build_context(self) -> BuildContext:
+        """What every backend this config names is built with: its data_dir, inference
+        threads and the config's folder (where relative paths in its settings start)."""
+        return BuildContext(data_dir=self.resolved_data_dir(), threads=self.pipeline.threads,
+                            config_dir=self.config_dir())
 
     def config_dir(self) -> Path:
         """Where relative paths start: the config file's folder (the working directory for a

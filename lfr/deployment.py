@@ -45,7 +45,7 @@ from lfr.pipeline.wiring import (
     row_offsets,
     wire,
 )
-from lfr.plugins import BackendError, BackendSettings, BuildContext, Registry, SkippedPlugin
+from lfr.plugins import BackendError, BackendSettings, Registry, SkippedPlugin
 from lfr.report import camera_stop_fields
 from lfr.retention import RetentionService
 from lfr.runtime.actor import Actor, ActorStats
@@ -463,10 +463,7 @@ class Deployment:
         settings = camera_settings(self.config, settings, self._once)
 
         def build() -> Any:
-            cfg = self.config
-            context = BuildContext(data_dir=cfg.resolved_data_dir(),
-                                   threads=cfg.pipeline.threads, config_dir=cfg.config_dir())
-            return self._registry.create("source", settings, context)
+            return self._registry.create("source", settings, self.config.build_context())
 
         self._check_can_add(name)
         try:  # a plugin's factory may block

@@ -142,8 +142,7 @@ def configured_matcher(config: Config, registry: Registry, watchlist: Watchlist,
     `lfr eval video` build it here, so both search alike. ``wrap``: applied to the index before
     it is built (the deployment names the plugin of a backend whose calls raise)."""
     backends = backends or resolve_backends(config, registry)
-    context = context or BuildContext(data_dir=config.resolved_data_dir(),
-                                      threads=config.pipeline.threads)
+    context = context or config.build_context()
     index = registry.create("index", backends.index, context)
     if wrap is not None:
         index = wrap(index)

@@ -56,9 +56,7 @@ def build_analyzer(config: Config, registry: Registry, gate: QualityGate | None 
     embeddings and a camera's are made by the same function. ``gate`` defaults to the config's
     ``[quality]``; ``backends``: the config's, when the caller has resolved them."""
     backends = backends or resolve_backends(config, registry)
-    context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.threads,
-                           config_dir=config.config_dir())
+    context = config.build_context()
     if gate is None:
         gate = QualityGate(min_face_px=config.quality.min_face_px,
                            min_sharpness=config.quality.min_sharpness)
@@ -204,9 +202,7 @@ def build_parts(config: Config, registry: Registry, *, analyzer: FaceAnalyzer | 
     Raises ConfigError for a config that cannot run (a bundle from another embedder, two
     notifiers of one name)."""
     backends = resolve_backends(config, registry)
-    context = BuildContext(data_dir=config.resolved_data_dir(),
-                           threads=config.pipeline.threads,
-                           config_dir=config.config_dir())
+    context = config.build_context()
     analyzer = analyzer or build_analyzer(config, registry, backends=backends)
     watchlist = configured_watchlist(config)
     assert config.watchlist is not None
