@@ -136,6 +136,8 @@ class DetectorActor(Actor):
             return
         assert self.news is not None
         camera, before = frame.camera, self._planned
+        if self.news.wait_for(camera, before, 0.0):  # decided already: no trip to a thread
+            return
         if not await anyio.to_thread.run_sync(self.news.wait_for, camera, before,
                                               NEWS_TIMEOUT_S, abandon_on_cancel=True):
             log.warning("%s: no decision on frame %d after %.0f s: planning frame %d without "
