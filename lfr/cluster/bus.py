@@ -174,6 +174,16 @@ class Bus:
         self.open_alerts: KeyValue | None = None
         self.has_pictures = False  # the pictures stream exists (a console binds it if so)
 
+    async def keys(self, bucket: str) -> list[str]:
+        """The keys of one of the deployment's buckets (``names.nodes_bucket``, ...), deleted
+        ones included until compacted (their get raises), from the server's own list of the
+        bucket stream's subjects: nats-py's ``kv.keys()`` reads them through a consumer that can
+        stop short while keys are being written, which left nodes out of a node's count (so it
+        took more than its share) and out of `lfr status` and `lfr report --nats`."""
+        prefix = f"$KV.{bucket}."
+        info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+        return sorted(s[len(prefix):] for s in (info.state.subjects or {}))
+
     async def open(self, *, replicas: int = 1, duplicate_window_s: float = 3600.0,
                    pictures_max_age_s: float | None = 31 * 86400.0) -> Bus:
         """The stream and buckets, created when missing; ``pictures_max_age_s``: how long the

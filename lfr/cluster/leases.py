@@ -320,21 +320,15 @@ class CameraLeases:
                 self._seen[camera] = (seen, self._clock())  # after the read: never early
         return leases
 
-    async def count_alive(self) -> int:
-        """Nodes whose heartbeat is recent, this one included (``count_nodes``)."""
-        return (await self.count_nodes())[0]
-
     async def count_nodes(self) -> tuple[int, int]:
         """(nodes alive, nodes present), this one included; notes the cameras of nodes whose
         heartbeat is late (``_suspects``) and how many cameras each other node present holds."""
-        from nats.js.errors import KeyNotFoundError, NoKeysError
+        from nats.js.errors import KeyNotFoundError
 
         nodes = self._bus.nodes
         assert nodes is not None
-        try:
-            names = [name for name in await nodes.keys() if name != self.node]
-        except NoKeysError:
-            names = []
+        names = [name for name in await self._bus.keys(self._bus.names.nodes_bucket)
+                 if name != self.node]
 
         async def read(name: str) -> Heartbeat | None:
             with contextlib.suppress(KeyNotFoundError):  # deleted since the listing

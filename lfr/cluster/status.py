@@ -17,18 +17,12 @@ from lfr.messages import utc_iso
 
 async def entries(bus: Bus, bucket: str) -> dict[str, bytes]:
     """Every key of one of the deployment's buckets (``bus.names.nodes_bucket``, ...) with its
-    value. The keys come from the server's own list of the bucket stream's subjects: nats-py's
-    ``kv.keys()`` reads them through a consumer that can stop short while keys are being
-    written, which on a loaded deployment left nodes or cameras out of `lfr status` (and a
-    node's audit key out of `lfr report --nats`)."""
+    value (``Bus.keys``: the whole list, even while keys are being written)."""
     from nats.js.errors import KeyNotFoundError
 
     kv = await bus.js.key_value(bucket)
-    prefix = f"$KV.{bucket}."
-    info = await bus.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
-    keys = sorted(s[len(prefix):] for s in (info.state.subjects or {}))
     found = {}
-    for key in keys:
+    for key in await bus.keys(bucket):
         try:
             found[key] = (await kv.get(key)).value or b""
         except KeyNotFoundError:  # deleted meanwhile
